@@ -1,0 +1,40 @@
+# Two commands: `make run` (a real batch end to end, embedded) and `make test` (the whole suite).
+# Both set everything up on a fresh machine and reuse the venv afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run run-gcs test test-unit lint typecheck bench clean
+
+$(STAMP): constraints.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[worker,beam,airflow,dev]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/genbatch run examples/catalog/spec.yaml
+
+# The same run, publishing to gs:// on a local fake-gcs-server (no cloud needed).
+run-gcs: setup
+	$(PY) -m genbatch.gcs_run examples/catalog/spec.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy genbatch models operators beam_jobs dags
+
+bench: setup
+	taskset -c 0 $(PY) -m bench.run_all
+
+clean:
+	rm -rf .genbatch runs

@@ -1,0 +1,47 @@
+"""batch_generation: validate → preprocess → generate[shard] → quality_gate → publish.
+
+Thin on purpose: no I/O and no heavy imports at parse time. Params come from the RunSpec
+JSON schema, so the trigger form, the REST API and ``genbatch run`` accept the same spec.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset
+
+from operators.genbatch_operators import (
+    GenerateShardOperator,
+    PrepareRunOperator,
+    PreprocessOperator,
+    PublishOperator,
+    QualityGateOperator,
+    ValidateInputOperator,
+)
+from operators.params import spec_params
+
+PUBLISHED = Asset("genbatch://batch_generation/published")
+
+with DAG(
+    dag_id="batch_generation",
+    description="Batch generation with a generative model, from validated input to a published manifest.",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    params=spec_params(),
+    tags=["genbatch"],
+    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5)},
+) as dag:
+    prepare = PrepareRunOperator(task_id="prepare_run", retries=0)
+    validate = ValidateInputOperator(task_id="validate_input", run_dir=prepare.output)
+    preprocess = PreprocessOperator(task_id="preprocess", run_dir=prepare.output)
+    generate = GenerateShardOperator.partial(task_id="generate", run_dir=prepare.output).expand(
+        shard=preprocess.output
+    )
+    quality = QualityGateOperator(
+        task_id="quality_gate", run_dir=prepare.output, trigger_rule="none_failed", retries=0
+    )
+    publish = PublishOperator(task_id="publish", run_dir=prepare.output, outlets=[PUBLISHED])
+
+    prepare >> validate >> preprocess >> generate >> quality >> publish

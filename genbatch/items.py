@@ -1,0 +1,29 @@
+"""Item-level contracts shared by the Beam stage and the worker: seeds and cost estimates."""
+
+from __future__ import annotations
+
+import hashlib
+
+SEED_MODULUS = 2**63
+
+
+def derive_seed(run_seed: int, item_id: str) -> int:
+    """An item's seed depends only on (run seed, item id): never on shard, batch or retry."""
+    digest = hashlib.sha256(f"{run_seed}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SEED_MODULUS
+
+
+def estimate_prompt_tokens(prompt: str) -> int:
+    """Cheap token estimate (≈4 characters a token) used for cost and batching before a tokenizer is loaded."""
+    return max(1, (len(prompt) + 3) // 4)
+
+
+def estimate_cost(task: str, prompt_tokens: int, max_new_tokens: int, steps: int) -> float:
+    """Relative cost of one item, in 'decode-step units', used to balance shards.
+
+    Text: prefill is cheap next to decoding, so cost ~ new tokens + prompt/8.
+    Images: cost ~ denoising steps; prompt length barely matters.
+    """
+    if task == "image":
+        return float(steps)
+    return float(max_new_tokens) + prompt_tokens / 8.0

@@ -1,0 +1,104 @@
+"""The run layout (DESIGN.md §3): the one module that knows where a run's objects live.
+
+Every name derives from (run_id, shard, part), so a retried task rewrites the same objects
+and create-only writes make the retry idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from genbatch.storage import join
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"shard-{shard:05d}-of-{num_shards:05d}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run, rooted at ``<output>/<run_id>``."""
+
+    root: str
+
+    @classmethod
+    def for_run(cls, output_uri: str, run_id: str) -> RunLayout:
+        return cls(join(output_uri, run_id))
+
+    def path(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    # -- run level ------------------------------------------------------------------
+    @property
+    def spec(self) -> str:
+        return self.path("spec.json")
+
+    @property
+    def validation_report(self) -> str:
+        return self.path("validation", "input.json")
+
+    @property
+    def validation_accepted(self) -> str:
+        """Rows that passed validation, the input of the Beam stage (one JSON object a line)."""
+        return self.path("validation", "accepted.jsonl")
+
+    @property
+    def rejects_dir(self) -> str:
+        return self.path("rejects")
+
+    def rejects_part(self, stage: str, part: int = 0) -> str:
+        return self.path("rejects", f"part-{stage}-{part:05d}.jsonl")
+
+    @property
+    def shards_dir(self) -> str:
+        return self.path("shards")
+
+    @property
+    def shard_plan(self) -> str:
+        """Summary of the sharding (counts, estimated cost per shard, balance)."""
+        return self.path("shards", "_plan.json")
+
+    def shard_input(self, shard: int, num_shards: int) -> str:
+        return self.path("shards", f"{shard_name(shard, num_shards)}.jsonl")
+
+    # -- per shard outputs ---------------------------------------------------------
+    def outputs_dir(self, shard: int) -> str:
+        return self.path("outputs", f"shard-{shard:05d}")
+
+    def output_part(self, shard: int, part: int) -> str:
+        return join(self.outputs_dir(shard), f"part-{part:05d}.jsonl")
+
+    def error_part(self, shard: int, part: int) -> str:
+        """Per-batch error records, merged into ``errors/shard-K.jsonl`` when the shard commits."""
+        return join(self.outputs_dir(shard), f"errors-{part:05d}.jsonl")
+
+    def image_path(self, shard: int, item_id: str) -> str:
+        return join(self.outputs_dir(shard), "images", f"{item_id}.png")
+
+    def shard_manifest(self, shard: int) -> str:
+        """Written last by the worker: the shard's commit point."""
+        return join(self.outputs_dir(shard), "_manifest.json")
+
+    def errors_file(self, shard: int) -> str:
+        return self.path("errors", f"shard-{shard:05d}.jsonl")
+
+    # -- quality and publication -----------------------------------------------------
+    @property
+    def quality_metrics(self) -> str:
+        return self.path("quality", "metrics.parquet")
+
+    @property
+    def quality_summary(self) -> str:
+        return self.path("quality", "summary.json")
+
+    @property
+    def report_html(self) -> str:
+        return self.path("report.html")
+
+    @property
+    def manifest(self) -> str:
+        return self.path("manifest.json")
+
+    @property
+    def success(self) -> str:
+        return self.path("_SUCCESS")

@@ -1,0 +1,185 @@
+"""RunSpec: the one description of a batch run.
+
+Every entry point (YAML file, JSON, Airflow params form, REST trigger) is turned into a
+``RunSpec`` before any work starts, so a bad field fails fast with one message that lists
+every problem and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genbatch.errors import SpecError
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InputSpec(_Section):
+    uri: str = Field(description="JSONL, CSV or Parquet file, local path or gs:// URI.")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    max_prompt_chars: int = Field(4000, ge=1, le=100_000)
+    max_reject_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Stop the run when more rows than this are rejected."
+    )
+
+
+class ModelSpec(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    alias: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    version: int | None = Field(None, ge=1)
+    registry: str = Field(".genbatch/registry", description="Registry URI (local or gs://).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _alias_xor_version(self) -> ModelSpec:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("set exactly one of model.alias (e.g. 'production') or model.version")
+        return self
+
+
+class GenerationSpec(_Section):
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int | Literal["auto"] = "auto"
+    seed: int = Field(0, ge=0, lt=2**63, description="Run seed; item seeds derive from it.")
+    num_inference_steps: int = Field(8, ge=1, le=200)
+    guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    height: int = Field(32, ge=8, le=4096, multiple_of=8)
+    width: int = Field(32, ge=8, le=4096, multiple_of=8)
+
+
+class ShardingSpec(_Section):
+    num_shards: int = Field(4, ge=1, le=10_000)
+
+
+class ExecutionSpec(_Section):
+    backend: Literal["local", "kubernetes"] = "local"
+    devices: list[str] = Field(default_factory=lambda: ["cpu"])
+    image: str = "genbatch-worker:latest"
+    namespace: str = "genbatch"
+    gpus_per_pod: int = Field(0, ge=0, le=16)
+
+
+class QualitySpec(_Section):
+    min_success_rate: float = Field(0.99, ge=0.0, le=1.0, description="generated / accepted")
+    max_reject_rate: float = Field(0.2, ge=0.0, le=1.0, description="rejected / input")
+    min_nonempty_rate: float = Field(0.99, ge=0.0, le=1.0)
+    min_attribute_mention_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="text: share of outputs that mention every attribute"
+    )
+    max_duplicate_output_rate: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class CanarySpec(_Section):
+    enabled: bool = False
+    alias: str = "candidate"
+    fraction: float = Field(0.1, gt=0.0, lt=1.0)
+
+
+class OutputSpec(_Section):
+    uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
+
+
+class RunSpec(_Section):
+    """The whole run. Field order is the order the Airflow form shows."""
+
+    task: Literal["text", "image"]
+    input: InputSpec
+    model: ModelSpec
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    sharding: ShardingSpec = Field(default_factory=ShardingSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def params_hash(self) -> str:
+        """Hash of what decides an item's output besides model version and seed."""
+        payload = json.dumps(self.generation.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _describe_error(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see `genbatch spec-schema`)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    expected = (err.get("ctx") or {}).get("expected")
+    if expected and str(expected) not in msg:
+        msg = f"{msg}; allowed: {expected}"
+    got = err.get("input")
+    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r:.80})"
+    return f"  - {loc}: {msg}{shown}"
+
+
+def parse_spec(data: Any, *, source: str = "spec") -> RunSpec:
+    """Validate a spec mapping, raising one SpecError that lists every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a run spec must be a mapping, got {type(data).__name__}")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        raise SpecError(
+            f"{source}: {len(lines)} invalid field(s):\n" + "\n".join(lines)
+        ) from None
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Load a spec from a YAML or JSON file (JSON is valid YAML)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}; check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML/JSON: {exc}") from None
+    return parse_spec(data, source=str(path))
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            merged = {**_inline_refs(copy.deepcopy(target), defs)}
+            merged.update({k: v for k, v in node.items() if k != "$ref"})
+            return merged
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def json_schema() -> dict[str, Any]:
+    """The RunSpec JSON schema with every $ref inlined (Airflow Params want flat schemas)."""
+    schema = RunSpec.model_json_schema()
+    return _inline_refs(schema, schema.get("$defs", {}))
+
+
+def sanitize_run_id(raw: str) -> str:
+    """Turn an Airflow run id (``manual__2026-01-01T00:00:00+00:00``) into a safe path segment."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:128]
+    return cleaned or "run"

@@ -1,0 +1,92 @@
+"""The run stages that are not the worker: prepare and validate.
+
+Operators call these; each takes and returns small JSON-able values (URIs, counts): the
+data stays in storage. Model resolution is injected (``resolve_model``) so the core never
+imports the model package.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from genbatch import storage
+from genbatch.errors import ShardInputError
+from genbatch.input_rows import iter_input_rows
+from genbatch.layout import RunLayout
+from genbatch.model_ref import ModelVersion
+from genbatch.run_state import RunState, load_run_state, write_run_state
+from genbatch.spec import RunSpec, parse_spec, sanitize_run_id
+from genbatch.validation import validate_rows
+
+log = logging.getLogger(__name__)
+
+ResolveModel = Callable[[RunSpec], ModelVersion]
+
+
+def confine_spec_paths(spec: RunSpec) -> None:
+    """User-supplied URIs must lie under GENBATCH_ALLOWED_PREFIXES (when set)."""
+    allowed = storage.allowed_prefixes_from_env()
+    if allowed:
+        for uri in (spec.input.uri, spec.output.uri, spec.model.registry):
+            storage.confine(uri, allowed)
+
+
+def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel) -> str:
+    """Validate the spec, pin the model version and write spec.json; returns the run dir URI."""
+    spec = parse_spec(spec_data, source="run params")
+    confine_spec_paths(spec)
+    run_id = spec.run_id or sanitize_run_id(airflow_run_id)
+    layout = RunLayout.for_run(spec.output.uri, run_id)
+    model = resolve_model(spec)
+    write_run_state(RunState(run_id=run_id, spec=spec, model=model, layout=layout,
+                             num_shards=spec.sharding.num_shards))
+    log.info("run %s: prepared at %s with model %s", run_id, layout.root, model.ref)
+    return layout.root
+
+
+def _input_format(spec: RunSpec) -> str:
+    if spec.input.format != "auto":
+        return spec.input.format
+    suffix = spec.input.uri.lower().rsplit(".", 1)[-1]
+    formats = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet"}
+    if suffix not in formats:
+        raise ShardInputError(
+            f"cannot tell the format of input {spec.input.uri!r} from its extension; "
+            "set input.format to one of jsonl, csv, parquet"
+        )
+    return formats[suffix]
+
+
+def _jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def validate_input(run_dir: str) -> dict[str, Any]:
+    """Run the Great Expectations input suite; quarantine bad rows with their rule."""
+    state = load_run_state(run_dir)
+    spec, layout = state.spec, state.layout
+    if not storage.exists(spec.input.uri):
+        raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
+    rows = iter_input_rows(storage.read_bytes(spec.input.uri), _input_format(spec))
+    outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars,
+                            max_reject_fraction=spec.input.max_reject_fraction)
+    rejects = [r.to_json() for r in outcome.rejects]
+    by_rule = Counter(r["rule"] for r in rejects)
+    n_input = len(outcome.accepted) + len(rejects)
+    report = {
+        "run_id": state.run_id,
+        "input": spec.input.uri,
+        "rows": {"input": n_input, "accepted": len(outcome.accepted), "rejected": len(rejects)},
+        "rejects_by_rule": dict(sorted(by_rule.items())),
+        "great_expectations": outcome.report,
+    }
+    storage.write_bytes(layout.rejects_part("validate"), _jsonl(rejects))
+    storage.write_bytes(layout.validation_accepted,
+                        _jsonl([{"index": i, "row": row} for i, row in outcome.accepted]))
+    storage.write_json(layout.validation_report, report)
+    log.info("run %s: validated %s rows, %s rejected", state.run_id, n_input, len(rejects))
+    return report["rows"]

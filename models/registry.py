@@ -1,0 +1,194 @@
+"""The model registry (DESIGN.md §3): immutable versions, a card of checksums, atomic aliases.
+
+Layout under a registry URI (local or gs://)::
+
+    <model>/versions/<n>/...        immutable files + card.json (written last: the commit point)
+    <model>/aliases.json            {"production": 2, ...}, changed by compare-and-swap
+    <model>/audit/<ts>-<event>.json one object per promotion / registration, never rewritten
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from genbatch import storage
+from genbatch.errors import ModelIntegrityError, SpecError
+from genbatch.model_ref import ModelVersion
+
+log = logging.getLogger(__name__)
+
+REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+CARD = "card.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def refuse_pickle(rel_path: str) -> None:
+    """Pickle-format weights can execute code on load: refuse them before reading a byte."""
+    if rel_path.endswith(REFUSED_SUFFIXES):
+        raise ModelIntegrityError(
+            f"refused model file {rel_path!r}: pickle-format weights are not accepted; "
+            "re-save the model with save_pretrained(..., safe_serialization=True)"
+        )
+
+
+def model_root(registry: str, name: str) -> str:
+    return storage.join(registry, name)
+
+
+def version_uri(registry: str, name: str, version: int) -> str:
+    return storage.join(registry, name, "versions", str(version))
+
+
+def list_versions(registry: str, name: str) -> list[int]:
+    """Committed versions only (those whose card.json exists)."""
+    prefix = storage.join(registry, name, "versions")
+    versions = set()
+    for uri in storage.list_uris(prefix):
+        rel = uri[len(prefix) :].strip("/").split("/")
+        if len(rel) == 2 and rel[1] == CARD and rel[0].isdigit():
+            versions.add(int(rel[0]))
+    return sorted(versions)
+
+
+def read_aliases(registry: str, name: str) -> dict[str, int]:
+    uri = storage.join(model_root(registry, name), "aliases.json")
+    return dict(storage.read_json(uri)) if storage.exists(uri) else {}
+
+
+def read_card(mv: ModelVersion) -> dict[str, Any]:
+    uri = storage.join(mv.uri, CARD)
+    if not storage.exists(uri):
+        raise ModelIntegrityError(f"{mv.ref}: {uri} is missing; the version was never committed")
+    card: dict[str, Any] = storage.read_json(uri)
+    return card
+
+
+def audit(registry: str, name: str, event: str, details: dict[str, Any]) -> None:
+    """Append-only audit trail: one create-only object per event."""
+    now = dt.datetime.now(dt.timezone.utc)
+    record = {"at": now.isoformat(), "event": event, "model": name, **details}
+    key = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{event}-{uuid.uuid4().hex[:8]}.json"
+    storage.write_json(storage.join(model_root(registry, name), "audit", key), record)
+
+
+def register_version(
+    registry: str,
+    name: str,
+    src_dir: Path,
+    *,
+    lineage: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Copy a saved model directory into the registry as the next version; card.json last."""
+    files = sorted(p for p in src_dir.rglob("*") if p.is_file())
+    for path in files:
+        refuse_pickle(path.name)
+    existing = list_versions(registry, name)
+    version = (existing[-1] + 1) if existing else 1
+    mv = ModelVersion(name, version, version_uri(registry, name, version))
+    checksums: dict[str, str] = {}
+    for path in files:
+        rel = path.relative_to(src_dir).as_posix()
+        checksums[rel] = sha256_file(path)
+        storage.upload_file(path, storage.join(mv.uri, rel))
+    card = {
+        "name": name,
+        "version": version,
+        "files": checksums,
+        "lineage": lineage or {},
+        "metrics": metrics or {},
+        "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    storage.write_json(storage.join(mv.uri, CARD), card)
+    audit(registry, name, "register", {"version": version, "lineage": lineage or {}})
+    log.info("registered %s from %s", mv.ref, src_dir)
+    return mv
+
+
+def set_alias(registry: str, name: str, alias: str, version: int, *, reason: str) -> None:
+    """Point an alias at a version atomically (compare-and-swap on aliases.json)."""
+    if version not in list_versions(registry, name):
+        raise SpecError(f"cannot set {name}:{alias} -> {version}: version {version} is not committed")
+    uri = storage.join(model_root(registry, name), "aliases.json")
+    previous: dict[str, Any] = {}
+
+    def update(current: Any) -> dict[str, Any]:
+        previous.clear()
+        previous.update(current or {})
+        return {**(current or {}), alias: version}
+
+    storage.compare_and_swap_json(uri, update)
+    audit(registry, name, "alias", {"alias": alias, "version": version,
+                                    "previous": previous.get(alias), "reason": reason})
+
+
+def resolve(registry: str, name: str, *, alias: str | None = None, version: int | None = None) -> ModelVersion:
+    """Pin an alias or version to an immutable, committed version."""
+    versions = list_versions(registry, name)
+    if not versions:
+        raise SpecError(f"model {name!r} has no versions in registry {registry!r}; register one first")
+    if alias is not None:
+        aliases = read_aliases(registry, name)
+        if alias not in aliases:
+            raise SpecError(
+                f"model {name!r} has no alias {alias!r}; known aliases: {sorted(aliases) or 'none'}"
+            )
+        version = int(aliases[alias])
+    if version not in versions:
+        raise SpecError(f"model {name!r} has no version {version}; committed versions: {versions}")
+    return ModelVersion(name, version, version_uri(registry, name, version))
+
+
+def fetch_verified(mv: ModelVersion, cache_dir: Path) -> Path:
+    """Give a local directory with every file of the version, each checked against card.json.
+
+    Runs before any weights are deserialised or any device memory is allocated, so a
+    truncated, altered or pickle file fails here, naming the file.
+    """
+    card = read_card(mv)
+    files: dict[str, str] = card.get("files", {})
+    if not files:
+        raise ModelIntegrityError(f"{mv.ref}: card.json lists no files")
+    for rel in files:
+        refuse_pickle(rel)
+    if storage.is_gcs(mv.uri):
+        local = cache_dir / mv.name / str(mv.version)
+        for rel in files:
+            target = local / rel
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                storage.download_file(storage.join(mv.uri, rel), target)
+    else:
+        local = storage.local_path(mv.uri)
+    for entry in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = entry.relative_to(local).as_posix()
+        if rel != CARD and rel not in files:
+            refuse_pickle(rel)
+    for rel, expected in files.items():
+        path = local / rel
+        if not path.is_file():
+            raise ModelIntegrityError(f"{mv.ref}: file {rel} listed in card.json is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{mv.ref}: file {rel} has sha256 {actual[:12]}…, card.json says {expected[:12]}…; "
+                "the file is truncated or altered: re-register the version from a good copy"
+            )
+    return local
+
+
+def resolve_for_spec(spec: Any) -> ModelVersion:
+    """The resolver the prepare stage is handed: the spec's alias or version, pinned."""
+    return resolve(spec.model.registry, spec.model.name, alias=spec.model.alias, version=spec.model.version)

@@ -1,0 +1,150 @@
+"""Generation runners: load a verified model once per process, then run batches.
+
+Loading (``load``) is separate from running a batch (``run_batch``), as in Beam's
+RunInference, so tests can hand in a tiny model and the worker never reloads per item.
+Heavy imports (torch, transformers, diffusers) happen inside the functions on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work read from a shard file."""
+
+    id: str
+    prompt: str
+    seed: int
+    params: dict[str, Any]
+    negative_prompt: str | None
+    record: dict[str, Any]
+
+
+class Runner(Protocol):
+    def run_batch(self, items: list[Item]) -> list[dict[str, Any]]: ...
+
+
+def pick_dtype(precision: str, device: str) -> Any:
+    import torch
+
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class TextRunner:
+    """A causal LM + tokenizer; greedy decoding is batched, sampling is seeded per item."""
+
+    def __init__(self, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = device
+        self.generation = generation
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, local_files_only=True, trust_remote_code=False
+        )
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            dtype=pick_dtype(precision, device),
+        ).to(device)
+        self.model.eval()
+
+    def token_length(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def _settings(self, item: Item) -> dict[str, Any]:
+        merged = {**self.generation, **item.params}
+        return {
+            "max_new_tokens": int(merged["max_new_tokens"]),
+            "temperature": float(merged["temperature"]),
+            "top_p": float(merged["top_p"]),
+        }
+
+    def run_batch(self, items: list[Item]) -> list[dict[str, Any]]:
+        settings = self._settings(items[0])
+        if settings["temperature"] > 0:
+            # Sampling draws from the global RNG: run item by item so each output depends
+            # only on its own seed, never on its batch neighbours.
+            return [self._generate([item], settings, seed=item.seed)[0] for item in items]
+        return self._generate(items, settings, seed=None)
+
+    def _generate(self, items: list[Item], settings: dict[str, Any], seed: int | None) -> list[dict[str, Any]]:
+        torch = self.torch
+        enc = self.tokenizer([i.prompt for i in items], return_tensors="pt", padding=True).to(self.device)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": settings["max_new_tokens"],
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if seed is None:
+            kwargs["do_sample"] = False
+        else:
+            torch.manual_seed(seed)
+            kwargs.update(do_sample=True, temperature=settings["temperature"], top_p=settings["top_p"])
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        counts = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+        return [{"output": t.strip(), "new_tokens": int(c)} for t, c in zip(texts, counts, strict=True)]
+
+
+class ImageRunner:
+    """A diffusers text-to-image pipeline; one torch.Generator per item keeps outputs batch-independent."""
+
+    def __init__(self, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> None:
+        import torch
+        from diffusers import DiffusionPipeline
+
+        self.torch = torch
+        self.device = device
+        self.generation = generation
+        self.pipe = DiffusionPipeline.from_pretrained(
+            model_dir,
+            local_files_only=True,
+            use_safetensors=True,
+            torch_dtype=pick_dtype(precision, device),
+        ).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def token_length(self, prompt: str) -> int:
+        return len(prompt)
+
+    def run_batch(self, items: list[Item]) -> list[dict[str, Any]]:
+        settings = {**self.generation, **items[0].params}
+        generators = [self.torch.Generator(device="cpu").manual_seed(i.seed) for i in items]
+        negative = [i.negative_prompt or "" for i in items]
+        with self.torch.inference_mode():
+            result = self.pipe(
+                prompt=[i.prompt for i in items],
+                negative_prompt=negative if any(negative) else None,
+                num_inference_steps=int(settings["num_inference_steps"]),
+                guidance_scale=float(settings["guidance_scale"]),
+                height=int(settings["height"]),
+                width=int(settings["width"]),
+                generator=generators,
+                output_type="pil",
+            )
+        return [{"image": image} for image in result.images]
+
+
+def load_runner(task: str, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> Any:
+    cls = TextRunner if task == "text" else ImageRunner
+    log.info("loading %s runner from %s on %s (%s)", task, model_dir, device, precision)
+    return cls(model_dir, generation=generation, precision=precision, device=device)
