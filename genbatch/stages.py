@@ -77,7 +77,7 @@ def validate_input(run_dir: str) -> dict[str, Any]:
     rejects = [r.to_json() for r in outcome.rejects]
     by_rule = Counter(r["rule"] for r in rejects)
     n_input = len(outcome.accepted) + len(rejects)
-    report = {
+    report: dict[str, Any] = {
         "run_id": state.run_id,
         "input": spec.input.uri,
         "rows": {"input": n_input, "accepted": len(outcome.accepted), "rejected": len(rejects)},

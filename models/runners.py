@@ -57,14 +57,14 @@ class TextRunner:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
             dtype=pick_dtype(precision, device),
-        ).to(device)
-        self.model.eval()
+        )
+        self.model = model.to(device).eval()
 
     def token_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])

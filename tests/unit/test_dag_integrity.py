@@ -18,13 +18,14 @@ HEAVY = ["torch", "transformers", "diffusers", "apache_beam", "great_expectation
 
 PROBE = r"""
 import json, sys, time
+HEAVY = json.loads(sys.argv[2])
 t0 = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags["batch_generation"]
 out = {
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
-    "heavy": [m for m in %s if m in sys.modules],
+    "heavy": [m for m in HEAVY if m in sys.modules],
     "tasks": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
     "retries": {t.task_id: t.retries for t in dag.tasks},
     "owners": sorted({t.owner for t in dag.tasks}),
@@ -34,14 +35,14 @@ out = {
     "mapped": [t.task_id for t in dag.tasks if type(t).__name__ == "MappedOperator"],
 }
 print(json.dumps(out))
-""" % HEAVY
+"""
 
 
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path_factory.mktemp("airflow")),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags")], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags"), json.dumps(HEAVY)], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

