@@ -15,12 +15,12 @@ from typing import Any
 
 from genbatch import storage
 from genbatch.errors import ShardInputError
-from genbatch.input_rows import iter_input_rows
+from genbatch.input_rows import detect_format, iter_input_rows
 from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
 from genbatch.run_state import RunState, load_run_state, write_run_state
 from genbatch.spec import RunSpec, parse_spec, sanitize_run_id
-from genbatch.validation import validate_rows
+from genbatch.validation import InputSchemaError, ValidationOutcome, validate_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +48,49 @@ def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model
     return layout.root
 
 
-def _input_format(spec: RunSpec) -> str:
-    if spec.input.format != "auto":
-        return spec.input.format
-    suffix = spec.input.uri.lower().rsplit(".", 1)[-1]
-    formats = {"jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl", "csv": "csv", "parquet": "parquet"}
-    if suffix not in formats:
-        raise ShardInputError(
-            f"cannot tell the format of input {spec.input.uri!r} from its extension; "
-            "set input.format to one of jsonl, csv, parquet"
-        )
-    return formats[suffix]
-
-
 def _jsonl(records: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
 
 
-def validate_input(run_dir: str) -> dict[str, Any]:
-    """Run the Great Expectations input suite; quarantine bad rows with their rule."""
-    state = load_run_state(run_dir)
-    spec, layout = state.spec, state.layout
-    if not storage.exists(spec.input.uri):
-        raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
-    rows = iter_input_rows(storage.read_bytes(spec.input.uri), _input_format(spec))
-    outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars,
-                            max_reject_fraction=spec.input.max_reject_fraction)
+def _write_validation(state: RunState, outcome: ValidationOutcome, *, failure: str | None) -> dict[str, Any]:
     rejects = [r.to_json() for r in outcome.rejects]
-    by_rule = Counter(r["rule"] for r in rejects)
     n_input = len(outcome.accepted) + len(rejects)
     report: dict[str, Any] = {
         "run_id": state.run_id,
-        "input": spec.input.uri,
+        "input": state.spec.input.uri,
         "rows": {"input": n_input, "accepted": len(outcome.accepted), "rejected": len(rejects)},
-        "rejects_by_rule": dict(sorted(by_rule.items())),
+        "rejects_by_rule": dict(sorted(Counter(r["rule"] for r in rejects).items())),
+        "failure": failure,
         "great_expectations": outcome.report,
     }
+    layout = state.layout
     storage.write_bytes(layout.rejects_part("validate"), _jsonl(rejects))
-    storage.write_bytes(layout.validation_accepted,
-                        _jsonl([{"index": i, "row": row} for i, row in outcome.accepted]))
+    if failure is None:
+        storage.write_bytes(layout.validation_accepted,
+                            _jsonl([{"index": i, "row": row} for i, row in outcome.accepted]))
     storage.write_json(layout.validation_report, report)
-    log.info("run %s: validated %s rows, %s rejected", state.run_id, n_input, len(rejects))
-    return report["rows"]
+    return report
+
+
+def validate_input(run_dir: str) -> dict[str, Any]:
+    """Run the Great Expectations input suite; quarantine bad rows with their rule.
+
+    A table-level failure (no rows, a missing column, too many rejects) stops the run, but
+    still writes the report and the rejects so the user can see why.
+    """
+    state = load_run_state(run_dir)
+    spec = state.spec
+    if not storage.exists(spec.input.uri):
+        raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
+    fmt = detect_format(spec.input.uri, None if spec.input.format == "auto" else spec.input.format)
+    rows = iter_input_rows(storage.read_bytes(spec.input.uri), fmt, source=spec.input.uri)
+    try:
+        outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars,
+                                max_reject_fraction=spec.input.max_reject_fraction, source=spec.input.uri)
+    except InputSchemaError as exc:
+        if exc.outcome is not None:
+            _write_validation(state, exc.outcome, failure=str(exc))
+        raise
+    report = _write_validation(state, outcome, failure=None)
+    log.info("run %s: validated %s rows, %s rejected", state.run_id, report["rows"]["input"], report["rows"]["rejected"])
+    return dict(report["rows"])

@@ -77,7 +77,7 @@ def read_card(mv: ModelVersion) -> dict[str, Any]:
 
 def audit(registry: str, name: str, event: str, details: dict[str, Any]) -> None:
     """Append-only audit trail: one create-only object per event."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     record = {"at": now.isoformat(), "event": event, "model": name, **details}
     key = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{event}-{uuid.uuid4().hex[:8]}.json"
     storage.write_json(storage.join(model_root(registry, name), "audit", key), record)
@@ -93,6 +93,8 @@ def register_version(
 ) -> ModelVersion:
     """Copy a saved model directory into the registry as the next version; card.json last."""
     files = sorted(p for p in src_dir.rglob("*") if p.is_file())
+    if not files:
+        raise ModelIntegrityError(f"cannot register {name}: {src_dir} holds no files (is the path right?)")
     for path in files:
         refuse_pickle(path.name)
     existing = list_versions(registry, name)
@@ -109,7 +111,7 @@ def register_version(
         "files": checksums,
         "lineage": lineage or {},
         "metrics": metrics or {},
-        "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "registered_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     storage.write_json(storage.join(mv.uri, CARD), card)
     audit(registry, name, "register", {"version": version, "lineage": lineage or {}})
