@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         data["output"]["uri"] = args.output
     data["run_id"] = args.run_id or spec.run_id or (
-        f"{Path(args.spec).parent.name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+        f"{Path(args.spec).parent.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
     )
     from genbatch import embedded
 

@@ -63,7 +63,7 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         "cost_estimate": {"est_cost_units": plan["est_cost_total"], "device_seconds": round(compute_s + load_s, 3),
                           "makespan_ratio": plan["makespan_ratio"]},
         "files": _file_entries(state),
-        "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "published_at": dt.datetime.now(dt.UTC).isoformat(),
     }
 
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from genbatch import storage
 from genbatch.errors import QualityGateFailed
-from genbatch.records import iter_many, output_files
 from genbatch.reconcile import reconcile
+from genbatch.records import iter_many, output_files
 from genbatch.run_state import RunState, load_run_state
 
 

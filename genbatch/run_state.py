@@ -47,7 +47,7 @@ def write_run_state(state: RunState) -> None:
         existing = storage.read_json(state.layout.spec)
         if {k: v for k, v in existing.items() if k != "created_at"} == payload:
             return
-    storage.write_json(state.layout.spec, {**payload, "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    storage.write_json(state.layout.spec, {**payload, "created_at": dt.datetime.now(dt.UTC).isoformat()})
 
 
 def load_run_state(run_dir: str) -> RunState:

@@ -59,8 +59,8 @@ class GenerationSpec(_Section):
     seed: int = Field(0, ge=0, lt=2**63, description="Run seed; item seeds derive from it.")
     num_inference_steps: int = Field(8, ge=1, le=200)
     guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
-    height: int = Field(32, ge=8, le=4096, multiple_of=8)
-    width: int = Field(32, ge=8, le=4096, multiple_of=8)
+    height: int = Field(64, ge=8, le=4096, multiple_of=8)
+    width: int = Field(64, ge=8, le=4096, multiple_of=8)
 
 
 class ShardingSpec(_Section):

@@ -24,6 +24,7 @@ from typing import Any
 
 from genbatch import storage
 from genbatch.errors import GenbatchError, ShardInputError
+from genbatch.items import ITEM_FIELDS
 from genbatch.layout import RunLayout
 from genbatch.run_state import RunState, load_run_state
 from models.batching import windows
@@ -101,9 +102,10 @@ class ShardWorker:
         self.parts: list[str] = []
 
     def _base_record(self, item: Item) -> dict[str, Any]:
-        meta = {k: v for k, v in item.record.items() if k not in {"prompt", "params", "seed", "id"}}
+        meta = {k: v for k, v in item.record.items() if k not in ITEM_FIELDS}
         return {
             "id": item.id,
+            "row_index": item.record.get("row_index"),
             "seed": item.seed,
             "model_version": self.state.model.ref,
             "params_hash": self.state.params_hash,

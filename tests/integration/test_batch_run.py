@@ -120,7 +120,7 @@ def test_image_run_writes_pngs(workdir: Path) -> None:
         "task": "image",
         "input": {"uri": str(input_path)},
         "model": {"name": "tiny-image", "alias": "production", "registry": ".genbatch/registry"},
-        "generation": {"num_inference_steps": 4, "height": 32, "width": 32},
+        "generation": {"num_inference_steps": 4, "height": 64, "width": 64},
         "sharding": {"num_shards": 2},
         "output": {"uri": str(workdir / "runs")},
     }
