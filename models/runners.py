@@ -69,6 +69,8 @@ class TextRunner:
     def token_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
+    fixed_output_length = False  # benchmarks set it: every row decodes max_new_tokens (no early EOS)
+
     def _settings(self, item: Item) -> dict[str, Any]:
         merged = {**self.generation, **item.params}
         return {
@@ -79,30 +81,55 @@ class TextRunner:
 
     def run_batch(self, items: list[Item]) -> list[dict[str, Any]]:
         settings = self._settings(items[0])
-        if settings["temperature"] > 0:
-            # Sampling draws from the global RNG: run item by item so each output depends
-            # only on its own seed, never on its batch neighbours.
-            return [self._generate([item], settings, seed=item.seed)[0] for item in items]
-        return self._generate(items, settings, seed=None)
-
-    def _generate(self, items: list[Item], settings: dict[str, Any], seed: int | None) -> list[dict[str, Any]]:
         torch = self.torch
         enc = self.tokenizer([i.prompt for i in items], return_tensors="pt", padding=True).to(self.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings["max_new_tokens"],
             "pad_token_id": self.tokenizer.pad_token_id,
+            "do_sample": False,
         }
-        if seed is None:
-            kwargs["do_sample"] = False
-        else:
-            torch.manual_seed(seed)
-            kwargs.update(do_sample=True, temperature=settings["temperature"], top_p=settings["top_p"])
+        if self.fixed_output_length:
+            kwargs["min_new_tokens"] = settings["max_new_tokens"]
+        if settings["temperature"] > 0:
+            # Sampling with one generator per row: an item's tokens depend only on its own seed,
+            # never on its batch neighbours. Greedy decoding then takes the token drawn here.
+            kwargs["logits_processor"] = [PerRowSampler([i.seed for i in items], settings["temperature"], settings["top_p"])]
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         counts = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
         return [{"output": t.strip(), "new_tokens": int(c)} for t, c in zip(texts, counts, strict=True)]
+
+
+class PerRowSampler:
+    """A logits processor that samples each row with its own ``torch.Generator``.
+
+    transformers draws one ``torch.multinomial`` over the whole batch, so a row's sample would
+    depend on its neighbours. This processor applies temperature and top-p, draws per row,
+    and returns scores that make the chosen token the only candidate.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
+        import torch
+
+        self.torch = torch
+        self.generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self.torch
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        chosen = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(-1, chosen.to(scores.device), 0.0)
+        return forced
 
 
 class ImageRunner:
@@ -119,7 +146,7 @@ class ImageRunner:
             model_dir,
             local_files_only=True,
             use_safetensors=True,
-            torch_dtype=pick_dtype(precision, device),
+            dtype=pick_dtype(precision, device),
         ).to(device)
         self.pipe.set_progress_bar_config(disable=True)
 
