@@ -65,12 +65,17 @@ class RunLayout:
     def outputs_dir(self, shard: int) -> str:
         return self.path("outputs", f"shard-{shard:05d}")
 
-    def output_part(self, shard: int, part: int) -> str:
-        return join(self.outputs_dir(shard), f"part-{part:05d}.jsonl")
+    def output_part(self, shard: int, part: int, rank: int = 0) -> str:
+        """One committed batch; ``rank`` is the device process that wrote it (one per GPU)."""
+        return join(self.outputs_dir(shard), f"part-r{rank:02d}-{part:05d}.jsonl")
 
-    def error_part(self, shard: int, part: int) -> str:
+    def error_part(self, shard: int, part: int, rank: int = 0) -> str:
         """Per-batch error records, merged into ``errors/shard-K.jsonl`` when the shard commits."""
-        return join(self.outputs_dir(shard), f"errors-{part:05d}.jsonl")
+        return join(self.outputs_dir(shard), f"errors-r{rank:02d}-{part:05d}.jsonl")
+
+    def worker_metrics(self, shard: int, rank: int = 0) -> str:
+        """Prometheus text exposition of one device process."""
+        return join(self.outputs_dir(shard), f"metrics-r{rank:02d}.prom")
 
     def image_path(self, shard: int, item_id: str) -> str:
         return join(self.outputs_dir(shard), "images", f"{item_id}.png")

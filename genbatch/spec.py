@@ -83,6 +83,9 @@ class QualitySpec(_Section):
         None, ge=0.0, le=1.0, description="text: share of outputs that mention every attribute"
     )
     max_duplicate_output_rate: float = Field(0.5, ge=0.0, le=1.0)
+    max_error_rate: float = Field(
+        0.05, ge=0.0, le=1.0, description="a shard fails when more of its items than this fail generation"
+    )
 
 
 class CanarySpec(_Section):

@@ -2,10 +2,11 @@
 
 It reads the run's resolved spec and one shard file, generates in length-bucketed batches
 and commits each batch as one create-only part file. A killed worker resumes by skipping
-the ids already committed, so it redoes at most the batch that was in flight. The shard
-commits by writing its manifest last. It knows nothing about Airflow.
+the ids already committed, so it redoes at most the batch that was in flight. With several
+devices it runs one process per device, each on an interleaved sub-shard with its own parts.
+The shard commits by writing its manifest last. It knows nothing about Airflow.
 
-CLI: ``genbatch worker --run-dir URI --shard K [--device cpu]``
+CLI: ``genbatch worker --run-dir URI --shard K [--devices cuda:0,cuda:1 | cpu,cpu]``
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -28,6 +30,8 @@ from genbatch.items import ITEM_FIELDS
 from genbatch.layout import RunLayout
 from genbatch.run_state import RunState, load_run_state
 from models.batching import windows
+from models.metrics import WorkerMetrics
+from models.progress import Progress
 from models.registry import fetch_verified
 from models.runners import Item, load_runner
 
@@ -35,6 +39,11 @@ log = logging.getLogger(__name__)
 
 AUTO_BATCH = {"text": (16, 64), "image": (4, 16)}  # (start, cap) per task on one device
 WINDOW_BATCHES = 8
+_PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")
+
+
+class ShardFailed(GenbatchError):
+    """Too many items of a shard failed generation; the shard is not committed."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -43,9 +52,25 @@ def is_oom(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
-def read_items(shard_uri: str, skip_ids: set[str]) -> Iterator[Item]:
+def default_devices() -> list[str]:
+    """All visible GPUs, else one CPU process."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count()
+    except ImportError:
+        count = 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+def read_items(shard_uri: str, skip_ids: set[str], rank: int = 0, world: int = 1) -> Iterator[Item]:
+    """Stream a shard's items; with ``world`` > 1 keep every world-th item (interleaved sub-shard)."""
+    position = -1
     for line_no, line in enumerate(storage.iter_lines(shard_uri), start=1):
         if not line.strip():
+            continue
+        position += 1
+        if position % world != rank:
             continue
         try:
             rec = json.loads(line)
@@ -66,16 +91,16 @@ def read_items(shard_uri: str, skip_ids: set[str]) -> Iterator[Item]:
             yield item
 
 
-def committed_parts(layout: RunLayout, shard: int) -> tuple[set[str], int]:
-    """Ids already committed by earlier attempts, and the next free part number."""
+def committed_parts(layout: RunLayout, shard: int) -> tuple[set[str], dict[int, int]]:
+    """Ids already committed by earlier attempts, and the next free part number per rank."""
     done: set[str] = set()
-    next_part = 0
-    prefix = layout.outputs_dir(shard)
-    for uri in storage.list_uris(prefix):
-        name = uri.rsplit("/", 1)[-1]
-        if not (name.startswith("part-") or name.startswith("errors-")) or not name.endswith(".jsonl"):
+    next_part: dict[int, int] = {}
+    for uri in storage.list_uris(layout.outputs_dir(shard)):
+        match = _PART_RE.match(uri.rsplit("/", 1)[-1])
+        if not match:
             continue
-        next_part = max(next_part, int(name.split("-")[1].split(".")[0]) + 1)
+        rank, part = int(match.group(2)), int(match.group(3))
+        next_part[rank] = max(next_part.get(rank, 0), part + 1)
         for line in storage.iter_lines(uri):
             if line.strip():
                 done.add(json.loads(line)["id"])
@@ -87,19 +112,23 @@ def _jsonl(records: list[dict[str, Any]]) -> bytes:
 
 
 class ShardWorker:
-    """Runs one shard to completion; ``runner`` is injectable so tests can hand in a fake."""
+    """Runs one (sub-)shard to completion; ``runner`` is injectable so tests can hand in a fake."""
 
-    def __init__(self, state: RunState, shard: int, runner: Any, *, batch_size: int | str) -> None:
+    def __init__(self, state: RunState, shard: int, runner: Any, *, batch_size: int | str, rank: int = 0,
+                 device: str = "cpu", total: int | None = None) -> None:
         self.state = state
         self.layout = state.layout
         self.shard = shard
+        self.rank = rank
         self.runner = runner
         start, cap = AUTO_BATCH[state.spec.task]
         self.auto = batch_size == "auto"
         self.batch_size = start if self.auto else int(batch_size)
         self.cap = cap if self.auto else int(batch_size)
-        self.stats = {"batches": 0, "generated": 0, "errored": 0, "oom_halvings": 0, "compute_s": 0.0}
-        self.parts: list[str] = []
+        self.stats: dict[str, Any] = {"batches": 0, "generated": 0, "errored": 0, "oom_halvings": 0, "compute_s": 0.0}
+        self.metrics = WorkerMetrics(state.run_id, shard, rank, device)
+        unit = "tokens" if state.spec.task == "text" else "images"
+        self.progress = Progress(f"run {state.run_id} shard {shard} rank {rank}", total, unit)
 
     def _base_record(self, item: Item) -> dict[str, Any]:
         meta = {k: v for k, v in item.record.items() if k not in ITEM_FIELDS}
@@ -118,13 +147,15 @@ class ShardWorker:
             results = self.runner.run_batch(batch)
             elapsed = time.perf_counter() - t0
             self.stats["compute_s"] += elapsed
-            return [(it, {**res, "batch_s": elapsed, "batch_size": len(batch)}) for it, res in zip(batch, results, strict=True)]
+            return [(it, {**res, "batch_s": elapsed, "batch_size": len(batch)})
+                    for it, res in zip(batch, results, strict=True)]
         except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed
             if is_oom(exc) and len(batch) > 1:
                 self.stats["oom_halvings"] += 1
                 self.batch_size = max(1, len(batch) // 2)
                 self.cap = self.batch_size
-                log.warning("shard %s: out of memory at batch %s, halving to %s", self.shard, len(batch), self.batch_size)
+                log.warning("shard %s rank %s: out of memory at batch %s, halving to %s",
+                            self.shard, self.rank, len(batch), self.batch_size)
                 half = len(batch) // 2
                 return self._run_with_oom_backoff(batch[:half]) + self._run_with_oom_backoff(batch[half:])
             if len(batch) > 1:
@@ -137,6 +168,7 @@ class ShardWorker:
 
     def _commit_batch(self, part: int, results: list[tuple[Item, dict[str, Any] | BaseException]]) -> None:
         outputs, errors = [], []
+        units = 0
         for item, res in results:
             rec = self._base_record(item)
             if isinstance(res, BaseException):
@@ -150,17 +182,20 @@ class ShardWorker:
                 uri = self.layout.image_path(self.shard, item.id)
                 storage.write_bytes(uri, buf.getvalue(), content_type="image/png")
                 res["image_path"] = uri[len(self.layout.root) :].lstrip("/")
+                units += 1
+            units += int(res.get("new_tokens", 0))
             outputs.append({**rec, **res, "timings": timings})
         # Errors first, outputs last: the part file is the batch's commit point.
         if errors:
-            storage.write_bytes(self.layout.error_part(self.shard, part), _jsonl(errors))
+            storage.write_bytes(self.layout.error_part(self.shard, part, self.rank), _jsonl(errors))
         if outputs:
-            uri = self.layout.output_part(self.shard, part)
-            storage.write_bytes(uri, _jsonl(outputs))
-            self.parts.append(uri)
+            storage.write_bytes(self.layout.output_part(self.shard, part, self.rank), _jsonl(outputs))
         self.stats["generated"] += len(outputs)
         self.stats["errored"] += len(errors)
         self.stats["batches"] += 1
+        batch_s = max((r["timings"]["batch_s"] for r in outputs), default=0.0)
+        self.metrics.observe_batch(len(results), batch_s, len(outputs), len(errors), units)
+        self.progress.update(len(results), units)
 
     def run(self, items: Iterator[Item], first_part: int) -> None:
         part = first_part
@@ -177,16 +212,19 @@ class ShardWorker:
                     part += 1
                     if self.auto and self.batch_size < self.cap:
                         self.batch_size = min(self.cap, self.batch_size * 2)
+        self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
+        log.info("%s (done)", self.progress.line())
 
 
-def merge_errors(layout: RunLayout, shard: int) -> int:
+def merge_errors(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
     """Fold the per-batch error parts into errors/shard-K.jsonl (deterministic, so idempotent)."""
-    records: list[str] = []
+    records: list[dict[str, Any]] = []
     for uri in storage.list_uris(layout.outputs_dir(shard)):
         if uri.rsplit("/", 1)[-1].startswith("errors-"):
-            records.extend(line for line in storage.iter_lines(uri) if line.strip())
-    storage.write_bytes(layout.errors_file(shard), "".join(r + "\n" for r in records).encode())
-    return len(records)
+            records.extend(json.loads(line) for line in storage.iter_lines(uri) if line.strip())
+    records.sort(key=lambda r: r["id"])
+    storage.write_bytes(layout.errors_file(shard), _jsonl(records))
+    return records
 
 
 def summarise_parts(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
@@ -194,15 +232,85 @@ def summarise_parts(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
     for uri in storage.list_uris(layout.outputs_dir(shard)):
         name = uri.rsplit("/", 1)[-1]
         if name.startswith("part-"):
-            lines = [ln for ln in storage.iter_lines(uri) if ln.strip()]
-            files.append({"path": uri[len(layout.root) :].lstrip("/"), "records": len(lines),
-                          "sha256": hashlib.sha256(storage.read_bytes(uri)).hexdigest()})
+            data = storage.read_bytes(uri)
+            files.append({"path": uri[len(layout.root) :].lstrip("/"), "records": data.count(b"\n"),
+                          "sha256": hashlib.sha256(data).hexdigest()})
     return files
 
 
-def run_shard(run_dir: str, shard: int, *, device: str = "cpu", runner: Any = None) -> dict[str, Any]:
+def shard_total(layout: RunLayout, shard: int) -> int | None:
+    """Item count of a shard from the preprocess plan, for progress ETA (None if unknown)."""
+    if not storage.exists(layout.shard_plan):
+        return None
+    plan = storage.read_json(layout.shard_plan)
+    return next((int(s["items"]) for s in plan.get("shards", []) if s["shard"] == shard), None)
+
+
+def _load(state: RunState, device: str) -> Any:
+    with tempfile.TemporaryDirectory(prefix="genbatch-model-") as cache:
+        model_dir = fetch_verified(state.model, Path(cache))
+        return load_runner(state.spec.task, model_dir, generation=state.spec.generation.model_dump(),
+                           precision=state.spec.model.precision, device=device)
+
+
+def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, runner: Any = None) -> dict[str, Any]:
+    """One device's share of a shard: items at positions ≡ rank (mod world)."""
+    state = load_run_state(run_dir)
+    layout = state.layout
+    done, next_parts = committed_parts(layout, shard)
+    load_s = 0.0
+    if runner is None:
+        t0 = time.perf_counter()
+        runner = _load(state, device)
+        load_s = time.perf_counter() - t0
+    total = shard_total(layout, shard)
+    sub_total = None if total is None else len(range(rank, total, world))
+    worker = ShardWorker(state, shard, runner, batch_size=state.spec.generation.batch_size, rank=rank,
+                         device=device, total=sub_total)
+    worker.run(read_items(layout.shard_input(shard, state.num_shards), done, rank, world), next_parts.get(rank, 0))
+    return {**worker.stats, "model_load_s": load_s, "resumed_items": len(done), "rank": rank, "device": device}
+
+
+def _child(run_dir: str, shard: int, rank: int, world: int, device: str, results: Any) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
+    results.put(run_subshard(run_dir, shard, rank, world, device))
+
+
+def _run_devices(run_dir: str, shard: int, devices: list[str]) -> list[dict[str, Any]]:
+    """One spawned process per device; a crashed child fails the shard with its exit code."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(run_dir, shard, rank, len(devices), dev, results), daemon=False)
+             for rank, dev in enumerate(devices)]
+    for p in procs:
+        p.start()
+    stats: list[dict[str, Any]] = []
+    try:
+        while len(stats) < len(procs):
+            try:
+                stats.append(results.get(timeout=1.0))
+            except Exception:  # noqa: BLE001 - queue.Empty: check the children are alive
+                dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+                if dead:
+                    raise ShardFailed(f"shard {shard}: device process rank {dead[0][0]} ({devices[dead[0][0]]}) "
+                                      f"exited with code {dead[0][1]}; the shard is not committed, rerun it to resume") from None
+                if all(p.exitcode == 0 for p in procs) and results.empty():
+                    break
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return sorted(stats, key=lambda s: s["rank"])
+
+
+def run_shard(run_dir: str, shard: int, *, devices: list[str] | None = None, device: str | None = None,
+              runner: Any = None) -> dict[str, Any]:
     """Generate one shard; safe to call again after a crash or on a finished shard."""
     t_start = time.perf_counter()
+    devices = devices or ([device] if device else default_devices())
     state = load_run_state(run_dir)
     layout = state.layout
     if not 0 <= shard < state.num_shards:
@@ -210,41 +318,42 @@ def run_shard(run_dir: str, shard: int, *, device: str = "cpu", runner: Any = No
     if storage.exists(layout.shard_manifest(shard)):
         log.info("run %s shard %s: already committed, nothing to do", state.run_id, shard)
         return dict(storage.read_json(layout.shard_manifest(shard)))
-    shard_uri = layout.shard_input(shard, state.num_shards)
-    if not storage.exists(shard_uri):
-        raise ShardInputError(f"shard input {shard_uri} does not exist; run the preprocess stage first")
-    done, next_part = committed_parts(layout, shard)
-    if done:
-        log.info("run %s shard %s: resuming, %s items already committed", state.run_id, shard, len(done))
-    load_s = 0.0
-    if runner is None:
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="genbatch-model-") as cache:
-            model_dir = fetch_verified(state.model, Path(cache))
-            runner = load_runner(state.spec.task, model_dir, generation=state.spec.generation.model_dump(),
-                                 precision=state.spec.model.precision, device=device)
-        load_s = time.perf_counter() - t0
-    worker = ShardWorker(state, shard, runner, batch_size=state.spec.generation.batch_size)
-    worker.run(read_items(shard_uri, done), next_part)
-    errored = merge_errors(layout, shard)
+    if not storage.exists(layout.shard_input(shard, state.num_shards)):
+        raise ShardInputError(f"shard input {layout.shard_input(shard, state.num_shards)} does not exist; "
+                              "run the preprocess stage first")
+    if len(devices) == 1 or runner is not None:
+        ranks = [run_subshard(run_dir, shard, 0, 1, devices[0], runner)]
+    else:
+        ranks = _run_devices(run_dir, shard, devices)
+    errors = merge_errors(layout, shard)
     parts = summarise_parts(layout, shard)
     generated = sum(p["records"] for p in parts)
+    finished = generated + len(errors)
+    if finished and len(errors) / finished > state.spec.quality.max_error_rate:
+        first = "; ".join(f"{e['id']}: {e['error'][:120]}" for e in errors[:3])
+        raise ShardFailed(
+            f"run {state.run_id} shard {shard}: {len(errors)} of {finished} items failed generation "
+            f"({len(errors) / finished:.1%} > max_error_rate {state.spec.quality.max_error_rate:.1%}); "
+            f"first errors: {first}. See {layout.errors_file(shard)}"
+        )
+    compute_s = sum(r["compute_s"] for r in ranks)
     manifest = {
         "run_id": state.run_id,
         "shard": shard,
         "model_version": state.model.ref,
         "generated": generated,
-        "errored": errored,
+        "errored": len(errors),
         "parts": parts,
-        "resumed_items": len(done),
-        "batches_this_attempt": worker.stats["batches"],
-        "oom_halvings": worker.stats["oom_halvings"],
-        "timings": {"model_load_s": round(load_s, 3), "compute_s": round(worker.stats["compute_s"], 3),
+        "devices": devices,
+        "resumed_items": ranks[0]["resumed_items"],
+        "batches_this_attempt": sum(r["batches"] for r in ranks),
+        "oom_halvings": sum(r["oom_halvings"] for r in ranks),
+        "timings": {"model_load_s": round(max(r["model_load_s"] for r in ranks), 3),
+                    "compute_s": round(compute_s, 3),
                     "wall_s": round(time.perf_counter() - t_start, 3)},
-        "device": device,
     }
     storage.write_json(layout.shard_manifest(shard), manifest)
-    log.info("run %s shard %s: committed %s generated, %s errored", state.run_id, shard, generated, errored)
+    log.info("run %s shard %s: committed %s generated, %s errored", state.run_id, shard, generated, len(errors))
     return manifest
 
 
@@ -252,11 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genbatch worker", description="Generate one shard of a run.")
     parser.add_argument("--run-dir", required=True, help="run directory URI (local path or gs://)")
     parser.add_argument("--shard", required=True, type=int)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--devices", help="comma-separated torch devices, one process each "
+                        "(default: every visible GPU, else cpu); e.g. cuda:0,cuda:1 or cpu,cpu")
+    parser.add_argument("--device", help="a single device (same as --devices with one entry)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     try:
-        manifest = run_shard(args.run_dir, args.shard, device=args.device)
+        manifest = run_shard(args.run_dir, args.shard, devices=devices, device=args.device)
     except GenbatchError as exc:
         print(f"genbatch worker: error: {exc}", file=sys.stderr)
         return 2

@@ -96,7 +96,7 @@ def test_out_of_memory_halves_the_batch_and_the_shard_still_completes(tmp_path: 
 
 
 def test_a_poison_item_fails_alone_into_the_errors_file(tmp_path: Path) -> None:
-    state = prepared_run(str(tmp_path), generation={"batch_size": 4})
+    state = prepared_run(str(tmp_path), generation={"batch_size": 4}, quality={"max_error_rate": 0.2})
     items = [shard_item(i) for i in range(10)]
     items[6]["prompt"] = "POISON"
     write_shard(state, 0, items)
@@ -124,3 +124,71 @@ def test_bad_shard_number_and_missing_shard_file_are_clear_errors(tmp_path: Path
         run_shard(state.layout.root, 5, runner=FakeRunner())
     with pytest.raises(ShardInputError, match="run the preprocess stage first"):
         run_shard(state.layout.root, 1, runner=FakeRunner())
+
+
+def test_too_many_errors_fail_the_shard_without_committing_it(tmp_path: Path) -> None:
+    from models.worker import ShardFailed
+
+    state = prepared_run(str(tmp_path), generation={"batch_size": 4}, quality={"max_error_rate": 0.1})
+    items = [shard_item(i) for i in range(10)]
+    for i in (1, 5):
+        items[i]["prompt"] = "POISON"
+    write_shard(state, 0, items)
+    for _ in range(2):  # a retry resumes, finds the same errors, and fails the same way
+        with pytest.raises(ShardFailed, match=r"2 of 10 items failed generation .*item-0001: ValueError: poison prompt"):
+            run_shard(state.layout.root, 0, runner=FakeRunner(poison="POISON"))
+    assert not Path(state.layout.shard_manifest(0)).exists()
+
+
+def test_progress_lines_and_prometheus_metrics(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.metrics import metric_value
+
+    monkeypatch.setenv("GENBATCH_PROGRESS_INTERVAL_S", "0")
+    state = prepared_run(str(tmp_path), generation={"batch_size": 5})
+    write_shard(state, 0, [shard_item(i) for i in range(20)])
+    plan = Path(state.layout.shard_plan)
+    plan.write_text(json.dumps({"shards": [{"shard": 0, "items": 20}]}))
+    with caplog.at_level("INFO", logger="models.progress"):
+        run_shard(state.layout.root, 0, runner=FakeRunner())
+    lines = [r.getMessage() for r in caplog.records if r.name == "models.progress"]
+    assert any("10/20 items (50%)" in line and "items/s" in line and "ETA" in line for line in lines)
+    text = Path(state.layout.worker_metrics(0)).read_text()
+    assert metric_value(text, "genbatch_items_total", status="generated", shard=0) == 20
+    assert metric_value(text, "genbatch_generated_units_total") == 60  # 3 tokens per fake output
+    assert metric_value(text, "genbatch_batch_latency_seconds_count") == 4
+    assert metric_value(text, "genbatch_batch_size") == 5
+
+
+def test_metrics_are_pushed_to_a_pushgateway_when_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recording HTTP server on 127.0.0.1 stands in for Pushgateway (a Go server we cannot run here)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - http.server naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.command, self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("GENBATCH_PUSHGATEWAY", f"127.0.0.1:{server.server_port}")
+        state = prepared_run(str(tmp_path), generation={"batch_size": 4})
+        write_shard(state, 0, [shard_item(i) for i in range(6)])
+        run_shard(state.layout.root, 0, runner=FakeRunner())
+    finally:
+        server.shutdown()
+    assert len(received) == 1
+    method, path, body = received[0]
+    assert method == "PUT"
+    assert path == "/metrics/job/genbatch_worker/rank/0/run_id/test-run/shard/0"
+    assert b"genbatch_items_total" in body
