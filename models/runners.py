@@ -154,6 +154,9 @@ class ImageRunner:
         return len(prompt)
 
     def run_batch(self, items: list[Item]) -> list[dict[str, Any]]:
+        import numpy as np
+        from PIL import Image
+
         settings = {**self.generation, **items[0].params}
         generators = [self.torch.Generator(device="cpu").manual_seed(i.seed) for i in items]
         negative = [i.negative_prompt or "" for i in items]
@@ -166,9 +169,14 @@ class ImageRunner:
                 height=int(settings["height"]),
                 width=int(settings["width"]),
                 generator=generators,
-                output_type="pil",
+                output_type="np",
             )
-        return [{"image": image} for image in result.images]
+        images = result.images
+        bad = [items[i].id for i in range(len(items)) if not np.isfinite(images[i]).all()]
+        if bad:
+            # The worker then retries item by item, so only the NaN items end in errors/.
+            raise ValueError(f"non-finite pixels (NaN/inf) in the image of {bad[:3]}")
+        return [{"image": Image.fromarray((np.clip(img, 0, 1) * 255).round().astype("uint8"))} for img in images]
 
 
 def load_runner(task: str, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> Any:

@@ -102,3 +102,24 @@ def test_pickle_weights_are_refused_before_registration_and_before_loading(regis
 
     with pytest.raises(ModelIntegrityError, match=r"extra\.pkl"):
         fetch_verified(ModelVersion(mv.name, mv.version, str(version_dir)), tmp_path / "cache")
+
+
+def test_nan_images_become_item_errors(registry: str, tmp_path: Path) -> None:
+    import torch
+
+    from models.worker import run_shard
+    from tests.helpers import prepared_run, write_shard
+
+    mv = resolve(registry, "tiny-image", alias="production")
+    runner = load_runner("image", fetch_verified(mv, Path("/nonexistent")), generation=GEN, precision="auto", device="cpu")
+    with torch.no_grad():
+        next(runner.pipe.vae.decoder.parameters()).fill_(float("nan"))  # a broken VAE yields NaN pixels
+    state = prepared_run(str(tmp_path), task="image", model=mv, generation={"batch_size": 2, "num_inference_steps": 2},
+                         quality={"max_error_rate": 1.0})
+    write_shard(state, 0, [{"id": f"img-{i}", "prompt": "a bag", "seed": i, "params": {}, "row_index": i} for i in range(3)])
+    manifest = run_shard(state.layout.root, 0, runner=runner)
+    assert manifest["generated"] == 0 and manifest["errored"] == 3
+    errors = [json.loads(x) for x in Path(state.layout.errors_file(0)).read_text().splitlines()]
+    assert [e["id"] for e in errors] == ["img-0", "img-1", "img-2"]
+    assert all("non-finite pixels" in e["error"] for e in errors)
+    assert not list(Path(state.layout.outputs_dir(0)).glob("images/*.png"))
