@@ -11,13 +11,13 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset
 
 from operators.genbatch_operators import (
-    GenerateShardOperator,
     PrepareRunOperator,
     PreprocessOperator,
     PublishOperator,
     QualityGateOperator,
     ValidateInputOperator,
 )
+from operators.generate import KUBERNETES_TASK, LOCAL_TASK, ChooseBackendOperator, GenbatchPodOperator, LocalShardOperator
 from operators.params import spec_params
 
 PUBLISHED = Asset("genbatch://batch_generation/published")
@@ -36,12 +36,16 @@ with DAG(
     prepare = PrepareRunOperator(task_id="prepare_run", retries=0)
     validate = ValidateInputOperator(task_id="validate_input", run_dir=prepare.output)
     preprocess = PreprocessOperator(task_id="preprocess", run_dir=prepare.output)
-    generate = GenerateShardOperator.partial(task_id="generate", run_dir=prepare.output).expand(
+    backend = ChooseBackendOperator(task_id="choose_backend", run_dir=prepare.output)
+    generate_local = LocalShardOperator.partial(task_id=LOCAL_TASK, run_dir=prepare.output).expand(
+        shard=preprocess.output
+    )
+    generate_kubernetes = GenbatchPodOperator.partial(task_id=KUBERNETES_TASK, run_dir=prepare.output).expand(
         shard=preprocess.output
     )
     quality = QualityGateOperator(
-        task_id="quality_gate", run_dir=prepare.output, trigger_rule="none_failed", retries=0
+        task_id="quality_gate", run_dir=prepare.output, trigger_rule="none_failed_min_one_success", retries=0
     )
     publish = PublishOperator(task_id="publish", run_dir=prepare.output, outlets=[PUBLISHED])
 
-    prepare >> validate >> preprocess >> generate >> quality >> publish
+    prepare >> validate >> preprocess >> backend >> [generate_local, generate_kubernetes] >> quality >> publish

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO_ROOT / "dags"
+DEVICE_POOL = "genbatch_devices"  # operators.generate.DEVICE_POOL (kept free of an Airflow import here)
+DEVICE_POOL_SLOTS = max(1, os.cpu_count() or 1)
 
 
 def configure(home: Path) -> None:
@@ -38,12 +40,15 @@ def configure(home: Path) -> None:
 
 def ensure_db(home: Path) -> None:
     """Migrate the metadata DB once; later runs find the marker and skip the ~20 s migration."""
-    marker = home / ".migrated"
+    marker = home / ".initialised-v2"
     if marker.exists():
         return
     log.info("initialising the Airflow metadata DB in %s", home)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, env=os.environ.copy())
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run([*airflow, "db", "migrate"], check=True, stdout=subprocess.DEVNULL, env=os.environ.copy())
+    # Local shard processes share this machine's devices: the pool bounds how many run at once.
+    subprocess.run([*airflow, "pools", "set", DEVICE_POOL, str(DEVICE_POOL_SLOTS), "genbatch local shard processes"],
+                   check=True, stdout=subprocess.DEVNULL, env=os.environ.copy())
     marker.write_text("ok\n")
 
 

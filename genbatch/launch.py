@@ -1,4 +1,8 @@
-"""Start the worker as a local subprocess: the same command a Kubernetes pod runs."""
+"""Start the worker as a local subprocess: the same command a Kubernetes pod runs.
+
+One function (``worker_command``) builds the command for both backends, so a pod and a
+local process for the same shard run exactly the same thing.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,40 @@ from genbatch.errors import GenbatchError
 
 log = logging.getLogger(__name__)
 
+# The worker exits 2 on a GenbatchError (bad input, integrity, too many item errors):
+# retrying cannot help. Any other non-zero code (killed, OOM-killed, crash) is retryable.
+EXIT_PERMANENT = 2
 
-def worker_command(run_dir: str, shard: int, device: str = "cpu") -> list[str]:
+
+class WorkerFailed(GenbatchError):
+    """The worker process exited non-zero; ``permanent`` says whether a retry can help."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.permanent = exit_code == EXIT_PERMANENT
+
+
+def worker_command(run_dir: str, shard: int) -> list[str]:
     """The worker contract: identical arguments locally and in the container."""
-    return ["genbatch", "worker", "--run-dir", run_dir, "--shard", str(shard), "--device", device]
+    return ["genbatch", "worker", "--run-dir", run_dir, "--shard", str(shard)]
 
 
-def run_worker_process(run_dir: str, shard: int, device: str = "cpu", timeout_s: float | None = None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "genbatch", *worker_command(run_dir, shard, device)[1:]]
+def run_worker_process(run_dir: str, shard: int, timeout_s: float | None = None) -> dict[str, Any]:
+    """Run the worker, streaming its log lines into our log as they come."""
+    cmd = [sys.executable, "-m", "genbatch", *worker_command(run_dir, shard)[1:]]
     log.info("shard %s: running %s", shard, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    for line in proc.stderr.splitlines()[-40:]:
-        log.info("worker[%s] %s", shard, line)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-        raise GenbatchError(f"worker for shard {shard} exited with {proc.returncode}: {tail}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            log.info("worker[%s] %s", shard, line)
+            tail = [*tail[-19:], line]
+        code = proc.wait(timeout=timeout_s)
+    if code != 0:
+        reason = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
+        detail = "\n".join(tail[-5:])
+        raise WorkerFailed(f"worker for shard {shard} {reason}: {detail}", exit_code=code)
+    result: dict[str, Any] = json.loads(tail[-1])
     return result

@@ -67,12 +67,48 @@ class ShardingSpec(_Section):
     num_shards: int = Field(4, ge=1, le=10_000)
 
 
+# Airflow caps one mapping at [core] max_map_length (1024 by default): shards, never items, are mapped.
+MAX_MAP_LENGTH = 1024
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
 class ExecutionSpec(_Section):
+    """Where shards run: local subprocesses, or one Kubernetes pod per shard."""
+
     backend: Literal["local", "kubernetes"] = "local"
-    devices: list[str] = Field(default_factory=lambda: ["cpu"])
-    image: str = "genbatch-worker:latest"
-    namespace: str = "genbatch"
+    devices: list[str] | None = Field(
+        None, description="torch devices per shard process (local); default: every visible GPU, else cpu"
+    )
+    image: str | None = Field(None, description="worker image (required for the kubernetes backend)")
+    namespace: str = Field("genbatch", pattern=K8S_NAME)
+    service_account: str = Field("genbatch-worker", pattern=K8S_NAME)
     gpus_per_pod: int = Field(0, ge=0, le=16)
+    gpu_quota_per_pod: int = Field(8, ge=0, le=16, description="most GPUs one pod may ask (the namespace quota)")
+    gpu_type: str | None = Field(
+        None, description="GKE accelerator label value, e.g. nvidia-l4 (node selector cloud.google.com/gke-accelerator)"
+    )
+    cpu: str = Field("4", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field("16Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    ephemeral_storage: str = Field("20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    secret_env: dict[str, str] = Field(
+        default_factory=dict, description="ENV_NAME -> 'secret-name/key': env from Secret refs, never literal values"
+    )
+    priority_class: str = Field("genbatch-batch", pattern=K8S_NAME)
+    active_deadline_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _kubernetes_needs_image_and_quota(self) -> ExecutionSpec:
+        if self.backend == "kubernetes":
+            if not self.image:
+                raise ValueError("execution.image is required for the kubernetes backend (e.g. "
+                                 "europe-docker.pkg.dev/PROJECT/genbatch/worker:TAG)")
+            if self.gpus_per_pod > self.gpu_quota_per_pod:
+                raise ValueError(f"execution.gpus_per_pod={self.gpus_per_pod} exceeds the quota of "
+                                 f"{self.gpu_quota_per_pod} GPUs per pod; lower it or raise the namespace ResourceQuota")
+        for name, ref in self.secret_env.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) or not re.fullmatch(r"[a-z0-9.-]+/[-._a-zA-Z0-9]+", ref):
+                raise ValueError(f"execution.secret_env entry {name!r}: {ref!r} must map an ENV_NAME to 'secret-name/key'")
+        return self
 
 
 class QualitySpec(_Section):
@@ -111,6 +147,13 @@ class RunSpec(_Section):
     canary: CanarySpec = Field(default_factory=CanarySpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _shards_fit_one_mapping(self) -> RunSpec:
+        if self.sharding.num_shards > MAX_MAP_LENGTH:
+            raise ValueError(f"sharding.num_shards={self.sharding.num_shards} exceeds Airflow's max_map_length "
+                             f"({MAX_MAP_LENGTH}); use fewer, larger shards (shards are mapped, never items)")
+        return self
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -247,7 +248,8 @@ def shard_total(layout: RunLayout, shard: int) -> int | None:
 
 
 def _load(state: RunState, device: str) -> Any:
-    with tempfile.TemporaryDirectory(prefix="genbatch-model-") as cache:
+    # Downloaded (gs://) weights live only while loading; the pod mounts an ephemeral volume here.
+    with tempfile.TemporaryDirectory(prefix="genbatch-model-", dir=os.environ.get("GENBATCH_MODEL_CACHE")) as cache:
         model_dir = fetch_verified(state.model, Path(cache))
         return load_runner(state.spec.task, model_dir, generation=state.spec.generation.model_dump(),
                            precision=state.spec.model.precision, device=device)
@@ -310,9 +312,9 @@ def run_shard(run_dir: str, shard: int, *, devices: list[str] | None = None, dev
               runner: Any = None) -> dict[str, Any]:
     """Generate one shard; safe to call again after a crash or on a finished shard."""
     t_start = time.perf_counter()
-    devices = devices or ([device] if device else default_devices())
     state = load_run_state(run_dir)
     layout = state.layout
+    devices = devices or ([device] if device else None) or state.spec.execution.devices or default_devices()
     if not 0 <= shard < state.num_shards:
         raise ShardInputError(f"shard {shard} out of range: this run has {state.num_shards} shards (0..{state.num_shards - 1})")
     if storage.exists(layout.shard_manifest(shard)):
@@ -357,6 +359,14 @@ def run_shard(run_dir: str, shard: int, *, devices: list[str] | None = None, dev
     return manifest
 
 
+def write_xcom_return(run_dir: str, shard: int) -> None:
+    """In a KubernetesPodOperator pod, hand the shard manifest URI back through the XCom sidecar."""
+    target = os.environ.get("GENBATCH_XCOM_RETURN")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps({"shard": shard, "shard_manifest": RunLayout(run_dir).shard_manifest(shard)}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genbatch worker", description="Generate one shard of a run.")
     parser.add_argument("--run-dir", required=True, help="run directory URI (local path or gs://)")
@@ -369,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     try:
         manifest = run_shard(args.run_dir, args.shard, devices=devices, device=args.device)
+        write_xcom_return(args.run_dir, args.shard)
     except GenbatchError as exc:
         print(f"genbatch worker: error: {exc}", file=sys.stderr)
         return 2

@@ -51,22 +51,6 @@ class PreprocessOperator(_RunDirOperator):
         return [s["shard"] for s in plan["shards"]]
 
 
-class GenerateShardOperator(_RunDirOperator):
-    """One shard: the worker command as a local subprocess (a pod per shard on Kubernetes)."""
-
-    template_fields: Sequence[str] = ("run_dir", "shard")
-
-    def __init__(self, *, shard: Any, device: str = "cpu", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.shard = shard
-        self.device = device
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        from genbatch.launch import run_worker_process
-
-        return run_worker_process(self.run_dir, int(self.shard), self.device)
-
-
 class QualityGateOperator(_RunDirOperator):
     """Metrics + gates; fails the task (QualityGateFailed) when a gate misses."""
 

@@ -14,7 +14,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "input": {"uri": "examples/catalog/items.jsonl"},
     "model": {"name": "catalog-copy", "alias": "production"},
 }
-_DROP = {"default", "title"}
+_DROP = {"default", "title", "description"}
 
 
 def _default_of(schema: dict[str, Any]) -> Any:

@@ -56,21 +56,25 @@ def test_dag_files_import_without_errors_or_heavy_libraries(parsed: dict) -> Non
 def test_policy_retries_owner_tags(parsed: dict) -> None:
     assert parsed["owners"] == ["genbatch"]
     assert "genbatch" in parsed["tags"]
-    assert parsed["retries"]["generate"] >= 1 and parsed["retries"]["publish"] >= 1
+    assert parsed["retries"]["generate_local"] >= 1
+    assert parsed["retries"]["generate_kubernetes"] >= 1 and parsed["retries"]["publish"] >= 1
 
 
 def test_structure_and_mapping(parsed: dict) -> None:
     # prepare_run hands the run dir to every task (XCom), so it is upstream of all of them.
     assert parsed["tasks"] == {
-        "prepare_run": ["generate", "preprocess", "publish", "quality_gate", "validate_input"],
+        "prepare_run": ["choose_backend", "generate_kubernetes", "generate_local", "preprocess", "publish",
+                        "quality_gate", "validate_input"],
         "validate_input": ["preprocess"],
-        "preprocess": ["generate"],
-        "generate": ["quality_gate"],
+        "preprocess": ["choose_backend", "generate_kubernetes", "generate_local"],
+        "choose_backend": ["generate_kubernetes", "generate_local"],
+        "generate_local": ["quality_gate"],
+        "generate_kubernetes": ["quality_gate"],
         "quality_gate": ["publish"],
         "publish": [],
     }
-    assert parsed["mapped"] == ["generate"]
-    assert parsed["trigger_rules"]["quality_gate"].lower().endswith("none_failed")
+    assert sorted(parsed["mapped"]) == ["generate_kubernetes", "generate_local"]
+    assert parsed["trigger_rules"]["quality_gate"].lower().endswith("none_failed_min_one_success")
 
 
 def test_params_are_the_runspec_sections(parsed: dict) -> None:

@@ -1,0 +1,82 @@
+"""The Kubernetes settings of one shard's worker pod, derived from the run's spec.
+
+Kept apart from the operator so it reads as one list of settings; the operator applies
+them before the provider builds the pod, so tests can validate the provider's own pod.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genbatch.launch import worker_command
+from genbatch.run_state import RunState
+
+XCOM_RETURN = "/airflow/xcom/return.json"
+MODEL_CACHE = "/var/cache/genbatch"
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+
+
+def _label_value(value: str) -> str:
+    """Kubernetes label values: ≤ 63 chars of [A-Za-z0-9._-], alphanumeric at both ends."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in value)[:63]
+    return cleaned.strip("._-") or "none"
+
+
+def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
+    """KubernetesPodOperator attributes for one shard (kubernetes client model objects)."""
+    from kubernetes.client import models as k8s
+
+    ex = state.spec.execution
+    command = worker_command(state.layout.root, shard)
+    limits = {"cpu": ex.cpu, "memory": ex.memory, "ephemeral-storage": ex.ephemeral_storage}
+    if ex.gpus_per_pod:
+        limits["nvidia.com/gpu"] = str(ex.gpus_per_pod)
+    requests = {k: v for k, v in limits.items() if k != "nvidia.com/gpu"}
+    tolerations = []
+    node_selector: dict[str, str] = {}
+    if ex.gpus_per_pod:
+        tolerations.append(k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"))
+        if ex.gpu_type:
+            node_selector[GKE_ACCELERATOR_LABEL] = ex.gpu_type
+    env = [k8s.V1EnvVar(name="GENBATCH_XCOM_RETURN", value=XCOM_RETURN),
+           k8s.V1EnvVar(name="HOME", value="/tmp"),
+           k8s.V1EnvVar(name="GENBATCH_MODEL_CACHE", value=MODEL_CACHE),
+           k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1")]
+    for name, ref in sorted(ex.secret_env.items()):
+        secret, key = ref.split("/", 1)
+        env.append(k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
+            secret_key_ref=k8s.V1SecretKeySelector(name=secret, key=key))))
+    return {
+        "image": ex.image,
+        "cmds": command[:1],
+        "arguments": command[1:],
+        "namespace": ex.namespace,
+        "service_account_name": ex.service_account,
+        "labels": {
+            "app.kubernetes.io/name": "genbatch-worker",
+            "genbatch/run-id": _label_value(state.run_id),
+            "genbatch/shard": str(shard),
+            "genbatch/model": _label_value(state.model.name),
+            "genbatch/model-version": str(state.model.version),
+        },
+        "container_resources": k8s.V1ResourceRequirements(limits=limits, requests=requests),
+        "node_selector": node_selector,
+        "tolerations": tolerations,
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=65532, run_as_group=65532, fs_group=65532,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        "container_security_context": k8s.V1SecurityContext(
+            run_as_non_root=True, read_only_root_filesystem=True, allow_privilege_escalation=False,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]), seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        "env_vars": env,
+        "volumes": [
+            k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi")),
+            k8s.V1Volume(name="model-cache", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=ex.ephemeral_storage)),
+        ],
+        "volume_mounts": [
+            k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+            k8s.V1VolumeMount(name="model-cache", mount_path=MODEL_CACHE),
+        ],
+        "active_deadline_seconds": ex.active_deadline_s,
+        "priority_class_name": ex.priority_class,
+    }
