@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup run run-gcs test test-unit lint typecheck bench clean
 
-$(STAMP): constraints.txt setup.cfg pyproject.toml
+$(STAMP): constraints.txt setup.cfg pyproject.toml docker/pip-install.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[worker,beam,airflow,dev]"
+	# The same install command the images run (docker/pip-install.sh), with every extra.
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" docker/pip-install.sh worker,beam,airflow,dev --editable
 	$(PY) -m pip check
 	touch $(STAMP)
 

@@ -1,10 +1,16 @@
-# The Airflow image: the `airflow` and `beam` extras, never torch (the worker runs in its own pods).
-# Not built in CI here (no container engine on these machines).
+# The Airflow image: the official Airflow 3.3 image + the `airflow` and `beam` extras and the DAGs;
+# never torch (shards run in worker pods).
+# Build (from the repo root): docker build -f docker/airflow.Dockerfile -t REGION-docker.pkg.dev/PROJECT/genbatch/airflow:TAG .
 FROM apache/airflow:3.3.2-python3.11
-COPY --chown=airflow:root pyproject.toml setup.cfg README.md constraints.txt /opt/genbatch/
-COPY --chown=airflow:root genbatch /opt/genbatch/genbatch
-COPY --chown=airflow:root operators /opt/genbatch/operators
-COPY --chown=airflow:root beam_jobs /opt/genbatch/beam_jobs
-COPY --chown=airflow:root models /opt/genbatch/models
+
+WORKDIR /opt/genbatch
+COPY --chown=airflow:root pyproject.toml setup.cfg README.md constraints.txt ./
+COPY --chown=airflow:root docker/pip-install.sh docker/pip-install.sh
+COPY --chown=airflow:root genbatch ./genbatch
+COPY --chown=airflow:root operators ./operators
+COPY --chown=airflow:root beam_jobs ./beam_jobs
+COPY --chown=airflow:root models ./models
+RUN docker/pip-install.sh airflow,beam
 COPY --chown=airflow:root dags /opt/airflow/dags
-RUN pip install --no-cache-dir -c /opt/genbatch/constraints.txt "/opt/genbatch[airflow,beam]"
+
+USER 50000
