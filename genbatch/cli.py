@@ -5,6 +5,7 @@
     genbatch check-spec SPEC                         validate a spec and print the resolved form
     genbatch spec-schema                             print the RunSpec JSON schema
     genbatch registry-init [--registry URI]          register the shipped tiny models
+    genbatch model register|list|show|alias|promote|rollback   the model registry (see genbatch model -h)
 """
 
 from __future__ import annotations
@@ -98,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         from models.worker import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == ["model"]:
+        from models.model_cli import main as model_main
+
+        try:
+            return model_main(argv[1:])
+        except GenbatchError as exc:
+            print(f"genbatch model: error: {exc}", file=sys.stderr)
+            return 2
     parser = argparse.ArgumentParser(prog="genbatch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-id")
     p.set_defaults(func=cmd_run)
     sub.add_parser("worker", help="generate one shard (see genbatch worker --help)")
+    sub.add_parser("model", help="model registry: register, list, show, alias, promote, rollback")
     p = sub.add_parser("check-spec", help="validate a spec file")
     p.add_argument("spec")
     p.set_defaults(func=cmd_check_spec)

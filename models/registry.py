@@ -4,7 +4,9 @@ Layout under a registry URI (local or gs://)::
 
     <model>/versions/<n>/...        immutable files + card.json (written last: the commit point)
     <model>/aliases.json            {"production": 2, ...}, changed by compare-and-swap
-    <model>/audit/<ts>-<event>.json one object per promotion / registration, never rewritten
+    <model>/audit/<ts>-<event>.json one create-only object per registration, promotion, rollback or
+                                    rejection: append-only on GCS too, where appending to one object
+                                    would be a read-modify-write race
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from genbatch import storage
-from genbatch.errors import ModelIntegrityError, SpecError
+from genbatch.errors import GenbatchError, ModelIntegrityError, SpecError
 from genbatch.model_ref import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -119,21 +121,90 @@ def register_version(
     return mv
 
 
-def set_alias(registry: str, name: str, alias: str, version: int, *, reason: str) -> None:
-    """Point an alias at a version atomically (compare-and-swap on aliases.json)."""
-    if version not in list_versions(registry, name):
-        raise SpecError(f"cannot set {name}:{alias} -> {version}: version {version} is not committed")
-    uri = storage.join(model_root(registry, name), "aliases.json")
-    previous: dict[str, Any] = {}
+class AliasConflictError(GenbatchError):
+    """An alias changed under us: a concurrent promotion won the compare-and-swap."""
+
+
+UNCHECKED: Any = object()  # "do not check the current value"
+
+
+def aliases_uri(registry: str, name: str) -> str:
+    return storage.join(model_root(registry, name), "aliases.json")
+
+
+def update_aliases(
+    registry: str,
+    name: str,
+    changes: dict[str, int | None],
+    *,
+    expect: dict[str, int | None] | None = None,
+    event: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Apply alias changes in one compare-and-swap; ``expect`` guards against concurrent writers.
+
+    A ``None`` change removes the alias. If any alias in ``expect`` no longer has the expected
+    value when the swap happens, nothing is written and AliasConflictError names the winner.
+    """
+    committed = list_versions(registry, name)
+    for alias, version in changes.items():
+        if version is not None and version not in committed:
+            raise SpecError(f"cannot point {name}:{alias} at version {version}: committed versions are {committed}")
+    before: dict[str, Any] = {}
 
     def update(current: Any) -> dict[str, Any]:
-        previous.clear()
-        previous.update(current or {})
-        return {**(current or {}), alias: version}
+        cur = dict(current or {})
+        for alias, expected in (expect or {}).items():
+            if cur.get(alias) != expected:
+                raise AliasConflictError(
+                    f"{name}:{alias} is {cur.get(alias)} but this change expected {expected}: another promotion "
+                    "or rollback won the race; re-read the aliases (genbatch model list) and retry if still wanted"
+                )
+        before.clear()
+        before.update(cur)
+        new = {k: v for k, v in cur.items() if k not in changes}
+        new.update({k: v for k, v in changes.items() if v is not None})
+        return new
 
-    storage.compare_and_swap_json(uri, update)
-    audit(registry, name, "alias", {"alias": alias, "version": version,
-                                    "previous": previous.get(alias), "reason": reason})
+    after: dict[str, int] = storage.compare_and_swap_json(aliases_uri(registry, name), update)
+    audit(registry, name, event, {"changes": changes, "before": before, "after": after, "reason": reason,
+                                  "evidence": evidence or {}})
+    return after
+
+
+def set_alias(registry: str, name: str, alias: str, version: int, *, reason: str,
+              expect: Any = UNCHECKED) -> dict[str, int]:
+    """Point one alias at a version atomically; with ``expect``, only if it still has that value."""
+    guard = None if expect is UNCHECKED else {alias: expect}
+    return update_aliases(registry, name, {alias: version}, expect=guard, event="alias", reason=reason)
+
+
+def promote(registry: str, name: str, version: int, *, reason: str, evidence: dict[str, Any] | None = None,
+            expect_production: Any = UNCHECKED) -> dict[str, int]:
+    """Blue-green: production -> ``version``, the old production kept as ``previous`` for rollback."""
+    current = read_aliases(registry, name).get("production") if expect_production is UNCHECKED else expect_production
+    if current == version:
+        raise SpecError(f"{name}@{version} is already production")
+    return update_aliases(registry, name, {"production": version, "previous": current},
+                          expect={"production": current}, event="promote", reason=reason, evidence=evidence)
+
+
+def rollback(registry: str, name: str, *, reason: str) -> dict[str, int]:
+    """Production back to ``previous`` in one swap; the rolled-back version stays registered."""
+    aliases = read_aliases(registry, name)
+    if "previous" not in aliases:
+        raise SpecError(f"{name} has no 'previous' alias to roll back to (aliases: {aliases})")
+    return update_aliases(registry, name, {"production": aliases["previous"], "previous": None,
+                                           "rolled_back": aliases.get("production")},
+                          expect={"production": aliases.get("production"), "previous": aliases["previous"]},
+                          event="rollback", reason=reason)
+
+
+def read_audit(registry: str, name: str) -> list[dict[str, Any]]:
+    """The audit trail, oldest first (object names start with a UTC timestamp)."""
+    prefix = storage.join(model_root(registry, name), "audit")
+    return [dict(storage.read_json(uri)) for uri in storage.list_uris(prefix) if uri.endswith(".json")]
 
 
 def resolve(registry: str, name: str, *, alias: str | None = None, version: int | None = None) -> ModelVersion:

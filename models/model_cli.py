@@ -1,0 +1,73 @@
+"""``genbatch model ...``: register, list, show, alias, promote, rollback.
+
+    genbatch model register DIR --name NAME [--alias candidate]
+    genbatch model list NAME
+    genbatch model show NAME VERSION
+    genbatch model alias NAME ALIAS VERSION [--expect V]
+    genbatch model promote NAME VERSION [--reason TEXT]
+    genbatch model rollback NAME [--reason TEXT]
+
+Every command takes ``--registry URI`` (default ``.genbatch/registry``; local path or gs://).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from models import registry as reg
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="genbatch model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", default=".genbatch/registry")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("register", help="copy a save_pretrained folder in as the next version")
+    p.add_argument("src", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--alias", help="also point this alias at the new version (e.g. candidate)")
+    p.add_argument("--parent", type=int, help="lineage: the version this one derives from")
+    p = sub.add_parser("list", help="versions and aliases of a model")
+    p.add_argument("name")
+    p = sub.add_parser("show", help="a version's card")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p = sub.add_parser("alias", help="point an alias at a version (compare-and-swap)")
+    p.add_argument("name")
+    p.add_argument("alias")
+    p.add_argument("version", type=int)
+    p.add_argument("--expect", type=int, help="only if the alias currently points here")
+    p = sub.add_parser("promote", help="blue-green: production -> VERSION, old production -> previous")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--reason", default="manual promotion")
+    p = sub.add_parser("rollback", help="production -> previous")
+    p.add_argument("name")
+    p.add_argument("--reason", default="manual rollback")
+    args = parser.parse_args(argv)
+    r = args.registry
+    if args.cmd == "register":
+        lineage = {"source": str(args.src)} | ({"parent_version": args.parent} if args.parent else {})
+        mv = reg.register_version(r, args.name, args.src, lineage=lineage)
+        if args.alias:
+            reg.set_alias(r, args.name, args.alias, mv.version, reason="registered with --alias")
+        _print({"name": mv.name, "version": mv.version, "uri": mv.uri})
+    elif args.cmd == "list":
+        _print({"versions": reg.list_versions(r, args.name), "aliases": reg.read_aliases(r, args.name)})
+    elif args.cmd == "show":
+        _print(reg.read_card(reg.resolve(r, args.name, version=args.version)))
+    elif args.cmd == "alias":
+        expect: Any = args.expect if args.expect is not None else reg.UNCHECKED
+        _print(reg.set_alias(r, args.name, args.alias, args.version, reason="genbatch model alias", expect=expect))
+    elif args.cmd == "promote":
+        _print(reg.promote(r, args.name, args.version, reason=args.reason))
+    elif args.cmd == "rollback":
+        _print(reg.rollback(r, args.name, reason=args.reason))
+    return 0
