@@ -21,8 +21,6 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 
-STATE_DIR = Path(".genbatch")
-
 
 def _summary(run_dir: str, state: str, tasks: dict[str, str], wall_s: float) -> dict[str, Any]:
     from genbatch import storage
@@ -56,8 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from genbatch import embedded
 
-    embedded.configure(STATE_DIR / "airflow")
-    embedded.ensure_db(STATE_DIR / "airflow")
+    embedded.configure(embedded.STATE_DIR / "airflow")
+    embedded.ensure_db(embedded.STATE_DIR / "airflow")
     from models.zoo.seed import ensure_zoo_registered
 
     ensure_zoo_registered(spec.model.registry)

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO_ROOT / "dags"
+STATE_DIR = Path(".genbatch")
 DEVICE_POOL = "genbatch_devices"  # operators.generate.DEVICE_POOL (kept free of an Airflow import here)
 DEVICE_POOL_SLOTS = max(1, os.cpu_count() or 1)
 
@@ -52,17 +53,32 @@ def ensure_db(home: Path) -> None:
     marker.write_text("ok\n")
 
 
-def run_dag(run_conf: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def run_dag(run_conf: dict[str, Any], dag_id: str = "batch_generation") -> tuple[str, dict[str, str]]:
     """Run one DAG run in-process; returns its state and the state of every task instance."""
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS_FOLDER / "batch_generation.py"))
+    bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.dags["batch_generation"]
+    dag = bag.dags[dag_id]
     dr = dag.test(run_conf=run_conf)
     tasks = {}
     for ti in dr.get_task_instances():
         key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
         tasks[key] = str(ti.state)
     return str(dr.state), tasks
+
+
+def dag_run_xcom(dag_id: str, task_id: str) -> Any:
+    """The return value of ``task_id`` in the latest run of ``dag_id`` (embedded mode)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
+        if run is None:
+            return None
+        row = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == run.run_id,
+                                              XComModel.task_id == task_id, XComModel.key == "return_value").first()
+        return None if row is None else XComModel.deserialize_value(row)

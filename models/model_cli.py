@@ -6,6 +6,7 @@
     genbatch model alias NAME ALIAS VERSION [--expect V]
     genbatch model promote NAME VERSION [--reason TEXT]
     genbatch model rollback NAME [--reason TEXT]
+    genbatch model evaluate NAME CANDIDATE      run the model_promotion DAG: promote or reject
 
 Every command takes ``--registry URI`` (default ``.genbatch/registry``; local path or gs://).
 """
@@ -22,6 +23,17 @@ from models import registry as reg
 
 def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _evaluate(registry: str, name: str, candidate: str) -> int:
+    from genbatch import embedded
+
+    embedded.configure(embedded.STATE_DIR / "airflow")
+    embedded.ensure_db(embedded.STATE_DIR / "airflow")
+    state, tasks = embedded.run_dag({"model": name, "candidate": candidate, "registry": registry}, "model_promotion")
+    decision = embedded.dag_run_xcom("model_promotion", "decide")
+    _print({"dag_run": state, "tasks": tasks, "decision": decision})
+    return 0 if state.endswith("success") else 1
 
 
 def main(argv: list[str]) -> int:
@@ -48,6 +60,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("name")
     p.add_argument("version", type=int)
     p.add_argument("--reason", default="manual promotion")
+    p = sub.add_parser("evaluate", help="run the model_promotion DAG (embedded): candidate vs production")
+    p.add_argument("name")
+    p.add_argument("candidate", help="alias or version of the candidate")
     p = sub.add_parser("rollback", help="production -> previous")
     p.add_argument("name")
     p.add_argument("--reason", default="manual rollback")
@@ -68,6 +83,8 @@ def main(argv: list[str]) -> int:
         _print(reg.set_alias(r, args.name, args.alias, args.version, reason="genbatch model alias", expect=expect))
     elif args.cmd == "promote":
         _print(reg.promote(r, args.name, args.version, reason=args.reason))
+    elif args.cmd == "evaluate":
+        return _evaluate(r, args.name, args.candidate)
     elif args.cmd == "rollback":
         _print(reg.rollback(r, args.name, reason=args.reason))
     return 0

@@ -11,11 +11,23 @@ import json
 import logging
 from pathlib import Path
 
-from models.registry import list_versions, register_version, set_alias
+from genbatch import storage
+from models.promotion import write_policy
+from models.registry import list_versions, model_root, register_version, set_alias
 
 log = logging.getLogger(__name__)
 
 ZOO_DIR = Path(__file__).resolve().parent
+EXAMPLES = ZOO_DIR.parents[1] / "examples" / "catalog" / "items.jsonl"
+GOLDEN_ROWS = 200
+# How catalog-copy candidates are judged against production (models.promotion.Policy).
+CATALOG_POLICY = {
+    "spec": {"task": "text", "generation": {"max_new_tokens": 40, "seed": 7}, "sharding": {"num_shards": 1},
+             "quality": {"max_reject_rate": 1.0, "min_success_rate": 0.0, "min_nonempty_rate": 0.0}},
+    "metrics": [{"column": "mentions_attributes", "higher_is_better": True, "tolerance": 0.02},
+                {"column": "nonempty", "higher_is_better": True, "tolerance": 0.01}],
+    "throughput_floor": 0.5,
+}
 ZOO_MODELS: dict[str, tuple[list[str], str]] = {
     # name: (version dirs in registration order, version dir that becomes production)
     "catalog-copy": (["v1", "v2"], "v2"),
@@ -38,6 +50,16 @@ def ensure_zoo_registered(registry: str) -> dict[str, list[int]]:
             mv = register_version(registry, name, src, lineage={"source": f"models/zoo/{name}/{d}"}, metrics=metrics)
             versions[d] = mv.version
         set_alias(registry, name, "production", versions[production], reason="zoo seed")
+        if name == "catalog-copy":
+            seed_golden_set(registry, name)
         registered[name] = sorted(versions.values())
         log.info("seeded %s into %s: %s", name, registry, versions)
     return registered
+
+
+def seed_golden_set(registry: str, name: str) -> None:
+    """The model's golden evaluation set (the first example rows) and its promotion policy."""
+    golden = storage.join(model_root(registry, name), "golden", "eval.jsonl")
+    rows = EXAMPLES.read_text(encoding="utf-8").splitlines()[:GOLDEN_ROWS]
+    storage.write_text(golden, "\n".join(rows) + "\n")
+    write_policy(registry, name, {"golden_set": golden, **CATALOG_POLICY})

@@ -1,0 +1,115 @@
+"""Promotion policy: compare a candidate with production on the model's golden set, then decide.
+
+The evaluation runs go through the same batch pipeline as any run (see
+``operators.pipeline_inline``); this module only holds the policy, the comparison with
+bootstrap confidence intervals, and the registry actions (promote or record a rejection).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from genbatch import storage
+from genbatch.errors import SpecError
+from models import registry as reg
+
+POLICY = "policy.json"
+BOOTSTRAP_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """``column`` of quality/metrics.parquet; worse than production by more than ``tolerance`` fails."""
+
+    column: str
+    higher_is_better: bool = True
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    golden_set: str
+    spec: dict[str, Any]
+    metrics: list[MetricRule] = field(default_factory=list)
+    throughput_floor: float = 0.5  # candidate items/s ≥ floor × production items/s
+
+    @classmethod
+    def load(cls, registry: str, name: str) -> Policy:
+        uri = storage.join(reg.model_root(registry, name), POLICY)
+        if not storage.exists(uri):
+            raise SpecError(f"model {name!r} has no promotion policy at {uri}: write one (golden_set, spec, metrics)")
+        raw = storage.read_json(uri)
+        return cls(golden_set=raw["golden_set"], spec=raw.get("spec", {}),
+                   metrics=[MetricRule(**m) for m in raw.get("metrics", [])],
+                   throughput_floor=float(raw.get("throughput_floor", 0.5)))
+
+
+def bootstrap_diff(a: list[float], b: list[float], *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+    """95% percentile bootstrap interval of mean(b) - mean(a) (independent resampling of each arm)."""
+    if not a or not b:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(resamples):
+        ma = sum(rng.choices(a, k=len(a))) / len(a)
+        mb = sum(rng.choices(b, k=len(b))) / len(b)
+        diffs.append(mb - ma)
+    diffs.sort()
+    return diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
+
+
+def compare(production: dict[str, Any], candidate: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    """Evidence table: each gated metric side by side with the difference and its 95% CI."""
+    rows = []
+    for rule in policy.metrics:
+        a = [float(x) for x in production["items"][rule.column] if x is not None]
+        b = [float(x) for x in candidate["items"][rule.column] if x is not None]
+        mean_a = sum(a) / len(a) if a else float("nan")
+        mean_b = sum(b) / len(b) if b else float("nan")
+        diff = mean_b - mean_a
+        low, high = bootstrap_diff(a, b)
+        worse = -diff if rule.higher_is_better else diff
+        rows.append({"metric": rule.column, "production": mean_a, "candidate": mean_b, "difference": diff,
+                     "ci95": [low, high], "tolerance": rule.tolerance, "higher_is_better": rule.higher_is_better,
+                     "passed": bool(worse <= rule.tolerance)})
+    ratio = candidate["throughput"] / production["throughput"] if production["throughput"] else float("inf")
+    rows.append({"metric": "throughput_items_per_s", "production": production["throughput"],
+                 "candidate": candidate["throughput"], "ratio": ratio, "floor": policy.throughput_floor,
+                 "passed": bool(ratio >= policy.throughput_floor)})
+    return {"rows": rows, "passed": all(r["passed"] for r in rows),
+            "production_version": production["version"], "candidate_version": candidate["version"]}
+
+
+def decide_and_act(registry: str, name: str, evidence: dict[str, Any]) -> dict[str, Any]:
+    """Blue-green promotion when the evidence passes, else an audited rejection; production untouched."""
+    prod, cand = evidence["production_version"], evidence["candidate_version"]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    storage.write_json(storage.join(reg.model_root(registry, name), "evaluations", f"{stamp}-v{cand}-vs-v{prod}.json"),
+                       evidence)
+    if evidence["passed"]:
+        aliases = reg.promote(registry, name, cand, reason="promotion policy passed", evidence=evidence,
+                              expect_production=prod)
+        return {"verdict": "promoted", "aliases": aliases}
+    failed = [r["metric"] for r in evidence["rows"] if not r["passed"]]
+    reg.audit(registry, name, "reject", {"version": cand, "production": prod, "failed": failed, "evidence": evidence})
+    return {"verdict": "rejected", "failed": failed, "aliases": reg.read_aliases(registry, name)}
+
+
+def evidence_table(evidence: dict[str, Any]) -> str:
+    """A plain-text table for task logs."""
+    lines = [f"{'metric':<28}{'production':>12}{'candidate':>12}  verdict"]
+    for r in evidence["rows"]:
+        lines.append(f"{r['metric']:<28}{r['production']:>12.4f}{r['candidate']:>12.4f}  {'PASS' if r['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def write_policy(registry: str, name: str, policy: dict[str, Any]) -> None:
+    storage.write_json(storage.join(reg.model_root(registry, name), POLICY), policy, overwrite=True)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,80 @@
+"""Operators of the model_promotion DAG: resolve → evaluate both arms → decide (promote or reject)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+
+class ResolveVersionsOperator(BaseOperator):
+    """Pin production and the candidate (alias or version) to versions, before any evaluation."""
+
+    def execute(self, context: Any) -> dict[str, int]:
+        from genbatch.errors import SpecError
+        from models.registry import read_aliases, resolve
+
+        p = context["params"]
+        registry, name, candidate = p["registry"], p["model"], str(p["candidate"])
+        aliases = read_aliases(registry, name)
+        if "production" not in aliases:
+            raise SpecError(f"model {name!r} has no production alias; set one with `genbatch model alias`")
+        if candidate.isdigit():
+            cand = resolve(registry, name, version=int(candidate))
+        else:
+            cand = resolve(registry, name, alias=candidate)
+        if cand.version == aliases["production"]:
+            raise SpecError(f"candidate {name}@{cand.version} is already production; nothing to evaluate")
+        return {"production": int(aliases["production"]), "candidate": cand.version}
+
+
+class EvaluateVersionOperator(BaseOperator):
+    """Run one version on the model's golden set through the batch pipeline; returns the evaluation."""
+
+    template_fields: Sequence[str] = ("versions",)
+
+    def __init__(self, *, arm: str, versions: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.arm = arm
+        self.versions = versions
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from genbatch import storage
+        from genbatch.spec import sanitize_run_id
+        from models.promotion import Policy
+        from models.registry import model_root
+        from operators.pipeline_inline import run_pipeline_inline
+
+        p = context["params"]
+        registry, name = p["registry"], p["model"]
+        policy = Policy.load(registry, name)
+        version = int(self.versions[self.arm])
+        spec = {
+            **policy.spec,
+            "input": {"uri": policy.golden_set},
+            "model": {"name": name, "version": version, "registry": registry},
+            "output": {"uri": storage.join(model_root(registry, name), "evaluations", "runs")},
+        }
+        run_id = sanitize_run_id(f"{context['run_id']}-{self.arm}-v{version}")
+        result = run_pipeline_inline(spec, run_id)
+        return result
+
+
+class DecidePromotionOperator(BaseOperator):
+    """Compare with bootstrap CIs, then blue-green promote or record an audited rejection."""
+
+    template_fields: Sequence[str] = ("production", "candidate")
+
+    def __init__(self, *, production: Any, candidate: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.production = production
+        self.candidate = candidate
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from models.promotion import Policy, compare, decide_and_act, evidence_table
+
+        p = context["params"]
+        evidence = compare(self.production, self.candidate, Policy.load(p["registry"], p["model"]))
+        self.log.info("promotion evidence for %s:\n%s", p["model"], evidence_table(evidence))
+        return decide_and_act(p["registry"], p["model"], evidence)
