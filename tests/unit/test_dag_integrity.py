@@ -33,6 +33,8 @@ out = {
     "params": sorted(dag.params.keys()),
     "trigger_rules": {t.task_id: str(t.trigger_rule) for t in dag.tasks},
     "mapped": [t.task_id for t in dag.tasks if type(t).__name__ == "MappedOperator"],
+    "all_dags": {d.dag_id: {"owners": sorted({t.owner for t in d.tasks}), "tags": sorted(d.tags),
+                            "retries_set": all(t.retries is not None for t in d.tasks)} for d in bag.dags.values()},
 }
 print(json.dumps(out))
 """
@@ -81,3 +83,12 @@ def test_params_are_the_runspec_sections(parsed: dict) -> None:
     from genbatch.spec import json_schema
 
     assert parsed["params"] == sorted(json_schema()["properties"])
+
+
+def test_every_dag_file_parses_and_follows_the_policy(parsed: dict) -> None:
+    dag_files = sorted(p.stem for p in (REPO / "dags").glob("*.py") if not p.name.startswith("_"))
+    assert sorted(parsed["all_dags"]) == dag_files
+    for dag_id, info in parsed["all_dags"].items():
+        assert info["owners"] == ["genbatch"], dag_id
+        assert "genbatch" in info["tags"], dag_id
+        assert info["retries_set"], dag_id
