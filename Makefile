@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: setup run run-gcs test test-unit lint typecheck bench clean
 
 $(STAMP): constraints.txt setup.cfg pyproject.toml docker/pip-install.sh
+	# Headless Chromium for the browser tests, from Debian (never `playwright install`).
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The same install command the images run (docker/pip-install.sh), with every extra.
@@ -39,3 +41,13 @@ bench: setup
 
 clean:
 	rm -rf .genbatch runs
+
+# A real local Airflow 3 (api-server, scheduler, dag-processor, triggerer; LocalExecutor; PostgreSQL from
+# Debian's package, installed on first use) with this repo's DAGs; prints the UI address and the logins.
+# `make airflow-down` stops everything it started. See docs/operations.md.
+.PHONY: airflow airflow-down
+airflow: setup
+	$(PY) -m genbatch.airflow_stack up
+
+airflow-down:
+	$(PY) -m genbatch.airflow_stack down

@@ -43,7 +43,7 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     if not counts.ok:
         raise GenbatchError(f"run {state.run_id}: counts do not reconcile: {'; '.join(counts.problems)}")
     quality = storage.read_json(layout.quality_summary)
-    if not quality["passed"]:
+    if not quality.get("publishable", quality["passed"]):
         raise GenbatchError(f"run {state.run_id}: quality gate did not pass; refusing to publish")
     plan = storage.read_json(layout.shard_plan)
     compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
@@ -57,7 +57,9 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         "counts": {k: v for k, v in counts.to_json().items() if k not in {"problems", "ok"}},
         "shards": [{"shard": m["shard"], "generated": m["generated"], "errored": m["errored"],
                     "timings": m["timings"]} for m in shard_manifests],
-        "quality": {"passed": quality["passed"], "metrics": quality["metrics"]},
+        "quality": {"passed": quality["passed"], "metrics": quality["metrics"],
+                    "gates": [{k: g.get(k) for k in ("gate", "value", "passed")} for g in quality.get("gates", [])],
+                    "override": quality.get("override") if (quality.get("override") or {}).get("applied") else None},
         "timings": {"compute_s": round(compute_s, 3), "model_load_s": round(load_s, 3),
                     "throughput_items_per_compute_s": round(counts.generated / compute_s, 3) if compute_s else None},
         "cost_estimate": {"est_cost_units": plan["est_cost_total"], "device_seconds": round(compute_s + load_s, 3),

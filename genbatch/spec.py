@@ -35,6 +35,9 @@ class InputSpec(_Section):
     max_reject_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Stop the run when more rows than this are rejected."
     )
+    min_rows: int = Field(1, ge=1, description="fewer input rows than this stops the run")
+    max_rows: int | None = Field(None, ge=1, description="more input rows than this stops the run")
+    max_bytes: int = Field(2 * 1024**3, ge=1, description="a larger input file is refused before it is read")
 
 
 class ModelSpec(_Section):
@@ -111,6 +114,11 @@ class ExecutionSpec(_Section):
         return self
 
 
+class QualityOverride(_Section):
+    reason: str = Field(min_length=10, description="why publishing despite failed gates is acceptable")
+    approved_by: str = Field(min_length=2, pattern=r"\S", description="who approved it (name or e-mail)")
+
+
 class QualitySpec(_Section):
     min_success_rate: float = Field(0.99, ge=0.0, le=1.0, description="generated / accepted")
     max_reject_rate: float = Field(0.2, ge=0.0, le=1.0, description="rejected / input")
@@ -122,6 +130,47 @@ class QualitySpec(_Section):
     max_error_rate: float = Field(
         0.05, ge=0.0, le=1.0, description="a shard fails when more of its items than this fail generation"
     )
+    gates: list[str] = Field(
+        default_factory=list,
+        description="more gates as 'METRIC OP NUMBER', e.g. 'empty_rate <= 0.01', 'adherence >= 0.9', "
+        "'pii_hits == 0' (metrics: see docs/quality.md)",
+    )
+    blocklist: list[str] = Field(
+        default_factory=list, description="text: words or phrases that must not appear (whole words, any case)"
+    )
+    pii: list[Literal["email", "phone", "card"]] = Field(
+        ["email", "phone", "card"], description="text: PII patterns to count"
+    )
+    repetition_min_repeats: int = Field(
+        3, ge=2, le=100, description="text: back-to-back copies of a 1-8 word span that make a loop"
+    )
+    near_duplicate_max_distance: int = Field(
+        4, ge=0, le=32, description="image: dHash bits (of 64) within which two images are near-duplicates"
+    )
+    override: QualityOverride | None = Field(
+        None, description="publish although gates failed: failures become warnings, recorded in "
+        "summary.json and the manifest"
+    )
+
+    @model_validator(mode="after")
+    def _gates_parse(self) -> QualitySpec:
+        from genbatch.quality_gates import parse_gate
+
+        for expression in self.gates:
+            parse_gate(expression)  # ValueError names the bad gate and the known metrics
+        return self
+
+    def gate_expressions(self) -> list[str]:
+        """Every gate of the run: the named thresholds above, then ``gates`` (duplicates dropped)."""
+        named = [
+            f"success_rate >= {self.min_success_rate}",
+            f"reject_rate <= {self.max_reject_rate}",
+            f"nonempty_rate >= {self.min_nonempty_rate}",
+            f"duplicate_output_rate <= {self.max_duplicate_output_rate}",
+        ]
+        if self.min_attribute_mention_rate is not None:
+            named.append(f"attribute_mention_rate >= {self.min_attribute_mention_rate}")
+        return list(dict.fromkeys(named + list(self.gates)))
 
 
 class CanarySpec(_Section):

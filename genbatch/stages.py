@@ -20,7 +20,7 @@ from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
 from genbatch.run_state import RunState, load_run_state, write_run_state
 from genbatch.spec import RunSpec, parse_spec, sanitize_run_id
-from genbatch.validation import InputSchemaError, ValidationOutcome, validate_rows
+from genbatch.validation import InputSchemaError, ValidationOutcome, data_docs_html, validate_rows
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,26 @@ def validate_input(run_dir: str) -> dict[str, Any]:
     spec = state.spec
     if not storage.exists(spec.input.uri):
         raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
+    size = storage.size(spec.input.uri)
+    if size > spec.input.max_bytes:
+        raise ShardInputError(f"input {spec.input.uri!r} is {size} bytes, over input.max_bytes={spec.input.max_bytes}; "
+                              "split it or raise input.max_bytes in the spec")
     fmt = detect_format(spec.input.uri, None if spec.input.format == "auto" else spec.input.format)
     rows = iter_input_rows(storage.read_bytes(spec.input.uri), fmt, source=spec.input.uri)
     try:
         outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars,
-                                max_reject_fraction=spec.input.max_reject_fraction, source=spec.input.uri)
+                                max_reject_fraction=spec.input.max_reject_fraction, source=spec.input.uri,
+                                min_rows=spec.input.min_rows, max_rows=spec.input.max_rows)
     except InputSchemaError as exc:
         if exc.outcome is not None:
             _write_validation(state, exc.outcome, failure=str(exc))
+            storage.write_text(state.layout.path("validation", "data_docs.html"),
+                               data_docs_html(exc.outcome.gx_results), overwrite=True,
+                               content_type="text/html; charset=utf-8")
         raise
     report = _write_validation(state, outcome, failure=None)
+    # GX Data Docs beside the JSON results (overwrite: a retried task renders the same results).
+    storage.write_text(state.layout.path("validation", "data_docs.html"), data_docs_html(outcome.gx_results),
+                       overwrite=True, content_type="text/html; charset=utf-8")
     log.info("run %s: validated %s rows, %s rejected", state.run_id, report["rows"]["input"], report["rows"]["rejected"])
     return dict(report["rows"])

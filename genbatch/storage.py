@@ -263,6 +263,37 @@ def exists(uri: str) -> bool:
         return local_path(uri).is_file()
 
 
+def size(uri: str) -> int:
+    """Size in bytes of an existing object (checked before reading a user-supplied input)."""
+    with _errors(uri, "size", read=True):
+        if is_gcs(uri):
+            bucket, key = _bucket(uri)
+            blob = bucket.get_blob(key, retry=_retry(), timeout=_timeout())
+            if blob is None:
+                raise ObjectNotFoundError(f"size {uri}: no such object")
+            return int(blob.size or 0)
+        return local_path(uri).stat().st_size
+
+
+def remove_stale_temp_files(prefix: str, *, older_than_s: float) -> int:
+    """Delete temp files a killed writer left under a local prefix (GCS uploads leave none).
+
+    Only files older than ``older_than_s`` go, so a live writer's temp file is never touched.
+    """
+    if is_gcs(prefix):
+        return 0
+    root = local_path(prefix)
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in root.rglob(".*"):
+        if path.is_file() and _TMP_RE.match(path.name) and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def delete(uri: str) -> None:
     """Delete the object; a missing one is fine (deletes are retried, so must be idempotent)."""
     from google.api_core.exceptions import NotFound

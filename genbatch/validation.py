@@ -24,7 +24,7 @@ import reprlib
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -39,6 +39,8 @@ __all__ = [
     "InputSchemaError",
     "Reject",
     "ValidationOutcome",
+    "data_docs_html",
+    "gx_validate",
     "validate_rows",
 ]
 
@@ -154,6 +156,8 @@ class ValidationOutcome:
     accepted: list[tuple[int, dict[str, Any]]]
     rejects: list[Reject]
     report: dict[str, Any] = field(default_factory=dict)
+    gx_results: list[Any] = field(default_factory=list, repr=False, compare=False)
+    """The raw GX validation results (rows, then params keys), for Data Docs."""
 
 
 def validate_rows(
@@ -163,11 +167,16 @@ def validate_rows(
     allowed_param_keys: Collection[str] = DEFAULT_PARAM_KEYS,
     max_reject_fraction: float = 1.0,
     source: str = "input",
+    min_rows: int = 1,
+    max_rows: int | None = None,
 ) -> ValidationOutcome:
     """Validate input rows against the contract with GX; raise InputSchemaError on table failures.
 
-    ``source`` only names the input in messages (a path or URI).
+    ``source`` only names the input in messages (a path or URI). ``min_rows``/``max_rows`` bound
+    the number of input rows (blank lines excluded); outside them the run stops.
     """
+    if min_rows < 1 or (max_rows is not None and max_rows < min_rows):
+        raise ValueError(f"row bounds must satisfy 1 <= min_rows <= max_rows, got {min_rows}, {max_rows}")
     if max_prompt_chars < 1:
         raise ValueError(f"max_prompt_chars must be >= 1, got {max_prompt_chars}")
     if not 0.0 <= max_reject_fraction <= 1.0:
@@ -181,7 +190,7 @@ def validate_rows(
     frame, key_frame, columns_found = _derive_frames(items)
 
     # 3. Run the suites; the GX results are the verdicts.
-    row_suite = _row_suite(frame.columns, max_prompt_chars)
+    row_suite = _row_suite(frame.columns, max_prompt_chars, min_rows, max_rows)
     key_suite = _key_suite(allowed)
     with _GX_LOCK:
         gx_env = _gx_env()
@@ -228,9 +237,11 @@ def validate_rows(
 
     report = _report(
         row_result, key_result, expectations, items, accepted, rejects,
-        columns_found, max_prompt_chars, allowed, max_reject_fraction,
+        columns_found, max_prompt_chars, allowed, max_reject_fraction, min_rows, max_rows,
     )
-    outcome = ValidationOutcome(accepted=accepted, rejects=rejects, report=report)
+    outcome = ValidationOutcome(
+        accepted=accepted, rejects=rejects, report=report, gx_results=[row_result, key_result]
+    )
     _raise_on_table_failures(table_ok, outcome, columns_found, source, max_reject_fraction)
     return outcome
 
@@ -342,13 +353,23 @@ def _derive_frames(
 
 
 class _GxEnv:
-    """The cached ephemeral GX context and its two whole-dataframe batch definitions."""
+    """The cached ephemeral GX context and its whole-dataframe batch definitions."""
 
-    def __init__(self, gx: Any, context: Any, rows: Any, keys: Any) -> None:
+    def __init__(self, gx: Any, context: Any, rows: Any, keys: Any, source: Any = None) -> None:
         self.gx = gx
         self.context = context
         self.rows = rows
         self.keys = keys
+        self.source = source
+        self.batches: dict[str, Any] = {}
+
+    def batch_definition(self, asset: str) -> Any:
+        """A whole-dataframe batch definition named ``asset``, added to the context on first use."""
+        if asset not in self.batches:
+            self.batches[asset] = self.source.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(
+                f"all_{asset}"
+            )
+        return self.batches[asset]
 
 
 def _import_gx() -> Any:
@@ -372,10 +393,78 @@ def _gx_env() -> _GxEnv:
     keys = source.add_dataframe_asset("param_keys").add_batch_definition_whole_dataframe(
         "all_param_keys"
     )
-    return _GxEnv(gx, context, rows, keys)
+    return _GxEnv(gx, context, rows, keys, source)
 
 
-def _row_suite(columns: Iterable[str], max_prompt_chars: int) -> Any:
+def gx_validate(
+    asset: str,
+    frame: Any,
+    suite_name: str,
+    expectations: Callable[[Any], list[Any]],
+    *,
+    result_format: str | dict[str, Any] = "SUMMARY",
+) -> Any:
+    """Validate a pandas frame against a suite on the shared cached ephemeral context.
+
+    ``expectations`` receives the ``great_expectations`` module and returns the expectations, so
+    callers need not import GX themselves. Other suites (the quality gates) use this instead of a
+    context of their own; ``asset`` names the frame (e.g. ``quality_items``).
+    """
+    gx = _import_gx()
+    suite = gx.ExpectationSuite(name=suite_name, expectations=expectations(gx))
+    with _GX_LOCK:
+        env = _gx_env()
+        batch = env.batch_definition(asset).get_batch(batch_parameters={"dataframe": frame})
+        return batch.validate(suite, result_format=result_format)
+
+
+def data_docs_html(results: Iterable[Any]) -> str:
+    """GX Data Docs: one HTML page with the validation result page of every result given.
+
+    The page is GX's own renderer output (``ValidationResultsPageRenderer``); it loads Bootstrap
+    and friends from CDNs, so offline it shows unstyled but complete tables.
+    """
+    _import_gx()
+    import logging
+
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    renderer, view = ValidationResultsPageRenderer(), DefaultJinjaPageView()
+    pages = []
+    gx_logger = logging.getLogger("great_expectations")
+    level = gx_logger.level
+    gx_logger.setLevel(logging.CRITICAL)  # GX logs a traceback for numpy scalars it cannot format
+    try:
+        for result in results:
+            pages.append(view.render(renderer.render(_plain_numbers(result))))
+    finally:
+        gx_logger.setLevel(level)
+    if len(pages) == 1:
+        return str(pages[0])
+    # Several results: keep the first page's <head>, append the others' bodies.
+    first = str(pages[0])
+    bodies = [p[p.find("<body"):p.rfind("</body>")] for p in map(str, pages[1:])]
+    cut = first.rfind("</body>")
+    return first[:cut] + "".join(f"<hr>{b[b.find('>') + 1:]}" for b in bodies) + first[cut:]
+
+
+def _plain_numbers(result: Any) -> Any:
+    """Turn numpy scalars in the observed values into Python numbers (GX's renderer wants them)."""
+    for r in getattr(result, "results", []):
+        details = r.result or {}
+        value = details.get("observed_value")
+        if value is not None and hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            try:
+                details["observed_value"] = value.item()
+            except (ValueError, TypeError):
+                pass
+    return result
+
+
+def _row_suite(
+    columns: Iterable[str], max_prompt_chars: int, min_rows: int = 1, max_rows: int | None = None
+) -> Any:
     """The per-row suite; value checks on ``id``/``prompt`` only exist when those columns do."""
     gx = _import_gx()
     e = gx.expectations
@@ -385,7 +474,9 @@ def _row_suite(columns: Iterable[str], max_prompt_chars: int) -> Any:
         return {"meta": {"rule": name}}
 
     expectations: list[Any] = [
-        e.ExpectTableRowCountToBeBetween(min_value=1, **rule("table_row_count")),
+        e.ExpectTableRowCountToBeBetween(
+            min_value=min_rows, max_value=max_rows, **rule("table_row_count")
+        ),
         e.ExpectColumnToExist(column="id", **rule("id_column")),
         e.ExpectColumnToExist(column="prompt", **rule("prompt_column")),
         e.ExpectColumnValuesToBeInSet(
@@ -638,6 +729,8 @@ def _report(
     max_prompt_chars: int,
     allowed: frozenset[str],
     max_reject_fraction: float,
+    min_rows: int = 1,
+    max_rows: int | None = None,
 ) -> dict[str, Any]:
     gx = _import_gx()
     by_rule = Counter(r.rule for r in rejects)
@@ -655,6 +748,8 @@ def _report(
             "max_prompt_chars": max_prompt_chars,
             "allowed_param_keys": sorted(allowed),
             "max_reject_fraction": max_reject_fraction,
+            "min_rows": min_rows,
+            "max_rows": max_rows,
         },
         "statistics": {
             "rows": _jsonable(dict(row_result.statistics)),
@@ -680,12 +775,15 @@ def _raise_on_table_failures(
     report = outcome.report
     total = report["row_count"]
     if not table_ok.get("table_row_count", False):
-        raise InputSchemaError(
-            f"input has no rows: {source} is empty or holds only blank lines; check the input "
-            "path and the export that wrote it",
-            report=report,
-            outcome=outcome,
-        )
+        if total == 0:
+            message = (f"input has no rows: {source} is empty or holds only blank lines; check "
+                       "the input path and the export that wrote it")
+        else:
+            bounds = report["settings"]
+            message = (f"input {source} has {total} rows, outside the expected "
+                       f"{bounds['min_rows']}..{bounds['max_rows'] or 'unbounded'}; check the export "
+                       "(a truncated or doubled file?) or change the row bounds in the run spec")
+        raise InputSchemaError(message, report=report, outcome=outcome)
     if report["parsed_count"] == 0:
         first = outcome.rejects[0]
         raise InputSchemaError(
