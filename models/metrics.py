@@ -60,6 +60,13 @@ def peak_memory_bytes(device: str) -> float:
         import torch
 
         return float(torch.cuda.max_memory_allocated(torch.device(device)))
+    # VmHWM is this process's own peak; ru_maxrss carries a forked/spawned parent's peak over.
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return float(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
     import resource
 
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -41,10 +42,35 @@ log = logging.getLogger(__name__)
 AUTO_BATCH = {"text": (16, 64), "image": (4, 16)}  # (start, cap) per task on one device
 WINDOW_BATCHES = 8
 _PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")
+POS_KEY = "_pos"  # the item's position in the shard file: sorts first, so resume reads it cheaply
+_POS_PREFIX = '{"_pos": '
+STALE_TEMP_S = 3600.0
 
 
 class ShardFailed(GenbatchError):
     """Too many items of a shard failed generation; the shard is not committed."""
+
+
+class WorkerInterrupted(Exception):
+    """SIGTERM (pod eviction, preemption, task kill): the batch in flight finished, the rest resumes later."""
+
+
+class _Stop:
+    """Set by SIGTERM; checked between batches so the batch in flight is committed, not lost."""
+
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            cls.requested = True
+            log.warning("received signal %s: finishing the current batch, then stopping", signum)
+
+        signal.signal(signal.SIGTERM, handler)
+
+
+STOP = _Stop
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM: retryable, like being killed by it
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -64,17 +90,41 @@ def default_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-def read_items(shard_uri: str, skip_ids: set[str], rank: int = 0, world: int = 1) -> Iterator[Item]:
+class Positions:
+    """A bitmap of committed item positions in the (immutable) shard file: 1M items = 125 kB."""
+
+    def __init__(self) -> None:
+        self.bits = bytearray()
+        self.count = 0
+
+    def add(self, pos: int) -> None:
+        byte, bit = divmod(pos, 8)
+        if byte >= len(self.bits):
+            self.bits.extend(bytes(byte + 1 - len(self.bits)))
+        if not self.bits[byte] >> bit & 1:
+            self.bits[byte] |= 1 << bit
+            self.count += 1
+
+    def __contains__(self, pos: int) -> bool:
+        byte, bit = divmod(pos, 8)
+        return byte < len(self.bits) and bool(self.bits[byte] >> bit & 1)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def read_items(shard_uri: str, done: Positions, rank: int = 0, world: int = 1) -> Iterator[Item]:
     """Stream a shard's items; with ``world`` > 1 keep every world-th item (interleaved sub-shard)."""
     position = -1
     for line_no, line in enumerate(storage.iter_lines(shard_uri), start=1):
         if not line.strip():
             continue
         position += 1
-        if position % world != rank:
+        if position % world != rank or position in done:
             continue
         try:
             rec = json.loads(line)
+            rec[POS_KEY] = position
             item = Item(
                 id=rec["id"],
                 prompt=rec["prompt"],
@@ -88,13 +138,23 @@ def read_items(shard_uri: str, skip_ids: set[str], rank: int = 0, world: int = 1
                 f"{shard_uri} line {line_no}: not a valid shard item ({exc}); "
                 "shards are written by the preprocess stage: rerun it"
             ) from None
-        if item.id not in skip_ids:
-            yield item
+        yield item
 
 
-def committed_parts(layout: RunLayout, shard: int) -> tuple[set[str], dict[int, int]]:
-    """Ids already committed by earlier attempts, and the next free part number per rank."""
-    done: set[str] = set()
+def _position_of(line: str) -> int:
+    """Every committed record starts with ``{"_pos": N`` (sorted keys), so no JSON parse is needed."""
+    if not line.startswith(_POS_PREFIX):
+        return int(json.loads(line)[POS_KEY])
+    end = line.find(",", len(_POS_PREFIX))
+    return int(line[len(_POS_PREFIX) : end if end >= 0 else -1])
+
+
+def committed_parts(layout: RunLayout, shard: int) -> tuple[Positions, dict[int, int]]:
+    """Positions already committed by earlier attempts, and the next free part number per rank.
+
+    Memory is one bit per shard item, whatever was committed before.
+    """
+    done = Positions()
     next_part: dict[int, int] = {}
     for uri in storage.list_uris(layout.outputs_dir(shard)):
         match = _PART_RE.match(uri.rsplit("/", 1)[-1])
@@ -104,7 +164,7 @@ def committed_parts(layout: RunLayout, shard: int) -> tuple[set[str], dict[int, 
         next_part[rank] = max(next_part.get(rank, 0), part + 1)
         for line in storage.iter_lines(uri):
             if line.strip():
-                done.add(json.loads(line)["id"])
+                done.add(_position_of(line))
     return done, next_part
 
 
@@ -132,8 +192,9 @@ class ShardWorker:
         self.progress = Progress(f"run {state.run_id} shard {shard} rank {rank}", total, unit)
 
     def _base_record(self, item: Item) -> dict[str, Any]:
-        meta = {k: v for k, v in item.record.items() if k not in ITEM_FIELDS}
+        meta = {k: v for k, v in item.record.items() if k not in ITEM_FIELDS and k != POS_KEY}
         return {
+            POS_KEY: item.record[POS_KEY],
             "id": item.id,
             "row_index": item.record.get("row_index"),
             "seed": item.seed,
@@ -200,6 +261,13 @@ class ShardWorker:
 
     def run(self, items: Iterator[Item], first_part: int) -> None:
         part = first_part
+        try:
+            self._run_windows(items, part)
+        finally:
+            self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
+        log.info("%s (done)", self.progress.line())
+
+    def _run_windows(self, items: Iterator[Item], part: int) -> None:
         length: Callable[[Item], int] = lambda it: self.runner.token_length(it.prompt)  # noqa: E731
         for window in windows(items, self.cap * WINDOW_BATCHES):
             groups: dict[str, list[Item]] = {}
@@ -208,13 +276,14 @@ class ShardWorker:
             for key in sorted(groups):
                 pending = sorted(groups[key], key=length)
                 while pending:
+                    if STOP.requested:
+                        raise WorkerInterrupted(f"shard {self.shard} rank {self.rank}: stopped by signal after "
+                                                f"{self.stats['batches']} batches; rerun to resume")
                     batch, pending = pending[: self.batch_size], pending[self.batch_size :]
                     self._commit_batch(part, self._run_with_oom_backoff(batch))
                     part += 1
                     if self.auto and self.batch_size < self.cap:
                         self.batch_size = min(self.cap, self.batch_size * 2)
-        self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
-        log.info("%s (done)", self.progress.line())
 
 
 def merge_errors(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
@@ -259,6 +328,9 @@ def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, r
     """One device's share of a shard: items at positions ≡ rank (mod world)."""
     state = load_run_state(run_dir)
     layout = state.layout
+    removed = storage.remove_stale_temp_files(layout.outputs_dir(shard), older_than_s=STALE_TEMP_S)
+    if removed:
+        log.info("shard %s: removed %s temp files left by killed writers", shard, removed)
     done, next_parts = committed_parts(layout, shard)
     load_s = 0.0
     if runner is None:
@@ -274,6 +346,7 @@ def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, r
 
 
 def _child(run_dir: str, shard: int, rank: int, world: int, device: str, results: Any) -> None:
+    STOP.install()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
     results.put(run_subshard(run_dir, shard, rank, world, device))
 
@@ -377,9 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    STOP.install()
     try:
         manifest = run_shard(args.run_dir, args.shard, devices=devices, device=args.device)
         write_xcom_return(args.run_dir, args.shard)
+    except WorkerInterrupted as exc:
+        print(f"genbatch worker: interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except GenbatchError as exc:
         print(f"genbatch worker: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,213 @@
+"""Building a real run directory for subprocess worker tests, and reading back what it holds.
+
+Shared by tests/integration/test_worker_resume.py and test_worker_memory.py. Nothing here
+starts Airflow or the preprocess stage: the run dir is what the prepare stage would leave
+(spec.json + shard files), plus a minimal ``validation/input.json`` so that
+``genbatch.reconcile.reconcile`` can be run on it.
+
+Run as a module (``python -m tests.worker_harness worker --run-dir ... --shard K``) it is the
+real CLI (``genbatch.cli.main``) with one passive probe: when ``GENBATCH_TEST_BATCH_LOG`` is
+set, every ``run_batch`` call on the real runner appends the ids it was handed to that file
+(one ``os.write`` on an O_APPEND fd per call, so a line is either whole or absent after
+SIGKILL). It changes no behaviour; it lets a kill test count the generation work that a
+killed attempt did and never committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genbatch import storage
+from genbatch.layout import RunLayout
+from genbatch.model_ref import ModelVersion
+from genbatch.run_state import RunState, write_run_state
+from genbatch.spec import parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOG = REPO / "examples" / "catalog" / "items.jsonl"
+
+
+def catalog_prompts() -> list[str]:
+    """The ``prompt`` field of every row of the example catalog (real prompt sizes)."""
+    return [json.loads(line)["prompt"] for line in CATALOG.read_text().splitlines() if line.strip()]
+
+
+def real_run(output_root: str, model: ModelVersion, registry: str, *, run_id: str = "test-run",
+             generation: dict[str, Any] | None = None, task: str = "text") -> RunState:
+    """A one-shard run whose spec names the real registry model (unlike tests.helpers.prepared_run,
+    whose spec section always says ``fake@1``)."""
+    spec = parse_spec({
+        "task": task,
+        "input": {"uri": "unused.jsonl"},
+        "model": {"name": model.name, "version": model.version, "registry": registry},
+        "generation": generation or {},
+        "sharding": {"num_shards": 1},
+        "output": {"uri": output_root},
+    })
+    state = RunState(run_id=run_id, spec=spec, model=model, layout=RunLayout.for_run(output_root, run_id),
+                     num_shards=1)
+    write_run_state(state)
+    return state
+
+
+def write_items(state: RunState, items: Iterable[dict[str, Any]], shard: int = 0) -> int:
+    """The shard file (streamed: items may be a generator) plus the validation report that
+    reconcile() needs (every row accepted). Returns the item count."""
+    path = Path(state.layout.shard_input(shard, state.num_shards))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w") as f:
+        for it in items:
+            f.write(json.dumps(it) + "\n")
+            n += 1
+    storage.write_json(state.layout.validation_report, {"rows": {"input": n, "accepted": n, "rejected": 0}})
+    return n
+
+
+def worker_cmd(run_dir: str, shard: int = 0) -> list[str]:
+    """The real CLI, exactly what a pod runs."""
+    return [sys.executable, "-m", "genbatch", "worker", "--run-dir", run_dir, "--shard", str(shard),
+            "--device", "cpu"]
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")  # 2 shared cores: keep each worker to one
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")  # genbatch.layout output_part/error_part
+METRICS_RE = re.compile(r"^metrics-r\d+\.prom$")
+
+
+def part_key(uri: str) -> tuple[str, int, int] | None:
+    """``.../part-r00-00012.jsonl`` -> ("part", 0, 12); None for any other name."""
+    match = PART_RE.match(uri.rsplit("/", 1)[-1])
+    return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+
+@dataclass
+class OutputsScan:
+    """Everything the outputs dir of one shard shows through ``storage.list_uris``."""
+
+    ids: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)  # part_key -> ids in it
+    unexpected: list[str] = field(default_factory=list)  # a name that is no part, manifest or metrics file
+    unparsable: list[str] = field(default_factory=list)  # a visible file that is not complete JSONL/JSON
+
+    @property
+    def output_ids(self) -> list[str]:
+        return [i for k, ids in sorted(self.ids.items()) if k[0] == "part" for i in ids]
+
+    @property
+    def id_counts(self) -> Counter[str]:
+        c: Counter[str] = Counter()
+        for ids in self.ids.values():
+            c.update(ids)
+        return c
+
+
+def _complete_jsonl_ids(path: Path) -> list[str] | None:
+    data = path.read_bytes()
+    if not data or not data.endswith(b"\n"):
+        return None
+    ids = []
+    try:
+        for line in data.decode("utf-8").splitlines():
+            ids.append(str(json.loads(line)["id"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return ids
+
+
+def scan_outputs(layout: RunLayout, shard: int = 0) -> OutputsScan:
+    scan = OutputsScan()
+    for uri in storage.list_uris(layout.outputs_dir(shard)):
+        name = uri.rsplit("/", 1)[-1]
+        key = part_key(uri)
+        if key is not None:
+            ids = _complete_jsonl_ids(Path(uri))
+            if ids is None:
+                scan.unparsable.append(uri)
+            else:
+                scan.ids[key] = ids
+        elif name == "_manifest.json":
+            try:
+                json.loads(Path(uri).read_text())
+            except ValueError:
+                scan.unparsable.append(uri)
+        elif not METRICS_RE.match(name):
+            scan.unexpected.append(uri)
+    return scan
+
+
+def hidden_temp_files(layout: RunLayout, shard: int = 0) -> list[Path]:
+    """Temp files a killed write left on disk (list_uris hides them; counted for the report)."""
+    root = Path(layout.outputs_dir(shard))
+    return sorted(p for p in root.rglob(".*") if ".tmp-" in p.name) if root.is_dir() else []
+
+
+BATCH_LOG_ENV = "GENBATCH_TEST_BATCH_LOG"
+
+
+class _LoggingRunner:
+    """Delegates everything to the real runner; records the ids of each ``run_batch`` call."""
+
+    def __init__(self, inner: Any, fd: int) -> None:
+        self._inner = inner
+        self._fd = fd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def run_batch(self, items: list[Any]) -> Any:
+        line = json.dumps({"pid": os.getpid(), "ids": [it.id for it in items]}) + "\n"
+        os.write(self._fd, line.encode())
+        return self._inner.run_batch(items)
+
+
+def read_batch_log(path: Path) -> list[dict[str, Any]]:
+    """The probe's records; a torn last line (impossible with one small write) would fail loudly."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def probed_worker_cmd(run_dir: str, shard: int = 0) -> list[str]:
+    """Like :func:`worker_cmd`, through the probe (needs ``GENBATCH_TEST_BATCH_LOG`` in env)."""
+    return [sys.executable, "-m", "tests.worker_harness", "worker", "--run-dir", run_dir, "--shard", str(shard),
+            "--device", "cpu"]
+
+
+def _probe_main(argv: list[str]) -> int:
+    import models.worker
+    from genbatch.cli import main
+
+    log_path = os.environ.get(BATCH_LOG_ENV)
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        real_load = models.worker.load_runner
+
+        def load_runner(*args: Any, **kwargs: Any) -> Any:
+            return _LoggingRunner(real_load(*args, **kwargs), fd)
+
+        models.worker.load_runner = load_runner
+    return main(argv)
+
+
+def run_to_completion(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_probe_main(sys.argv[1:]))
