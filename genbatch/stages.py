@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from genbatch import storage
-from genbatch.errors import ShardInputError
+from genbatch.errors import ShardInputError, SpecError
 from genbatch.input_rows import detect_format, iter_input_rows
 from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
@@ -35,10 +36,39 @@ def confine_spec_paths(spec: RunSpec) -> None:
             storage.confine(uri, allowed)
 
 
-def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel) -> str:
+def check_input_size(spec: RunSpec) -> None:
+    """Refuse an input over min(input.max_bytes, $GENBATCH_MAX_INPUT_BYTES) before reading it.
+
+    Users set params, so the deployment's ceiling (the environment) is what makes this a control.
+    """
+    ceiling = os.environ.get("GENBATCH_MAX_INPUT_BYTES")
+    limit = min(spec.input.max_bytes, int(ceiling)) if ceiling else spec.input.max_bytes
+    if not storage.exists(spec.input.uri):
+        raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
+    size = storage.size(spec.input.uri)
+    if size > limit:
+        raise SpecError(f"input {spec.input.uri!r} is {size} bytes, over the limit of {limit} bytes "
+                        f"(input.max_bytes={spec.input.max_bytes}, GENBATCH_MAX_INPUT_BYTES={ceiling or 'unset'}); "
+                        "split it into several runs")
+
+
+def check_override_allowed(spec: RunSpec, triggered_by: str | None) -> None:
+    """A quality override publishes despite failed gates: only users in GENBATCH_OVERRIDE_USERS may ask."""
+    if spec.quality.override is None:
+        return
+    allowed = {u.strip() for u in os.environ.get("GENBATCH_OVERRIDE_USERS", "").split(",") if u.strip()}
+    if triggered_by not in allowed:
+        raise SpecError(f"quality.override was set by {triggered_by or 'an unknown user'!r}, who may not override "
+                        "quality gates (GENBATCH_OVERRIDE_USERS lists who may); remove it or ask an admin")
+
+
+def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
+                triggered_by: str | None = None) -> str:
     """Validate the spec, pin the model version and write spec.json; returns the run dir URI."""
     spec = parse_spec(spec_data, source="run params")
     confine_spec_paths(spec)
+    check_override_allowed(spec, triggered_by)
+    check_input_size(spec)
     run_id = spec.run_id or sanitize_run_id(airflow_run_id)
     layout = RunLayout.for_run(spec.output.uri, run_id)
     model = resolve_model(spec)
@@ -82,10 +112,6 @@ def validate_input(run_dir: str) -> dict[str, Any]:
     spec = state.spec
     if not storage.exists(spec.input.uri):
         raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
-    size = storage.size(spec.input.uri)
-    if size > spec.input.max_bytes:
-        raise ShardInputError(f"input {spec.input.uri!r} is {size} bytes, over input.max_bytes={spec.input.max_bytes}; "
-                              "split it or raise input.max_bytes in the spec")
     fmt = detect_format(spec.input.uri, None if spec.input.format == "auto" else spec.input.format)
     rows = iter_input_rows(storage.read_bytes(spec.input.uri), fmt, source=spec.input.uri)
     try:

@@ -15,7 +15,10 @@ class PrepareRunOperator(BaseOperator):
         from genbatch.stages import prepare_run
         from models.registry import resolve_for_spec
 
-        return prepare_run(dict(context["params"]), str(context["run_id"]), resolve_model=resolve_for_spec)
+        dag_run = context.get("dag_run")
+        user = getattr(dag_run, "triggering_user_name", None)
+        return prepare_run(dict(context["params"]), str(context["run_id"]), resolve_model=resolve_for_spec,
+                           triggered_by=user)
 
 
 class _RunDirOperator(BaseOperator):
@@ -62,11 +65,19 @@ class QualityGateOperator(_RunDirOperator):
 
 
 class PublishOperator(_RunDirOperator):
-    """manifest.json then _SUCCESS; returns the manifest URI."""
+    """manifest.json then _SUCCESS; returns the manifest URI.
+
+    Each outlet Asset event carries ``extra={"run_dir", "manifest", "run_id"}`` so a consumer DAG
+    scheduled on the Asset knows which run to read (``genbatch.outputs.read(extra["run_dir"])``).
+    """
 
     def execute(self, context: Any) -> str:
         from genbatch.layout import RunLayout
         from genbatch.manifest import publish
 
-        publish(self.run_dir)
-        return RunLayout(self.run_dir).manifest
+        manifest = publish(self.run_dir)
+        uri = RunLayout(self.run_dir).manifest
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = {"run_dir": self.run_dir, "manifest": uri,
+                                                      "run_id": manifest["run_id"]}
+        return uri

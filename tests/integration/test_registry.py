@@ -50,7 +50,8 @@ def test_racing_promotions_exactly_one_wins_every_time(storage_root: str, tmp_pa
         outcomes: list[tuple[int, str]] = []
         lock = threading.Lock()
 
-        def contend(version: int, start: int = start, barrier: threading.Barrier = barrier) -> None:
+        def contend(version: int, start: int = start, barrier: threading.Barrier = barrier,
+                    outcomes: list[tuple[int, str]] = outcomes, lock: threading.Lock = lock) -> None:
             barrier.wait()
             try:
                 reg.promote(r, "race", version, reason="race", expect_production=start)

@@ -18,3 +18,18 @@ def test_a_bad_run_dir_is_a_permanent_failure_with_the_workers_message(tmp_path:
         run_worker_process(str(tmp_path / "missing"), 0)
     assert err.value.exit_code == 2 and err.value.permanent
     assert "is not a prepared run directory" in str(err.value)
+
+
+def test_the_worker_never_sees_airflow_secrets() -> None:
+    from genbatch.launch import worker_environment
+
+    env = {
+        "PATH": "/usr/bin", "HOME": "/home/a", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:1",
+        "GENBATCH_GCS_KMS_KEY": "projects/p/keyRings/r/cryptoKeys/k", "HF_HUB_OFFLINE": "1",
+        "AIRFLOW_CONN_WAREHOUSE": "postgres://u:canary@h/db", "AIRFLOW__CORE__FERNET_KEY": "canary",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "canary", "GENBATCH_API_TOKEN": "canary", "HF_TOKEN": "canary",
+        "AWS_SECRET_ACCESS_KEY": "canary",
+    }
+    passed = worker_environment(env)
+    assert "canary" not in "".join(passed.values())
+    assert set(passed) == {"PATH", "HOME", "STORAGE_EMULATOR_HOST", "GENBATCH_GCS_KMS_KEY", "HF_HUB_OFFLINE"}
