@@ -1,133 +1,388 @@
-"""Preprocess pipeline: normalise, dedupe, estimate cost, cut balanced shards.
+"""Preprocess pipeline: normalise, count tokens, dedupe, estimate cost, cut balanced shards.
 
-Reads ``validation/accepted.jsonl`` of a prepared run and writes ``shards/shard-*.jsonl``,
-``rejects/part-preprocess-00000.jsonl`` (duplicates) and ``shards/_plan.json``.
+Reads ``validation/accepted.jsonl`` of a prepared run and writes ``shards/shard-*.jsonl``
+(items sorted by token length inside each shard), ``rejects/part-preprocess-00000.jsonl``
+(``prompt_over_token_budget`` and ``duplicate_id``), ``shards/_fanout.jsonl`` (only with
+``sharding.dedupe_identical``) and, last, ``shards/_plan.json`` (the preprocess manifest).
 
-    python -m beam_jobs.preprocess --run-dir runs/<run_id> [--runner=DataflowRunner ...]
+    python -m beam_jobs.preprocess --run-dir runs/<run_id> [--token-counts=auto] [--runner=DataflowRunner ...]
 
-Without ``--runner`` it runs in-process on Beam's FnApiRunner (the engine behind the
+Without ``--runner`` (or with ``--runner=FnApiRunner``) it runs in-process on Beam's FnApiRunner (the engine behind the
 DirectRunner), which needs no network (the DirectRunner would first try to fetch Prism).
+
+Memory stays flat with input size: the input is read twice and never grouped.
+
+1. *Measure* (streaming): parse each accepted row, count its prompt tokens with the model's
+   tokenizer, reject prompts over the token budget, and write one fixed-size record per row
+   (row index, id digest, tokens, cost) to binary temp files.
+2. *Plan* (one worker, numpy): dedupe ids (first row index wins), optionally group identical
+   items, LPT over the costs; a few arrays indexed by row index, read as a side input.
+3. *Route* (streaming): read the input again; each row becomes a shard item, a duplicate_id
+   reject or a fan-out record, as a keyed line for an external merge sort
+   (:mod:`beam_jobs.sorted_files`): sorted runs per bundle, then one streaming k-way merge per
+   output file, published create-only.
+4. *Commit*: check every file's line count against the plan, delete the temp prefix, write
+   ``shards/_plan.json``. A rerun rewrites byte-identical files, which create-only accepts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
-from beam_jobs.records import PlanSettings, lpt_assignment, shard_lines, split_duplicates, to_item
+from beam_jobs import plan as planning
+from beam_jobs import tokens as tokenizing
+from beam_jobs.records import (
+    RULE_DUPLICATE_ID,
+    RULE_TOKEN_BUDGET,
+    PlanSettings,
+    budget_reject,
+    content_digest,
+    duplicate_reject,
+    id_digest,
+    index_sort_key,
+    item_cost,
+    item_params,
+    keyed_line,
+    max_new_tokens_of,
+    normalised_prompt,
+    shard_sort_key,
+    to_item,
+)
+from beam_jobs.sorted_files import SPILL_BYTES, SpillSortedRuns, delete_prefix, merge_runs, write_empty
 from genbatch import storage
-from genbatch.layout import RunLayout
+from genbatch.errors import GenbatchError
+from genbatch.items import estimate_prompt_tokens
+from genbatch.layout import RunLayout, shard_name
 from genbatch.run_state import load_run_state
 
 log = logging.getLogger(__name__)
 
+REJECTS = "rejects"
+FANOUT = "fanout"
+FANOUT_CANONICAL = "fanout_canonical"
+FANOUT_DUPLICATE = "fanout_duplicate"
+PLAN_SCHEMA_VERSION = 2
+IN_PROCESS_RUNNER_FLAGS = ("--runner=FnApiRunner", "--runner=fnapirunner")
 
-class WriteShard(beam.DoFn):
-    """Write one shard file create-only (a retried bundle rewrites identical bytes: a no-op)."""
 
-    def __init__(self, layout: RunLayout, num_shards: int) -> None:
-        self.layout = layout
+# --- paths (the run layout owns the rest) ------------------------------------------------------
+
+
+def preprocess_tmp(layout: RunLayout) -> str:
+    """Temp prefix of this stage (record files, sorted runs, the plan arrays); deleted at commit."""
+    return layout.path("_tmp", "preprocess")
+
+
+def fanout_file(layout: RunLayout) -> str:
+    """``shards/_fanout.jsonl``: one line per fanned-out row, with the row it is generated as."""
+    return layout.path("shards", "_fanout.jsonl")
+
+
+def dest_uri(layout: RunLayout, num_shards: int, dest: str) -> str:
+    if dest == REJECTS:
+        return layout.rejects_part("preprocess")
+    if dest == FANOUT:
+        return fanout_file(layout)
+    return layout.shard_input(int(dest.rsplit("-", 3)[1]), num_shards)
+
+
+def shard_dest(shard: int, num_shards: int) -> str:
+    return shard_name(shard, num_shards)
+
+
+# --- step 1: measure -------------------------------------------------------------------------------
+
+
+class Measure(beam.DoFn):
+    """Parse, count tokens (tokenizer loaded once per DoFn), token-budget rejects, plan records."""
+
+    def __init__(self, settings: PlanSettings, info: tokenizing.TokenizerInfo, tmp_dir: str) -> None:
+        self.settings = settings
+        self.info = info
+        self.tmp_dir = tmp_dir
+        self.counter: tokenizing.TokenCounter | None = None
+        self.buffer: planning.RecordBuffer | None = None
+
+    def setup(self) -> None:
+        self.counter = tokenizing.load_token_counter(self.settings.task, self.info)
+
+    def start_bundle(self) -> None:
+        self.buffer = planning.RecordBuffer(self.tmp_dir, self.settings.dedupe_identical)
+
+    def process(self, line: str) -> Iterator[Any]:
+        assert self.buffer is not None
+        accepted = json.loads(line)
+        row, index = accepted["row"], int(accepted["index"])
+        prompt = normalised_prompt(row)
+        params = item_params(row)
+        if self.counter is None:
+            tokens = estimate_prompt_tokens(prompt)
+        else:
+            tokens = self.counter.count(prompt)
+            max_new = max_new_tokens_of(params, self.settings)
+            budget = self.counter.budget(max_new)
+            if budget is not None and tokens > budget:
+                reject = budget_reject(accepted, tokens, budget, int(self.info.context_length or 0), max_new)
+                yield beam.pvalue.TaggedOutput(REJECTS, (REJECTS, keyed_line(index_sort_key(index), reject)))
+                return
+        content = content_digest(row, self.settings) if self.settings.dedupe_identical else None
+        written = self.buffer.add(index, id_digest(row["id"]), tokens, item_cost(self.settings, tokens, params), content)
+        if written is not None:
+            yield written
+
+    def finish_bundle(self) -> Iterator[Any]:
+        assert self.buffer is not None
+        written = self.buffer.flush()
+        if written is not None:
+            yield GlobalWindows.windowed_value(written)
+
+    def teardown(self) -> None:
+        if self.counter is not None:
+            self.counter.close()
+
+
+# --- step 2: plan ----------------------------------------------------------------------------------
+
+
+def make_plan(files: list[tuple[str, int]], tmp_dir: str, num_shards: int, with_content: bool) -> dict[str, Any]:
+    records = planning.load_records(files, with_content)
+    plan, stats = planning.build_plan(records, num_shards, with_content)
+    del records
+    uri = storage.join(tmp_dir, f"plan-{uuid.uuid4().hex}.npz")
+    storage.write_bytes(uri, plan.to_bytes())
+    return {"plan_uri": uri, "stats": stats}
+
+
+# --- step 3: route ---------------------------------------------------------------------------------
+
+
+class Route(beam.DoFn):
+    """Every accepted row once more: to its shard, to duplicate_id rejects, or to fan-out."""
+
+    def __init__(self, settings: PlanSettings, num_shards: int) -> None:
+        self.settings = settings
         self.num_shards = num_shards
+        self._plan_uri: str | None = None
+        self._plan: planning.Plan | None = None
 
-    def process(self, element: tuple[int, Iterable[dict[str, Any]]]) -> Iterable[dict[str, Any]]:
-        shard, items = element
-        items = list(items)
-        storage.write_bytes(self.layout.shard_input(shard, self.num_shards), shard_lines(items))
-        yield {"shard": shard, "items": len(items), "est_cost": sum(it["est_cost"] for it in items)}
+    def _load(self, uri: str) -> planning.Plan:
+        if self._plan is None or self._plan_uri != uri:
+            self._plan = planning.Plan.from_bytes(storage.read_bytes(uri))
+            self._plan_uri = uri
+        return self._plan
+
+    def process(self, line: str, plan_info: dict[str, Any]) -> Iterator[Any]:
+        plan = self._load(plan_info["plan_uri"])
+        accepted = json.loads(line)
+        index = int(accepted["index"])
+        route = plan.route_of(index)
+        if route >= 0:
+            item = to_item(accepted, self.settings, tokens=plan.tokens_of(index))
+            yield shard_dest(route, self.num_shards), keyed_line(shard_sort_key(item), item)
+            if self.settings.dedupe_identical and plan.is_canonical(index):
+                yield beam.pvalue.TaggedOutput(FANOUT_CANONICAL, (index, {"id": item["id"], "shard": route}))
+        elif route == planning.DUPLICATE:
+            reject = duplicate_reject(accepted, plan.kept_row(index))
+            yield REJECTS, keyed_line(index_sort_key(index), reject)
+        elif route == planning.FANOUT:
+            yield beam.pvalue.TaggedOutput(
+                FANOUT_DUPLICATE, (plan.kept_row(index), {"id": accepted["row"]["id"], "row_index": index})
+            )
+        # NOT_ROUTED: a token-budget reject, already written by Measure.
 
 
-def write_rejects(layout: RunLayout, rejects: list[dict[str, Any]]) -> None:
-    ordered = sorted(rejects, key=lambda r: r["index"])
-    body = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in ordered)
-    storage.write_bytes(layout.rejects_part("preprocess"), body.encode())
+def join_fanout(element: tuple[int, dict[str, list[dict[str, Any]]]]) -> Iterator[tuple[str, str]]:
+    canonical_index, grouped = element
+    (canonical,) = grouped["canonical"]
+    for dup in grouped["duplicates"]:
+        record = {
+            "id": dup["id"],
+            "row_index": dup["row_index"],
+            "canonical_id": canonical["id"],
+            "canonical_row_index": canonical_index,
+            "shard": canonical["shard"],
+        }
+        yield FANOUT, keyed_line(index_sort_key(dup["row_index"]), record)
 
 
-def write_plan(layout: RunLayout, num_shards: int, shard_stats: list[dict[str, Any]], max_item_cost: float) -> None:
-    """Plan summary; empty shards still get an (empty) file so every mapped task has input."""
-    by_shard = {s["shard"]: s for s in shard_stats}
-    for shard in range(num_shards):
-        if shard not in by_shard:
-            storage.write_bytes(layout.shard_input(shard, num_shards), b"")
-            by_shard[shard] = {"shard": shard, "items": 0, "est_cost": 0.0}
-    loads = [by_shard[s]["est_cost"] for s in range(num_shards)]
-    total = sum(loads)
-    lower_bound = max(total / num_shards, max_item_cost) if total else 0.0
+def merge_dest(element: tuple[str, Any], layout: RunLayout, num_shards: int) -> dict[str, Any]:
+    dest, runs = element
+    return {"dest": dest, **merge_runs(list(runs), dest_uri(layout, num_shards, dest))}
+
+
+# --- step 4: commit --------------------------------------------------------------------------------
+
+
+def _checked(layout: RunLayout, num_shards: int, dest: str, merged: dict[str, dict[str, Any]], expected: int) -> dict[str, Any]:
+    uri = dest_uri(layout, num_shards, dest)
+    written = merged.get(dest) or write_empty(uri)
+    if written["lines"] != expected:
+        raise GenbatchError(
+            f"preprocess of {layout.root}: {uri} got {written['lines']} lines but the plan has {expected}; "
+            "this is a genbatch bug (or a concurrent writer of the same run): report it with the run dir"
+        )
+    return written
+
+
+def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, info: tokenizing.TokenizerInfo,
+           plan_info: dict[str, Any], merged_list: list[dict[str, Any]], budget_rejects: int) -> dict[str, Any]:
+    """Check counts, write empty outputs, delete temp files, then ``shards/_plan.json`` (written last)."""
+    stats = plan_info["stats"]
+    merged = {m["dest"]: m for m in merged_list}
+    shards = []
+    for entry in stats["shards"]:
+        written = _checked(layout, num_shards, shard_dest(entry["shard"], num_shards), merged, entry["items"])
+        shards.append({**entry, "bytes": written["bytes"], "sha256": written["sha256"]})
+    _checked(layout, num_shards, REJECTS, merged, budget_rejects + stats["duplicate_ids"])
+    if settings.dedupe_identical:
+        _checked(layout, num_shards, FANOUT, merged, stats["fanned_out"])
+    deleted = delete_prefix(preprocess_tmp(layout))
+    if not storage.is_gcs(layout.root):  # the emptied local parent too (GCS has no directories)
+        with contextlib.suppress(OSError):
+            storage.local_path(layout.path("_tmp")).rmdir()
+    log.info("preprocess of %s: deleted %s temp objects", layout.root, deleted)
+    rejects_by_rule = {RULE_DUPLICATE_ID: stats["duplicate_ids"], RULE_TOKEN_BUDGET: budget_rejects}
     plan = {
+        "schema_version": PLAN_SCHEMA_VERSION,
         "num_shards": num_shards,
-        "shards": [by_shard[s] for s in range(num_shards)],
-        "items": sum(by_shard[s]["items"] for s in range(num_shards)),
-        "est_cost_total": total,
-        "makespan_ratio": (max(loads) / lower_bound) if lower_bound else 1.0,
+        "shards": shards,
+        "items": stats["items"],
+        "est_cost_total": stats["est_cost_total"],
+        "max_item_cost": stats["max_item_cost"],
+        "makespan_ratio": stats["makespan_ratio"],
+        "rows": {
+            "accepted": stats["rows_planned"] + budget_rejects,
+            "sharded": stats["items"],
+            "rejected": budget_rejects + stats["duplicate_ids"],
+            "fanned_out": stats["fanned_out"],
+        },
+        "rejects_by_rule": dict(sorted(rejects_by_rule.items())),
+        "tokens": info.to_json(),
+        "cost_model": "steps*height*width" if settings.task == "image" else "prompt_tokens+max_new_tokens",
+        "order_inside_shard": ["est_tokens", "id"],
+        "dedupe_identical": settings.dedupe_identical,
+        "fanout": fanout_file(layout).rsplit("/", 1)[-1] if settings.dedupe_identical else None,
     }
     storage.write_json(layout.shard_plan, plan)
+    return plan
 
 
-def build(p: beam.Pipeline, run_dir: str) -> None:
+# --- the pipeline ----------------------------------------------------------------------------------
+
+
+def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_bytes: int = SPILL_BYTES) -> None:
     state = load_run_state(run_dir)
     layout = state.layout
     gen = state.spec.generation
-    settings = PlanSettings(state.spec.task, gen.seed, gen.max_new_tokens, gen.num_inference_steps)
+    dedupe_identical = bool(getattr(state.spec.sharding, "dedupe_identical", False))
+    settings = PlanSettings(state.spec.task, gen.seed, gen.max_new_tokens, gen.num_inference_steps,
+                            gen.height, gen.width, dedupe_identical)
+    info = tokenizing.inspect(state.model.uri, state.spec.task, token_counts)
     n = state.num_shards
+    tmp = preprocess_tmp(layout)
 
-    items = (
+    # 1. Measure: tokens, the token budget, fixed-size plan records.
+    measured = (
         p
-        | "ReadAccepted" >> beam.io.ReadFromText(layout.validation_accepted)
-        | "Parse" >> beam.Map(json.loads)
-        | "ToItem" >> beam.Map(to_item, settings)
+        | "ReadForPlan" >> beam.io.ReadFromText(layout.validation_accepted)
+        | "Measure" >> beam.ParDo(Measure(settings, info, tmp)).with_outputs(REJECTS, main="records")
     )
-    grouped = items | "KeyById" >> beam.Map(lambda it: (it["id"], it)) | "GroupById" >> beam.GroupByKey()
-    deduped = grouped | "SplitDuplicates" >> beam.MapTuple(lambda k, v: split_duplicates(k, list(v)))
-    unique = deduped | "Keep" >> beam.Map(lambda kd: kd[0])
-    rejects = deduped | "Rejects" >> beam.FlatMap(lambda kd: kd[1])
+    budget_rejects = measured[REJECTS]
+    budget_count = budget_rejects | "CountBudgetRejects" >> beam.combiners.Count.Globally()
 
-    costs = unique | "Cost" >> beam.Map(lambda it: (it["id"], it["est_cost"])) | "AllCosts" >> beam.combiners.ToList()
-    plan = costs | "LPT" >> beam.Map(lpt_assignment, n)
-    max_cost = unique | "MaxCost" >> beam.Map(lambda it: it["est_cost"]) | beam.CombineGlobally(max).without_defaults()
-
-    shard_stats = (
-        unique
-        | "Assign" >> beam.Map(lambda it, a: (a[it["id"]], it), beam.pvalue.AsSingleton(plan))
-        | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(layout, n))
-        | "AllStats" >> beam.combiners.ToList()
+    # 2. Plan: one worker, fixed-size records only.
+    plan_info = (
+        measured["records"]
+        | "RecordFiles" >> beam.combiners.ToList()
+        | "Plan" >> beam.Map(make_plan, tmp, n, dedupe_identical)
     )
+
+    # 3. Route every row by the plan; keyed lines go to bounded-memory sorted runs.
+    routed = (
+        p
+        | "ReadForShards" >> beam.io.ReadFromText(layout.validation_accepted)
+        | "Route" >> beam.ParDo(Route(settings, n), beam.pvalue.AsSingleton(plan_info)).with_outputs(
+            FANOUT_CANONICAL, FANOUT_DUPLICATE, main="lines"
+        )
+    )
+    runs = [
+        routed["lines"] | "SpillRouted" >> beam.ParDo(SpillSortedRuns(tmp, spill_bytes)),
+        budget_rejects | "SpillBudgetRejects" >> beam.ParDo(SpillSortedRuns(tmp, spill_bytes)),
+    ]
+    if dedupe_identical:
+        fanout_lines = (
+            {"canonical": routed[FANOUT_CANONICAL], "duplicates": routed[FANOUT_DUPLICATE]}
+            | "JoinFanout" >> beam.CoGroupByKey()
+            | "FanoutLines" >> beam.FlatMap(join_fanout)
+        )
+        runs.append(fanout_lines | "SpillFanout" >> beam.ParDo(SpillSortedRuns(tmp, spill_bytes)))
+    merged = (
+        tuple(runs)
+        | "AllRuns" >> beam.Flatten()
+        | "RunsByFile" >> beam.GroupByKey()
+        | "Merge" >> beam.Map(merge_dest, layout, n)
+    )
+
+    # 4. Commit: counts checked, temp files deleted, _plan.json last.
     _ = (
-        rejects
-        | "AllRejects" >> beam.combiners.ToList()
-        | "WriteRejects" >> beam.Map(lambda rs: write_rejects(layout, rs))
-    )
-    _ = shard_stats | "WritePlan" >> beam.Map(
-        lambda stats, mc: write_plan(layout, n, stats, mc[0] if mc else 0.0),
-        beam.pvalue.AsList(max_cost),
+        p
+        | "CommitOnce" >> beam.Create([None])
+        | "Commit" >> beam.Map(
+            commit, layout, n, settings, info,
+            beam.pvalue.AsSingleton(plan_info), beam.pvalue.AsList(merged), beam.pvalue.AsSingleton(budget_count),
+        )
     )
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict[str, Any]:
     """Run the pipeline to completion and return the shard plan."""
     parser = argparse.ArgumentParser(prog="beam_jobs.preprocess")
-    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
+    parser.add_argument(
+        "--token-counts", "--token_counts", dest="token_counts", choices=tokenizing.TOKEN_MODES, default="auto",
+        help="tokenizer: count with the model's tokenizer (required); estimate: 4 characters a token, "
+             "no token budget; auto (default): the tokenizer when the model version has one",
+    )
+    parser.add_argument(
+        "--spill-bytes", "--spill_bytes", dest="spill_bytes", type=int, default=SPILL_BYTES,
+        help=f"characters of output lines a bundle buffers before it spills a sorted run (default {SPILL_BYTES})",
+    )
     known, beam_args = parser.parse_known_args(argv)
     if test_pipeline is not None:
         pipeline = test_pipeline
     else:
-        options = PipelineOptions(beam_args)
         runner: Any = None
-        if not any(a.startswith("--runner") for a in beam_args):
+        runner_args = [a for a in beam_args if a.startswith("--runner")]
+        if not runner_args or runner_args[-1] in IN_PROCESS_RUNNER_FLAGS:
+            # In-process FnApiRunner (no network). It reads direct_num_workers/direct_running_mode.
             from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+            beam_args = [a for a in beam_args if not a.startswith("--runner")]
             runner = FnApiRunner()
-        pipeline = beam.Pipeline(runner=runner, options=options)
+        pipeline = beam.Pipeline(runner=runner, options=PipelineOptions(beam_args))
     with pipeline as p:
-        build(p, known.run_dir)
+        build(p, known.run_dir, known.token_counts, known.spill_bytes)
     return dict(storage.read_json(RunLayout(known.run_dir).shard_plan))
 
 
-if __name__ == "__main__":
+def main() -> None:
     logging.basicConfig(level=logging.INFO)
     print(json.dumps(run()))
+
+
+if __name__ == "__main__":
+    # Build the pipeline from the importable module, not from ``__main__``: workers then unpickle
+    # ``beam_jobs.preprocess.Measure`` by reference instead of needing this file's main session.
+    from beam_jobs.preprocess import main as _main
+
+    _main()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,14 @@ from genbatch.items import derive_seed, estimate_cost, estimate_prompt_tokens
 
 _SPACE = re.compile(r"[^\S\n]+")
 CONTRACT_FIELDS = ("id", "prompt", "negative_prompt", "seed", "params")
+
+RULE_DUPLICATE_ID = "duplicate_id"
+RULE_TOKEN_BUDGET = "prompt_over_token_budget"
+PREPROCESS_RULES: tuple[str, ...] = (RULE_TOKEN_BUDGET, RULE_DUPLICATE_ID)
+"""Reject rules of this stage, in the order they apply (validation's rules ran before)."""
+
+KEY_SEPARATOR = "\t"
+"""Separates the sort key from the JSON record in run files; JSON never holds a raw tab."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,9 @@ class PlanSettings:
     run_seed: int
     max_new_tokens: int
     steps: int
+    height: int = 64
+    width: int = 64
+    dedupe_identical: bool = False
 
 
 def normalise_text(text: str) -> str:
@@ -34,63 +47,204 @@ def normalise_text(text: str) -> str:
     return "\n".join(_SPACE.sub(" ", line).strip() for line in text.split("\n")).strip()
 
 
-def to_item(accepted: dict[str, Any], settings: PlanSettings) -> dict[str, Any]:
-    """Turn an accepted input row into a shard item with seed and cost estimate."""
-    row = accepted["row"]
-    prompt = normalise_text(row["prompt"])
-    negative = row.get("negative_prompt")
-    params = dict(row.get("params") or {})
-    item_id = row["id"]
+def jsonl_line(record: dict[str, Any]) -> str:
+    """The one JSON encoding of a record line (sorted keys, UTF-8), without the newline."""
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+def normalised_prompt(row: dict[str, Any]) -> str:
+    return normalise_text(row["prompt"])
+
+
+def item_params(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(row.get("params") or {})
+
+
+def max_new_tokens_of(params: dict[str, Any], settings: PlanSettings) -> int:
+    return int(params.get("max_new_tokens", settings.max_new_tokens))
+
+
+def item_seed(row: dict[str, Any], settings: PlanSettings) -> int:
     seed = row.get("seed")
-    tokens = estimate_prompt_tokens(prompt)
-    max_new = int(params.get("max_new_tokens", settings.max_new_tokens))
-    steps = int(params.get("num_inference_steps", settings.steps))
+    return int(seed) if seed is not None else derive_seed(settings.run_seed, row["id"])
+
+
+def item_cost(settings: PlanSettings, tokens: int, params: dict[str, Any]) -> float:
+    """Cost of one item with its per-item overrides (see :func:`genbatch.items.estimate_cost`)."""
+    return estimate_cost(
+        settings.task,
+        prompt_tokens=tokens,
+        max_new_tokens=max_new_tokens_of(params, settings),
+        steps=int(params.get("num_inference_steps", settings.steps)),
+        height=int(params.get("height", settings.height)),
+        width=int(params.get("width", settings.width)),
+    )
+
+
+def to_item(accepted: dict[str, Any], settings: PlanSettings, tokens: int | None = None) -> dict[str, Any]:
+    """Turn an accepted input row into a shard item with seed and cost estimate.
+
+    ``tokens`` is the prompt length counted with the model's tokenizer; without it the cheap
+    character estimate is used.
+    """
+    row = accepted["row"]
+    prompt = normalised_prompt(row)
+    negative = row.get("negative_prompt")
+    params = item_params(row)
+    if tokens is None:
+        tokens = estimate_prompt_tokens(prompt)
     return {
-        "id": item_id,
+        "id": row["id"],
         "row_index": accepted["index"],
         "prompt": prompt,
         "negative_prompt": normalise_text(negative) if isinstance(negative, str) else None,
-        "seed": int(seed) if seed is not None else derive_seed(settings.run_seed, item_id),
+        "seed": item_seed(row, settings),
         "params": params,
         "est_tokens": tokens,
-        "est_cost": estimate_cost(settings.task, tokens, max_new, steps),
+        "est_cost": item_cost(settings, tokens, params),
         **{k: v for k, v in row.items() if k not in CONTRACT_FIELDS},
     }
 
 
+# --- identity ---------------------------------------------------------------------------------
+
+
+def _digest128(data: bytes) -> tuple[int, int]:
+    raw = hashlib.blake2b(data, digest_size=16).digest()
+    return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+
+
+def id_digest(item_id: str) -> tuple[int, int]:
+    """128-bit digest of an id, as two unsigned 64-bit halves.
+
+    The plan dedupes ids by digest so that only fixed-size records reach the single worker that
+    builds it; two different ids share a digest with probability about n²/2¹²⁹ (nil in practice).
+    """
+    return _digest128(item_id.encode("utf-8", "surrogatepass"))
+
+
+def content_digest(row: dict[str, Any], settings: PlanSettings) -> tuple[int, int]:
+    """Digest of what decides an item's output besides the run: (prompt, negative, params, seed).
+
+    Prompts are compared after normalisation; params as given (not merged with run defaults).
+    """
+    negative = row.get("negative_prompt")
+    payload = [
+        normalised_prompt(row),
+        normalise_text(negative) if isinstance(negative, str) else None,
+        item_params(row),
+        item_seed(row, settings),
+    ]
+    return _digest128(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+# --- rejects ----------------------------------------------------------------------------------
+
+
+def reject_record(accepted: dict[str, Any], rule: str, reason: str) -> dict[str, Any]:
+    """A ``rejects/part-*.jsonl`` record, shaped like validation's: the raw row and the rule."""
+    row = accepted["row"]
+    ident = row.get("id")
+    return {
+        "id": ident if isinstance(ident, str) else None,
+        "index": accepted["index"],
+        "rule": rule,
+        "reason": reason,
+        "row": row,
+    }
+
+
+def budget_reject(accepted: dict[str, Any], tokens: int, budget: int, context: int, max_new: int) -> dict[str, Any]:
+    return reject_record(
+        accepted,
+        RULE_TOKEN_BUDGET,
+        f"prompt is {tokens} tokens, over the budget of {budget} (model context {context} minus "
+        f"max_new_tokens {max_new}); shorten the prompt or lower max_new_tokens",
+    )
+
+
+def duplicate_reject(accepted: dict[str, Any], kept_index: int) -> dict[str, Any]:
+    item_id = accepted["row"]["id"]
+    return reject_record(
+        accepted,
+        RULE_DUPLICATE_ID,
+        f"id {item_id!r} already used by row {kept_index}; ids must be unique — rename or drop the duplicate row",
+    )
+
+
 def split_duplicates(item_id: str, items: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Keep the first occurrence (lowest row index) of an id; the rest become rejects."""
+    """Keep the first occurrence (lowest row index) of an id; the rest become rejects.
+
+    The reference semantics of the pipeline's digest-based dedupe (used by tests and small inputs).
+    """
     ordered = sorted(items, key=lambda it: it["row_index"])
     keep, dupes = ordered[0], ordered[1:]
     rejects = [
-        {
-            "id": item_id,
-            "index": d["row_index"],
-            "rule": "duplicate_id",
-            "reason": f"id {item_id!r} already used by row {keep['row_index']}; ids must be unique — "
-            "rename or drop the duplicate row",
-            "row": {k: v for k, v in d.items() if k not in {"est_tokens", "est_cost", "row_index"}},
-        }
+        duplicate_reject({"index": d["row_index"], "row": {**{k: v for k, v in d.items() if k not in
+                          {"est_tokens", "est_cost", "row_index"}}, "id": item_id}}, keep["row_index"])
         for d in dupes
     ]
     return keep, rejects
 
 
-def lpt_assignment(costs: list[tuple[str, float]], num_shards: int) -> dict[str, int]:
-    """Longest-processing-time first: each item, costliest first, to the least loaded shard.
+# --- shard plan -------------------------------------------------------------------------------
 
-    Ties break by id and shard number so the plan is deterministic across runs and retries.
+
+class LptState:
+    """Longest-processing-time first, fed in chunks: each item to the least loaded shard.
+
+    Items must arrive costliest first; ties of load break by shard number, so the assignment
+    depends only on the order it is fed (which the caller makes deterministic).
     """
-    heap = [(0.0, shard) for shard in range(num_shards)]
-    assignment: dict[str, int] = {}
-    for item_id, cost in sorted(costs, key=lambda c: (-c[1], c[0])):
-        load, shard = heapq.heappop(heap)
-        assignment[item_id] = shard
-        heapq.heappush(heap, (load + cost, shard))
-    return assignment
+
+    def __init__(self, num_shards: int) -> None:
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self.heap: list[tuple[float, int]] = [(0.0, shard) for shard in range(num_shards)]
+
+    def assign(self, costs: Iterable[float]) -> list[int]:
+        heap = self.heap
+        out: list[int] = []
+        for cost in costs:
+            load, shard = heap[0]
+            heapq.heapreplace(heap, (load + cost, shard))
+            out.append(shard)
+        return out
+
+
+def lpt_assignment(costs: Sequence[tuple[str, float]], num_shards: int) -> dict[str, int]:
+    """LPT over (id, cost) pairs, costliest first, ties by id: deterministic across runs and retries."""
+    ordered = sorted(costs, key=lambda c: (-c[1], c[0]))
+    shards = LptState(num_shards).assign(c for _, c in ordered)
+    return {item_id: shard for (item_id, _), shard in zip(ordered, shards, strict=True)}
+
+
+# --- sorted output ----------------------------------------------------------------------------
+
+
+def _key_text(text: str) -> str:
+    """An id inside a sort key: JSON-escaped, so no raw tab or newline can break the framing."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def shard_sort_key(item: dict[str, Any]) -> str:
+    """Order inside a shard: by token length, then id (string order equals (est_tokens, id) order)."""
+    return f"{int(item['est_tokens']):010d} {_key_text(item['id'])}"
+
+
+def index_sort_key(index: int) -> str:
+    """Order of rejects and fan-out records: by input row index."""
+    return f"{int(index):012d}"
+
+
+def keyed_line(key: str, record: dict[str, Any]) -> str:
+    return key + KEY_SEPARATOR + jsonl_line(record)
 
 
 def shard_lines(items: list[dict[str, Any]]) -> bytes:
-    """Shard file content: sorted by length *inside* the shard (stable by id) to cut padding."""
-    ordered = sorted(items, key=lambda it: (it["est_tokens"], it["id"]))
-    return "".join(json.dumps(it, sort_keys=True, ensure_ascii=False) + "\n" for it in ordered).encode()
+    """Shard file content: sorted by length *inside* the shard (stable by id) to cut padding.
+
+    The in-memory reference of what the pipeline's external merge writes, byte for byte.
+    """
+    keyed = sorted(keyed_line(shard_sort_key(it), it) for it in items)
+    return "".join(line.split(KEY_SEPARATOR, 1)[1] + "\n" for line in keyed).encode()

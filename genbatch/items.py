@@ -16,16 +16,18 @@ def derive_seed(run_seed: int, item_id: str) -> int:
 
 
 def estimate_prompt_tokens(prompt: str) -> int:
-    """Cheap token estimate (≈4 characters a token) used for cost and batching before a tokenizer is loaded."""
+    """Cheap token estimate (≈4 characters a token), used only when no tokenizer is available."""
     return max(1, (len(prompt) + 3) // 4)
 
 
-def estimate_cost(task: str, prompt_tokens: int, max_new_tokens: int, steps: int) -> float:
-    """Relative cost of one item, in 'decode-step units', used to balance shards.
+def estimate_cost(task: str, *, prompt_tokens: int, max_new_tokens: int, steps: int, height: int, width: int) -> float:
+    """Relative cost of one item, used to balance shards: the one place that defines it.
 
-    Text: prefill is cheap next to decoding, so cost ~ new tokens + prompt/8.
-    Images: cost ~ denoising steps; prompt length barely matters.
+    Text: tokens the model processes, ``prompt_tokens + max_new_tokens`` (prefill + decode
+    positions; the prompt tokens should come from the model's own tokenizer).
+    Images: ``steps × height × width`` (denoising steps times pixels); the prompt barely matters.
+    Costs of one run are all of one task, so the two units never mix.
     """
     if task == "image":
-        return float(steps)
-    return float(max_new_tokens) + prompt_tokens / 8.0
+        return float(steps * height * width)
+    return float(prompt_tokens + max_new_tokens)
