@@ -1,4 +1,4 @@
-"""batch_generation: validate → preprocess → generate[shard] → quality_gate → publish.
+"""batch_generation: validate → preprocess → generate[shard] → quality_gate → publish → canary verdict.
 
 Thin on purpose: no I/O and no heavy imports at parse time. Params come from the RunSpec
 JSON schema, so the trigger form, the REST API and ``genbatch run`` accept the same spec.
@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset
 
 from operators.genbatch_operators import (
+    CanaryVerdictOperator,
     PrepareRunOperator,
     PreprocessOperator,
     PublishOperator,
@@ -47,5 +48,6 @@ with DAG(
         task_id="quality_gate", run_dir=prepare.output, trigger_rule="none_failed_min_one_success", retries=0
     )
     publish = PublishOperator(task_id="publish", run_dir=prepare.output, outlets=[PUBLISHED])
+    canary = CanaryVerdictOperator(task_id="canary_verdict", run_dir=prepare.output, retries=0)
 
-    prepare >> validate >> preprocess >> backend >> [generate_local, generate_kubernetes] >> quality >> publish
+    prepare >> validate >> preprocess >> backend >> [generate_local, generate_kubernetes] >> quality >> publish >> canary

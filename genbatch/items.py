@@ -31,3 +31,12 @@ def estimate_cost(task: str, *, prompt_tokens: int, max_new_tokens: int, steps: 
     if task == "image":
         return float(steps * height * width)
     return float(prompt_tokens + max_new_tokens)
+
+
+def canary_arm(item_id: str, fraction: float) -> str:
+    """'candidate' for a deterministic ``fraction`` of ids (hash of the id), else 'production'.
+
+    Independent of shard, batch and retry, so an item always lands in the same arm.
+    """
+    digest = hashlib.sha256(f"canary:{item_id}".encode()).digest()
+    return "candidate" if int.from_bytes(digest[:8], "big") / 2**64 < fraction else "production"

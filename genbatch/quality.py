@@ -238,6 +238,7 @@ def _model_card(state: RunState) -> dict[str, Any] | None:
 
 def evaluate(state: RunState) -> dict[str, Any]:
     """Compute metrics and gate verdicts; write metrics.parquet, summary.json, data docs, report.html."""
+    from genbatch.canary import evaluate_canary
     from genbatch.report import ReportData, render_report
     from genbatch.validation import data_docs_html
 
@@ -278,6 +279,7 @@ def evaluate(state: RunState) -> dict[str, Any]:
         "warnings": [v["gate"] for v in verdicts if not v["passed"]] if overridden else [],
         "failure_message": message,
         "rejects_by_rule": rejects_by_rule,
+        "canary": evaluate_canary(state, frame),
         "evaluated_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     layout = state.layout

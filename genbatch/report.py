@@ -341,12 +341,30 @@ def _model_section(data: ReportData) -> str:
     return f"<h2 id='model'>Model version and lineage</h2>{_table(['field', 'value'], rows, cls='model')}"
 
 
+def _canary_section(data: ReportData) -> str:
+    canary = data.summary.get("canary")
+    if not canary:
+        return ""
+    rows = [(r["metric"], r["production"], r["candidate"], r["difference"],
+             f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]", "PASS" if r["passed"] else "FAIL") for r in canary["rows"]]
+    items = canary["items"]
+    return (
+        f"<section><h2>Canary: {_e(canary['candidate_model'])} vs {_e(canary['production_model'])}</h2>"
+        f"<p>{items['candidate']} items ({_fmt(items['observed_fraction'])}) to the candidate by hash of id, "
+        f"{items['production']} to production; verdict <b>{'PASS' if canary['passed'] else 'FAIL'}</b>"
+        f" (tolerance {_fmt(canary['tolerance'])}).</p>"
+        + _table(["metric", "production", "candidate", "difference", "95% CI", "verdict"], rows)
+        + "</section>"
+    )
+
+
 def render_report(data: ReportData) -> str:
     """The whole page as one string."""
     records = _records(data.items)
     sections = [
         _summary_section(data),
         _gates_section(data),
+        _canary_section(data),
         _charts_section(data, records),
         _samples_section(data, records),
         _contact_sheet(data, records),

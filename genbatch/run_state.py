@@ -23,6 +23,7 @@ class RunState:
     model: ModelVersion
     layout: RunLayout
     num_shards: int
+    canary_model: ModelVersion | None = None  # the candidate arm when spec.canary is enabled
 
     @property
     def params_hash(self) -> str:
@@ -35,6 +36,9 @@ class RunState:
             "model": {"name": self.model.name, "version": self.model.version, "uri": self.model.uri,
                       "requested_alias": self.spec.model.alias},
             "num_shards": self.num_shards,
+            "canary_model": None if self.canary_model is None else {
+                "name": self.canary_model.name, "version": self.canary_model.version, "uri": self.canary_model.uri,
+                "requested_alias": self.spec.canary.alias},
             "params_hash": self.params_hash,
             "code_version": __version__,
         }
@@ -57,5 +61,7 @@ def load_run_state(run_dir: str) -> RunState:
     raw = storage.read_json(layout.spec)
     spec = parse_spec(raw["spec"], source=layout.spec)
     m = raw["model"]
+    c = raw.get("canary_model")
+    canary = None if c is None else ModelVersion(c["name"], int(c["version"]), c["uri"])
     return RunState(run_id=raw["run_id"], spec=spec, model=ModelVersion(m["name"], int(m["version"]), m["uri"]),
-                    layout=layout, num_shards=int(raw["num_shards"]))
+                    layout=layout, num_shards=int(raw["num_shards"]), canary_model=canary)

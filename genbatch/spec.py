@@ -174,9 +174,17 @@ class QualitySpec(_Section):
 
 
 class CanarySpec(_Section):
+    """A deterministic share of items (by hash of id) goes to the candidate; both arms in one run."""
+
     enabled: bool = False
-    alias: str = "candidate"
+    alias: str = Field("candidate", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    metrics: list[str] = Field(
+        default_factory=lambda: ["adherent", "nonempty"],
+        description="per-item metric columns compared between arms (higher is better)",
+    )
+    tolerance: float = Field(0.02, ge=0.0, le=1.0, description="candidate may be this much worse per metric")
+    auto_promote: bool = Field(False, description="a passing canary promotes the candidate; a failing one removes its alias")
 
 
 class OutputSpec(_Section):

@@ -72,8 +72,16 @@ def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model
     run_id = spec.run_id or sanitize_run_id(airflow_run_id)
     layout = RunLayout.for_run(spec.output.uri, run_id)
     model = resolve_model(spec)
+    canary = None
+    if spec.canary.enabled:
+        arm_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"alias": spec.canary.alias,
+                                                                                   "version": None})})
+        canary = resolve_model(arm_spec)
+        if canary.version == model.version:
+            raise SpecError(f"canary alias {spec.canary.alias!r} points at {model.ref}, the same version as the "
+                            "production arm: nothing to compare; point the alias at the candidate version")
     write_run_state(RunState(run_id=run_id, spec=spec, model=model, layout=layout,
-                             num_shards=spec.sharding.num_shards))
+                             num_shards=spec.sharding.num_shards, canary_model=canary))
     log.info("run %s: prepared at %s with model %s", run_id, layout.root, model.ref)
     return layout.root
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from genbatch import storage
 from genbatch.errors import SpecError
+from genbatch.stats import bootstrap_diff
 from models import registry as reg
 
 POLICY = "policy.json"
-BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -46,20 +45,6 @@ class Policy:
         return cls(golden_set=raw["golden_set"], spec=raw.get("spec", {}),
                    metrics=[MetricRule(**m) for m in raw.get("metrics", [])],
                    throughput_floor=float(raw.get("throughput_floor", 0.5)))
-
-
-def bootstrap_diff(a: list[float], b: list[float], *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """95% percentile bootstrap interval of mean(b) - mean(a) (independent resampling of each arm)."""
-    if not a or not b:
-        return (float("nan"), float("nan"))
-    rng = random.Random(seed)
-    diffs = []
-    for _ in range(resamples):
-        ma = sum(rng.choices(a, k=len(a))) / len(a)
-        mb = sum(rng.choices(b, k=len(b))) / len(b)
-        diffs.append(mb - ma)
-    diffs.sort()
-    return diffs[int(0.025 * resamples)], diffs[int(0.975 * resamples) - 1]
 
 
 def compare(production: dict[str, Any], candidate: dict[str, Any], policy: Policy) -> dict[str, Any]:

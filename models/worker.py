@@ -28,8 +28,9 @@ from typing import Any
 
 from genbatch import storage
 from genbatch.errors import GenbatchError, ShardInputError
-from genbatch.items import ITEM_FIELDS
+from genbatch.items import ITEM_FIELDS, canary_arm
 from genbatch.layout import RunLayout
+from genbatch.model_ref import ModelVersion
 from genbatch.run_state import RunState, load_run_state
 from models.batching import windows
 from models.metrics import WorkerMetrics
@@ -176,12 +177,15 @@ class ShardWorker:
     """Runs one (sub-)shard to completion; ``runner`` is injectable so tests can hand in a fake."""
 
     def __init__(self, state: RunState, shard: int, runner: Any, *, batch_size: int | str, rank: int = 0,
-                 device: str = "cpu", total: int | None = None) -> None:
+                 device: str = "cpu", total: int | None = None, candidate_runner: Any = None) -> None:
         self.state = state
         self.layout = state.layout
         self.shard = shard
         self.rank = rank
         self.runner = runner
+        # Canary: the candidate arm's runner and model; items are routed by a hash of their id.
+        self.runners = {"production": runner, "candidate": candidate_runner}
+        self.models = {"production": state.model, "candidate": state.canary_model}
         start, cap = AUTO_BATCH[state.spec.task]
         self.auto = batch_size == "auto"
         self.batch_size = start if self.auto else int(batch_size)
@@ -191,14 +195,23 @@ class ShardWorker:
         unit = "tokens" if state.spec.task == "text" else "images"
         self.progress = Progress(f"run {state.run_id} shard {shard} rank {rank}", total, unit)
 
+    def arm(self, item: Item) -> str:
+        if self.state.canary_model is None:
+            return "production"
+        return canary_arm(item.id, self.state.spec.canary.fraction)
+
     def _base_record(self, item: Item) -> dict[str, Any]:
         meta = {k: v for k, v in item.record.items() if k not in ITEM_FIELDS and k != POS_KEY}
+        arm = self.arm(item)
+        model = self.models[arm]
+        assert model is not None
         return {
             POS_KEY: item.record[POS_KEY],
             "id": item.id,
+            "arm": arm,
             "row_index": item.record.get("row_index"),
             "seed": item.seed,
-            "model_version": self.state.model.ref,
+            "model_version": model.ref,
             "params_hash": self.state.params_hash,
             "metadata": meta,
         }
@@ -206,7 +219,7 @@ class ShardWorker:
     def _run_with_oom_backoff(self, batch: list[Item]) -> list[tuple[Item, dict[str, Any] | BaseException]]:
         try:
             t0 = time.perf_counter()
-            results = self.runner.run_batch(batch)
+            results = self.runners[self.arm(batch[0])].run_batch(batch)
             elapsed = time.perf_counter() - t0
             self.stats["compute_s"] += elapsed
             return [(it, {**res, "batch_s": elapsed, "batch_size": len(batch)})
@@ -271,8 +284,8 @@ class ShardWorker:
         length: Callable[[Item], int] = lambda it: self.runner.token_length(it.prompt)  # noqa: E731
         for window in windows(items, self.cap * WINDOW_BATCHES):
             groups: dict[str, list[Item]] = {}
-            for it in window:
-                groups.setdefault(json.dumps(it.params, sort_keys=True), []).append(it)
+            for it in window:  # a batch shares one model (arm) and one set of generation params
+                groups.setdefault(f"{self.arm(it)}|{json.dumps(it.params, sort_keys=True)}", []).append(it)
             for key in sorted(groups):
                 pending = sorted(groups[key], key=length)
                 while pending:
@@ -316,15 +329,16 @@ def shard_total(layout: RunLayout, shard: int) -> int | None:
     return next((int(s["items"]) for s in plan.get("shards", []) if s["shard"] == shard), None)
 
 
-def _load(state: RunState, device: str) -> Any:
+def _load(state: RunState, device: str, model: ModelVersion | None = None) -> Any:
     # Downloaded (gs://) weights live only while loading; the pod mounts an ephemeral volume here.
     with tempfile.TemporaryDirectory(prefix="genbatch-model-", dir=os.environ.get("GENBATCH_MODEL_CACHE")) as cache:
-        model_dir = fetch_verified(state.model, Path(cache))
+        model_dir = fetch_verified(model or state.model, Path(cache))
         return load_runner(state.spec.task, model_dir, generation=state.spec.generation.model_dump(),
                            precision=state.spec.model.precision, device=device)
 
 
-def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, runner: Any = None) -> dict[str, Any]:
+def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, runner: Any = None,
+                 candidate_runner: Any = None) -> dict[str, Any]:
     """One device's share of a shard: items at positions ≡ rank (mod world)."""
     state = load_run_state(run_dir)
     layout = state.layout
@@ -333,14 +347,16 @@ def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, r
         log.info("shard %s: removed %s temp files left by killed writers", shard, removed)
     done, next_parts = committed_parts(layout, shard)
     load_s = 0.0
+    t0 = time.perf_counter()
     if runner is None:
-        t0 = time.perf_counter()
         runner = _load(state, device)
-        load_s = time.perf_counter() - t0
+    if state.canary_model is not None and candidate_runner is None:
+        candidate_runner = _load(state, device, state.canary_model)
+    load_s = time.perf_counter() - t0
     total = shard_total(layout, shard)
     sub_total = None if total is None else len(range(rank, total, world))
     worker = ShardWorker(state, shard, runner, batch_size=state.spec.generation.batch_size, rank=rank,
-                         device=device, total=sub_total)
+                         device=device, total=sub_total, candidate_runner=candidate_runner)
     worker.run(read_items(layout.shard_input(shard, state.num_shards), done, rank, world), next_parts.get(rank, 0))
     return {**worker.stats, "model_load_s": load_s, "resumed_items": len(done), "rank": rank, "device": device}
 

@@ -81,3 +81,36 @@ class PublishOperator(_RunDirOperator):
             context["outlet_events"][outlet].extra = {"run_dir": self.run_dir, "manifest": uri,
                                                       "run_id": manifest["run_id"]}
         return uri
+
+
+class CanaryVerdictOperator(_RunDirOperator):
+    """After publish: with canary.auto_promote, a passing canary promotes the candidate (blue-green),
+    a failing one removes the candidate alias; either way the verdict goes to the model's audit log."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from genbatch import storage
+        from genbatch.canary import canary_path
+        from genbatch.run_state import load_run_state
+        from models.registry import audit, promote, update_aliases
+
+        state = load_run_state(self.run_dir)
+        if state.canary_model is None:
+            return {"canary": False}
+        verdict = storage.read_json(canary_path(state))
+        spec = state.spec
+        registry, name = spec.model.registry, state.model.name
+        evidence = {"run_id": state.run_id, "canary": verdict}
+        action = "recorded"
+        if spec.canary.auto_promote and verdict["passed"]:
+            promote(registry, name, state.canary_model.version, reason=f"canary passed in run {state.run_id}",
+                    evidence=evidence, expect_production=state.model.version)
+            action = "promoted"
+        elif spec.canary.auto_promote:
+            update_aliases(registry, name, {spec.canary.alias: None},
+                           expect={spec.canary.alias: state.canary_model.version}, event="canary_rollback",
+                           reason=f"canary failed in run {state.run_id}", evidence=evidence)
+            action = "rolled_back"
+        else:
+            audit(registry, name, "canary_verdict", {"version": state.canary_model.version, "passed": verdict["passed"],
+                                                     "evidence": evidence})
+        return {"canary": True, "passed": verdict["passed"], "action": action}

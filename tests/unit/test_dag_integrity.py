@@ -65,15 +65,16 @@ def test_policy_retries_owner_tags(parsed: dict) -> None:
 def test_structure_and_mapping(parsed: dict) -> None:
     # prepare_run hands the run dir to every task (XCom), so it is upstream of all of them.
     assert parsed["tasks"] == {
-        "prepare_run": ["choose_backend", "generate_kubernetes", "generate_local", "preprocess", "publish",
-                        "quality_gate", "validate_input"],
+        "prepare_run": ["canary_verdict", "choose_backend", "generate_kubernetes", "generate_local", "preprocess",
+                        "publish", "quality_gate", "validate_input"],
         "validate_input": ["preprocess"],
         "preprocess": ["choose_backend", "generate_kubernetes", "generate_local"],
         "choose_backend": ["generate_kubernetes", "generate_local"],
         "generate_local": ["quality_gate"],
         "generate_kubernetes": ["quality_gate"],
         "quality_gate": ["publish"],
-        "publish": [],
+        "publish": ["canary_verdict"],
+        "canary_verdict": [],
     }
     assert sorted(parsed["mapped"]) == ["generate_kubernetes", "generate_local"]
     assert parsed["trigger_rules"]["quality_gate"].lower().endswith("none_failed_min_one_success")
