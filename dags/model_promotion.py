@@ -33,5 +33,5 @@ with DAG(
     production = EvaluateVersionOperator(task_id="evaluate_production", arm="production", versions=versions.output)
     candidate = EvaluateVersionOperator(task_id="evaluate_candidate", arm="candidate", versions=versions.output)
     decide = DecidePromotionOperator(task_id="decide", production=production.output, candidate=candidate.output,
-                                     retries=0)
+                                     versions=versions.output, retries=0)
     versions >> [production, candidate] >> decide

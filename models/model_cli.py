@@ -7,6 +7,7 @@
     genbatch model promote NAME VERSION [--reason TEXT]
     genbatch model rollback NAME [--reason TEXT]
     genbatch model evaluate NAME CANDIDATE      run the model_promotion DAG: promote or reject
+    genbatch model optimize NAME VERSION [--methods int8,prune50,distill] [--candidate]
 
 Every command takes ``--registry URI`` (default ``.genbatch/registry``; local path or gs://).
 """
@@ -25,15 +26,19 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def _evaluate(registry: str, name: str, candidate: str) -> int:
+def _embedded(dag_id: str, conf: dict[str, Any], result_task: str) -> int:
+    """Run a DAG with dag.test() on the embedded SQLite Airflow and print its result."""
     from genbatch import embedded
 
     embedded.configure(embedded.STATE_DIR / "airflow")
     embedded.ensure_db(embedded.STATE_DIR / "airflow")
-    state, tasks = embedded.run_dag({"model": name, "candidate": candidate, "registry": registry}, "model_promotion")
-    decision = embedded.dag_run_xcom("model_promotion", "decide")
-    _print({"dag_run": state, "tasks": tasks, "decision": decision})
+    state, tasks = embedded.run_dag(conf, dag_id)
+    _print({"dag_run": state, "tasks": tasks, "result": embedded.dag_run_xcom(dag_id, result_task)})
     return 0 if state.endswith("success") else 1
+
+
+def _evaluate(registry: str, name: str, candidate: str) -> int:
+    return _embedded("model_promotion", {"model": name, "candidate": candidate, "registry": registry}, "decide")
 
 
 def main(argv: list[str]) -> int:
@@ -63,6 +68,11 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("evaluate", help="run the model_promotion DAG (embedded): candidate vs production")
     p.add_argument("name")
     p.add_argument("candidate", help="alias or version of the candidate")
+    p = sub.add_parser("optimize", help="run the model_optimization DAG (embedded): build and register variants")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--methods", default="int8", help="comma-separated: int8, prune50, distill")
+    p.add_argument("--candidate", action="store_true", help="point the candidate alias at the new variant")
     p = sub.add_parser("rollback", help="production -> previous")
     p.add_argument("name")
     p.add_argument("--reason", default="manual rollback")
@@ -85,6 +95,10 @@ def main(argv: list[str]) -> int:
         _print(reg.promote(r, args.name, args.version, reason=args.reason))
     elif args.cmd == "evaluate":
         return _evaluate(r, args.name, args.candidate)
+    elif args.cmd == "optimize":
+        conf = {"model": args.name, "version": args.version, "methods": args.methods.split(","), "registry": r,
+                "set_candidate_alias": args.candidate}
+        return _embedded("model_optimization", conf, "optimize")
     elif args.cmd == "rollback":
         _print(reg.rollback(r, args.name, reason=args.reason))
     return 0

@@ -64,7 +64,10 @@ class TextRunner:
             use_safetensors=True,
             dtype=pick_dtype(precision, device),
         )
-        self.model = model.to(device).eval()
+        from models.optimize import apply_recipe, read_recipe
+
+        # An optimised variant is its parent's safetensors plus a load-time recipe (e.g. int8): apply it.
+        self.model = apply_recipe(model.to(device).eval(), read_recipe(Path(model_dir)), device)
 
     def token_length(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])

@@ -51,7 +51,7 @@ def test_promote_better_reject_pruned_and_roll_back(tmp_path: Path) -> None:
 
     code, out, err = _genbatch(tmp_path, "evaluate", "catalog-copy", "candidate")
     assert code == 0, err[-3000:]
-    assert out["decision"]["verdict"] == "promoted", out
+    assert out["result"]["verdict"] == "promoted", out
     assert reg.read_aliases(registry, "catalog-copy")["production"] == 2
     promote = [e for e in reg.read_audit(registry, "catalog-copy") if e["event"] == "promote"][-1]
     rows = {r["metric"]: r for r in promote["evidence"]["rows"]}
@@ -63,7 +63,7 @@ def test_promote_better_reject_pruned_and_roll_back(tmp_path: Path) -> None:
                                   lineage={"parent_version": 2, "optimisation": "unstructured magnitude pruning 95%"})
     code, out, err = _genbatch(tmp_path, "evaluate", "catalog-copy", str(pruned.version))
     assert code == 0, err[-3000:]
-    assert out["decision"]["verdict"] == "rejected" and "mentions_attributes" in out["decision"]["failed"]
+    assert out["result"]["verdict"] == "rejected" and "mentions_attributes" in out["result"]["failed"]
     assert reg.read_aliases(registry, "catalog-copy")["production"] == 2, "production unchanged"
     reject = [e for e in reg.read_audit(registry, "catalog-copy") if e["event"] == "reject"][-1]
     assert reject["version"] == pruned.version and reject["evidence"]["rows"]

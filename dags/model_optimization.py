@@ -1,0 +1,33 @@
+"""model_optimization: quantise / prune / distil a registry version, register each variant with lineage.
+
+Each registration emits the ``genbatch://registry/version-registered`` Asset event, which
+schedules model_promotion for that version. Thin: no I/O at parse time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+
+from operators.optimization_operators import MethodsOperator, OptimizeVersionOperator
+
+with DAG(
+    dag_id="model_optimization",
+    description="Optimised variants (int8 recipe, structured pruning, distillation) of a model version.",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params={
+        "model": Param("catalog-copy", type="string"),
+        "version": Param(2, type="integer", minimum=1, description="the parent version"),
+        "methods": Param(["int8"], type="array", items={"type": "string", "enum": ["int8", "prune50", "distill"]}),
+        "registry": Param(".genbatch/registry", type="string"),
+        "set_candidate_alias": Param(False, type="boolean", description="also point the candidate alias at it"),
+    },
+    tags=["genbatch", "models"],
+    default_args={"owner": "genbatch", "retries": 0},
+) as dag:
+    methods = MethodsOperator(task_id="methods")
+    OptimizeVersionOperator.partial(task_id="optimize").expand(method=methods.output)
