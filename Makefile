@@ -37,7 +37,7 @@ lint: setup
 	$(VENV)/bin/mypy genbatch models operators beam_jobs dags
 
 bench: setup
-	taskset -c 0 $(PY) -m bench.run_all
+	$(PY) -m bench.run_all  # each benchmark pins itself to one core
 
 clean:
 	rm -rf .genbatch runs

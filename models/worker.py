@@ -22,7 +22,8 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from models.runners import Item, load_runner
 log = logging.getLogger(__name__)
 
 AUTO_BATCH = {"text": (16, 64), "image": (4, 16)}  # (start, cap) per task on one device
+IMAGE_WRITERS = 4  # threads encoding and writing a batch's PNGs; the part file still goes last
 WINDOW_BATCHES = 8
 _PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")
 POS_KEY = "_pos"  # the item's position in the shard file: sorts first, so resume reads it cheaply
@@ -187,6 +189,8 @@ class ShardWorker:
         self.runners = {"production": runner, "candidate": candidate_runner}
         self.models = {"production": state.model, "candidate": state.canary_model}
         start, cap = AUTO_BATCH[state.spec.task]
+        if not device.startswith("cuda"):
+            start = cap  # the ramp exists to find the GPU out-of-memory point; host memory does not need it
         self.auto = batch_size == "auto"
         self.batch_size = start if self.auto else int(batch_size)
         self.cap = cap if self.auto else int(batch_size)
@@ -244,6 +248,7 @@ class ShardWorker:
     def _commit_batch(self, part: int, results: list[tuple[Item, dict[str, Any] | BaseException]]) -> None:
         outputs, errors = [], []
         units = 0
+        pending_images = []
         for item, res in results:
             rec = self._base_record(item)
             if isinstance(res, BaseException):
@@ -252,14 +257,17 @@ class ShardWorker:
             timings = {"batch_s": round(res.pop("batch_s"), 6), "batch_size": res.pop("batch_size")}
             image = res.pop("image", None)
             if image is not None:
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
                 uri = self.layout.image_path(self.shard, item.id)
-                storage.write_bytes(uri, buf.getvalue(), content_type="image/png")
+                pending_images.append((uri, image))
                 res["image_path"] = uri[len(self.layout.root) :].lstrip("/")
                 units += 1
             units += int(res.get("new_tokens", 0))
             outputs.append({**rec, **res, "timings": timings})
+        if pending_images:
+            # PNG encoding and fsync'ed create-only writes overlap on a small pool; all finish
+            # (or raise) before the part file below commits the batch.
+            with ThreadPoolExecutor(max_workers=IMAGE_WRITERS) as pool:
+                list(pool.map(lambda job: _write_png(*job), pending_images))
         # Errors first, outputs last: the part file is the batch's commit point.
         if errors:
             storage.write_bytes(self.layout.error_part(self.shard, part, self.rank), _jsonl(errors))
@@ -281,7 +289,11 @@ class ShardWorker:
         log.info("%s (done)", self.progress.line())
 
     def _run_windows(self, items: Iterator[Item], part: int) -> None:
-        length: Callable[[Item], int] = lambda it: self.runner.token_length(it.prompt)  # noqa: E731
+        def length(it: Item) -> int:
+            # The preprocess stage already counted tokens (est_tokens); re-tokenize only without it.
+            known = it.record.get("est_tokens")
+            return int(known) if isinstance(known, int) else int(self.runner.token_length(it.prompt))
+
         for window in windows(items, self.cap * WINDOW_BATCHES):
             groups: dict[str, list[Item]] = {}
             for it in window:  # a batch shares one model (arm) and one set of generation params
@@ -297,6 +309,12 @@ class ShardWorker:
                     part += 1
                     if self.auto and self.batch_size < self.cap:
                         self.batch_size = min(self.cap, self.batch_size * 2)
+
+
+def _write_png(uri: str, image: Any) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    storage.write_bytes(uri, buf.getvalue(), content_type="image/png")
 
 
 def merge_errors(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
