@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset
 
+from operators.cost_check import CostCheckOperator
 from operators.genbatch_operators import (
     CanaryVerdictOperator,
     PrepareRunOperator,
@@ -37,6 +38,7 @@ with DAG(
     prepare = PrepareRunOperator(task_id="prepare_run", retries=0)
     validate = ValidateInputOperator(task_id="validate_input", run_dir=prepare.output)
     preprocess = PreprocessOperator(task_id="preprocess", run_dir=prepare.output)
+    cost_check = CostCheckOperator(task_id="cost_check", run_dir=prepare.output, retries=0)
     backend = ChooseBackendOperator(task_id="choose_backend", run_dir=prepare.output)
     generate_local = LocalShardOperator.partial(task_id=LOCAL_TASK, run_dir=prepare.output).expand(
         shard=preprocess.output
@@ -50,4 +52,5 @@ with DAG(
     publish = PublishOperator(task_id="publish", run_dir=prepare.output, outlets=[PUBLISHED])
     canary = CanaryVerdictOperator(task_id="canary_verdict", run_dir=prepare.output, retries=0)
 
-    prepare >> validate >> preprocess >> backend >> [generate_local, generate_kubernetes] >> quality >> publish >> canary
+    prepare >> validate >> preprocess >> cost_check >> backend >> [generate_local, generate_kubernetes]
+    [generate_local, generate_kubernetes] >> quality >> publish >> canary

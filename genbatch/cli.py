@@ -5,6 +5,9 @@
     genbatch check-spec SPEC                         validate a spec and print the resolved form
     genbatch spec-schema                             print the RunSpec JSON schema
     genbatch registry-init [--registry URI]          register the shipped tiny models
+    genbatch reconcile URI                           lost/doubled/orphans/manifest checks of a run, as JSON
+    genbatch cost URI... [--table]                   cost per run, per model version and per 1k items
+    genbatch erase --id ID | --match F=V ROOT...     erase a data subject from every run (GDPR), with a record
     genbatch model register|list|show|alias|promote|rollback   the model registry (see genbatch model -h)
 """
 
@@ -84,10 +87,49 @@ def cmd_spec_schema(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from genbatch.reconcile import reconcile
+
+    result = reconcile(args.run_dir, secrets=args.secret or ())
+    print(json.dumps(result.to_json(), indent=2))
+    return 0 if result.ok else 1
+
+
 def cmd_registry_init(args: argparse.Namespace) -> int:
     from models.zoo.seed import ensure_zoo_registered
 
     print(json.dumps(ensure_zoo_registered(args.registry)))
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from genbatch.cost import format_table, summarise
+
+    summary = summarise(args.uris)
+    if not summary["runs"]:
+        print(f"genbatch cost: no published runs (manifest.json) under {' '.join(args.uris)}", file=sys.stderr)
+        return 1
+    print(format_table(summary) if args.table else json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from genbatch.erasure import Subject, erase
+
+    subject = Subject.parse(ident=args.id, match=args.match)
+    record = erase(args.roots, subject, include_incomplete=args.include_incomplete, dry_run=args.dry_run)
+    print(json.dumps(record, indent=2))  # the record holds no personal data: safe to print and keep
+    if record["residual_runs"]:
+        print(f"genbatch erase: the subject is still found in runs {record['residual_runs']}; see the log",
+              file=sys.stderr)
+        return 1
+    if record["skipped_incomplete"]:
+        print(f"genbatch erase: skipped runs still generating {record['skipped_incomplete']}; rerun when they "
+              "finish, or pass --include-incomplete", file=sys.stderr)
+        return 3
+    if record["source_inputs_not_modified"] and not args.dry_run:
+        print("genbatch erase: the source input files were not modified: "
+              f"{record['source_inputs_not_modified']}", file=sys.stderr)
     return 0
 
 
@@ -119,9 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.set_defaults(func=cmd_check_spec)
     sub.add_parser("spec-schema", help="print the RunSpec JSON schema").set_defaults(func=cmd_spec_schema)
+    p = sub.add_parser("reconcile", help="check a run dir: nothing lost or doubled, no orphans, manifests match "
+                                         "(exit 0 when it all holds, 1 otherwise)")
+    p.add_argument("run_dir", metavar="URI", help="the run dir, <output.uri>/<run_id> (local path or gs://)")
+    p.add_argument("--secret", action="append", help="a value that must appear in no object (repeatable)")
+    p.set_defaults(func=cmd_reconcile)
     p = sub.add_parser("registry-init", help="register the shipped tiny models")
     p.add_argument("--registry", default=".genbatch/registry")
     p.set_defaults(func=cmd_registry_init)
+    p = sub.add_parser("cost", help="cost per run, per model version and per 1k items across published runs")
+    p.add_argument("uris", nargs="+", metavar="URI", help="a run dir, or a prefix holding runs (local or gs://)")
+    p.add_argument("--table", action="store_true", help="a text table instead of JSON")
+    p.set_defaults(func=cmd_cost)
+    p = sub.add_parser("erase", help="erase a data subject's rows, outputs and images from every run under ROOT_URI")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--id", help="the subject's row id")
+    who.add_argument("--match", metavar="FIELD=VALUE", help="rows whose FIELD (dotted path) equals VALUE")
+    p.add_argument("roots", nargs="+", metavar="ROOT_URI", help="run dirs or prefixes holding runs (local or gs://)")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="also rewrite runs with shards still generating (only when no worker is running)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be erased; change nothing")
+    p.set_defaults(func=cmd_erase)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

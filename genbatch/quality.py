@@ -239,6 +239,7 @@ def _model_card(state: RunState) -> dict[str, Any] | None:
 def evaluate(state: RunState) -> dict[str, Any]:
     """Compute metrics and gate verdicts; write metrics.parquet, summary.json, data docs, report.html."""
     from genbatch.canary import evaluate_canary
+    from genbatch.cost import figures_for_run
     from genbatch.report import ReportData, render_report
     from genbatch.validation import data_docs_html
 
@@ -293,7 +294,7 @@ def evaluate(state: RunState) -> dict[str, Any]:
     report = ReportData(
         summary=summary, items=frame, prompts=table.prompts, outputs=table.outputs, images=table.images,
         reject_examples=reject_examples, errors=errors, shard_timings=_shard_timings(state),
-        run_state=state.to_json(), card=_model_card(state),
+        run_state=state.to_json(), card=_model_card(state), cost=figures_for_run(state),
     )
     storage.write_text(layout.report_html, render_report(report), overwrite=True, content_type=HTML)
     return summary

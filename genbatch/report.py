@@ -71,6 +71,7 @@ class ReportData:
     shard_timings: Sequence[Mapping[str, Any]] = ()
     run_state: Mapping[str, Any] = field(default_factory=dict)
     card: Mapping[str, Any] | None = None
+    cost: Mapping[str, Any] | None = None  # genbatch.cost.run_figures(); else derived from shard_timings
 
 
 def _e(value: Any) -> str:
@@ -204,6 +205,59 @@ def _records(items: Any) -> list[dict[str, Any]]:
     return records
 
 
+def _cost_figures(data: ReportData) -> tuple[Mapping[str, Any] | None, str]:
+    """The run's cost figures: as handed in, else priced from the shard timings (devices taken from the spec)."""
+    if data.cost is not None:
+        return data.cost, ""
+    if not data.shard_timings or not data.run_state.get("spec"):
+        return None, ""
+    from genbatch.cost import devices_per_shard, run_figures
+    from genbatch.errors import GenbatchError
+    from genbatch.spec import parse_spec
+
+    try:
+        spec = parse_spec(dict(data.run_state["spec"]), source="report")
+    except GenbatchError:
+        return None, ""
+    devices = list(spec.execution.devices or []) or ["device"] * devices_per_shard(spec)
+    shards = [{"shard": t.get("shard"), "generated": t.get("generated") or 0, "devices": devices,
+               "timings": {k: t.get(k, 0.0) for k in ("wall_s", "compute_s", "model_load_s")}}
+              for t in data.shard_timings]
+    return run_figures(spec, shards), " Devices per shard taken from the spec."
+
+
+def _cost_section(data: ReportData) -> str:
+    figures, caveat = _cost_figures(data)
+    if figures is None:
+        return ""
+
+    from genbatch.cost import format_usd
+
+    def usd(value: Any) -> str:
+        return format_usd(None if value is None else float(value))
+
+    cards = [("device-seconds", _fmt(figures.get("device_s"))),
+             ("compute device-s", _fmt(figures.get("compute_device_s"))),
+             ("items / device-s", _fmt(figures.get("items_per_device_s"))),
+             ("cost estimate", _e(usd(figures.get("usd")))),
+             ("per 1k items", _e(usd(figures.get("usd_per_1k_items"))))]
+    if figures.get("preflight_usd") is not None:
+        cards.append(("estimated before run", _e(usd(figures["preflight_usd"]))))
+    if figures.get("ceiling_usd") is not None:
+        cards.append(("ceiling", _e(usd(figures["ceiling_usd"]))))
+    html_cards = "".join(f'<div class="card"><span class="muted">{_e(k)}</span><b>{v}</b></div>' for k, v in cards)
+    price = figures.get("price") or {}
+    node = f" + {price.get('node_type')} at {usd(price.get('usd_per_node_hour'))}/node-hour" if price.get("node_type") else ""
+    rate = (f"{price.get('accelerator')} at {usd(price.get('usd_per_device_hour'))}/device-hour{node}"
+            + (" (spot)" if price.get("spot") else " (on-demand)"))
+    note = f" {price['note']}." if price.get("note") else ""
+    rows = [[f.get("shard"), f.get("devices"), f.get("device_s"), f.get("generated"), f.get("items_per_device_s"),
+             usd(f.get("usd"))] for f in figures.get("shards") or []]
+    table = _table(["shard", "devices", "device-s", "generated", "items / device-s", "cost"], rows, cls="cost")
+    return (f"<h2 id='cost'>Cost</h2><div class='cards'>{html_cards}</div><p class='muted'>Device-seconds = shard "
+            f"wall time × devices held (what is billed); priced as {_e(rate)}.{_e(note)}{_e(caveat)}</p>{table}")
+
+
 def _summary_section(data: ReportData) -> str:
     s = data.summary
     if s["passed"]:
@@ -227,7 +281,8 @@ def _summary_section(data: ReportData) -> str:
     model = s["model"]
     return (f"<h1>Run {_e(s['run_id'])}</h1><p class='muted'>{_e(s['task'])} run · model "
             f"{_e(model['name'])} v{_e(model['version'])} · evaluated {_e(s.get('evaluated_at'))}</p>"
-            f"<p>{verdict}</p>{banner}<h2 id='counts'>Counts</h2><div class='cards'>{cards}</div>{problems}")
+            f"<p>{verdict}</p>{banner}<h2 id='counts'>Counts</h2><div class='cards'>{cards}</div>{problems}"
+            f"{_cost_section(data)}")
 
 
 def _gates_section(data: ReportData) -> str:

@@ -12,10 +12,10 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 
 from genbatch.errors import SpecError
 
@@ -66,8 +66,40 @@ class GenerationSpec(_Section):
     width: int = Field(64, ge=8, le=4096, multiple_of=8)
 
 
+MAX_NUM_SHARDS = 10_000
+
+
+def _num_shards(value: Any) -> int | str:
+    """``auto`` or an integer in 1..MAX_NUM_SHARDS (one error, at ``sharding.num_shards``)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be 'auto' or an integer greater than or equal to 1")
+    if not 1 <= value <= MAX_NUM_SHARDS:
+        raise ValueError(f"must be 'auto' or an integer greater than or equal to 1 and at most {MAX_NUM_SHARDS}")
+    return value
+
+
+NumShards = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_num_shards),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_NUM_SHARDS},
+                              {"type": "string", "enum": ["auto"]}]}),
+]
+
+
 class ShardingSpec(_Section):
-    num_shards: int = Field(4, ge=1, le=10_000)
+    num_shards: NumShards = Field(
+        4, description="shards (one mapped task / pod each), or 'auto': derived at prepare time from the input's "
+        "estimated cost, the model version's throughput, target_wall_s and gpu_quota (see docs/operations-team.md)",
+    )
+    target_wall_s: float = Field(3600.0, gt=0, description="auto shards: aim to finish generation in this many seconds")
+    gpu_quota: int = Field(
+        8, ge=1, le=100_000,
+        description="auto shards: devices the run may hold at once (GPUs on kubernetes, device processes locally)",
+    )
 
 
 # Airflow caps one mapping at [core] max_map_length (1024 by default): shards, never items, are mapped.
@@ -187,6 +219,45 @@ class CanarySpec(_Section):
     auto_promote: bool = Field(False, description="a passing canary promotes the candidate; a failing one removes its alias")
 
 
+class PriceSpec(_Section):
+    """USD per hour, on-demand and spot (spot defaults to on-demand when not given)."""
+
+    on_demand: float = Field(ge=0.0, description="USD per hour on-demand")
+    spot: float | None = Field(None, ge=0.0, description="USD per hour on spot/preemptible capacity")
+
+
+class PriceTableSpec(_Section):
+    """Overrides merged over genbatch.cost.DEFAULT_PRICES (same keys replace, new keys add)."""
+
+    accelerators: dict[str, PriceSpec] = Field(
+        default_factory=dict, description="per device (GPU, or 'cpu' for one CPU device process), e.g. nvidia-l4"
+    )
+    nodes: dict[str, PriceSpec] = Field(
+        default_factory=dict, description="per node (host CPU/RAM, one pod per shard per node), e.g. g2-standard-8"
+    )
+
+
+class CostSpec(_Section):
+    """Cost accounting and the cost ceiling (see docs/operations-team.md)."""
+
+    ceiling_usd: float | None = Field(
+        None, gt=0.0, description="stop the run before generation when its estimated cost exceeds this"
+    )
+    accelerator: str | None = Field(
+        None, description="price-table accelerator; default execution.gpu_type on GPUs, else 'cpu'"
+    )
+    node_type: str | None = Field(None, description="price-table node type of the shard's node (host share)")
+    spot: bool = Field(False, description="price at spot rates (the pods run on a spot node pool)")
+    price_table: PriceTableSpec = Field(default_factory=PriceTableSpec)
+    throughput_per_device_s: float | None = Field(
+        None, gt=0.0, description="cost units a device processes per second, used when the model card has no "
+        "measured throughput (else genbatch.cost.DEFAULT_THROUGHPUT)",
+    )
+    shard_startup_s: float = Field(
+        60.0, ge=0.0, description="estimate: seconds a shard holds its devices before generating (pull, load)"
+    )
+
+
 class OutputSpec(_Section):
     uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
 
@@ -202,12 +273,13 @@ class RunSpec(_Section):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     canary: CanarySpec = Field(default_factory=CanarySpec)
+    cost: CostSpec = Field(default_factory=CostSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)
 
     @model_validator(mode="after")
     def _shards_fit_one_mapping(self) -> RunSpec:
-        if self.sharding.num_shards > MAX_MAP_LENGTH:
+        if self.sharding.num_shards != "auto" and self.sharding.num_shards > MAX_MAP_LENGTH:
             raise ValueError(f"sharding.num_shards={self.sharding.num_shards} exceeds Airflow's max_map_length "
                              f"({MAX_MAP_LENGTH}); use fewer, larger shards (shards are mapped, never items)")
         return self

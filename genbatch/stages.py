@@ -62,6 +62,26 @@ def check_override_allowed(spec: RunSpec, triggered_by: str | None) -> None:
                         "quality gates (GENBATCH_OVERRIDE_USERS lists who may); remove it or ask an admin")
 
 
+def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[str, Any] | None]:
+    """``sharding.num_shards`` as an int: as given, or decided for ``auto`` (genbatch.autoscale) with its record."""
+    if spec.sharding.num_shards != "auto":
+        return spec.sharding.num_shards, None
+    from genbatch.autoscale import auto_num_shards
+    from genbatch.cost import read_card
+
+    decision = auto_num_shards(spec, read_card(model.uri))
+    return int(decision["num_shards"]), decision
+
+
+def check_cost_ceiling(run_dir: str) -> dict[str, Any]:
+    """After preprocess, before generation: raise CostCeilingExceeded when the estimate is over cost.ceiling_usd."""
+    from genbatch.cost import check_ceiling
+
+    est = check_ceiling(run_dir)
+    log.info("run dir %s: estimated cost %s USD (ceiling %s)", run_dir, est["usd"], est["ceiling_usd"])
+    return {k: est[k] for k in ("usd", "ceiling_usd", "device_s", "throughput_source", "within_ceiling")}
+
+
 def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
                 triggered_by: str | None = None) -> str:
     """Validate the spec, pin the model version and write spec.json; returns the run dir URI."""
@@ -80,8 +100,11 @@ def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model
         if canary.version == model.version:
             raise SpecError(f"canary alias {spec.canary.alias!r} points at {model.ref}, the same version as the "
                             "production arm: nothing to compare; point the alias at the candidate version")
+    num_shards, auto = resolve_num_shards(spec, model)
     write_run_state(RunState(run_id=run_id, spec=spec, model=model, layout=layout,
-                             num_shards=spec.sharding.num_shards, canary_model=canary))
+                             num_shards=num_shards, canary_model=canary))
+    if auto is not None:  # how `num_shards: auto` was decided (a retry decides the same and overwrites)
+        storage.write_json(layout.path("validation", "auto_shards.json"), auto, overwrite=True)
     log.info("run %s: prepared at %s with model %s", run_id, layout.root, model.ref)
     return layout.root
 

@@ -52,6 +52,7 @@ _LOCK_TIMEOUT_S = 60.0
 # Hidden helper files next to local objects: never reported by list_uris.
 _TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 _LOCK_SUFFIX = ".lock"
+CAS_WRITE_ID_KEY = "genbatch-write-id"
 
 _client_lock = threading.Lock()
 _client_cache: tuple[int, Client] | None = None
@@ -730,6 +731,10 @@ def compare_and_swap_json(
                 return new
             data = dumps_json(new).encode("utf-8")
             out = _gcs_blob_for_write(uri, hashlib.sha256(data).hexdigest(), kms_key_name)
+            # A unique id on our write: if the response is lost and the retry gets 412, the stored
+            # object tells whether that 412 is our own applied write (success) or another writer's.
+            write_id = uuid.uuid4().hex
+            out.metadata = {**(out.metadata or {}), CAS_WRITE_ID_KEY: write_id}
             try:
                 # Conditional on the generation we read, so retries are safe and a racing
                 # writer makes exactly one of us fail with 412.
@@ -742,6 +747,9 @@ def compare_and_swap_json(
                 )
                 return new
             except PreconditionFailed:
+                stored = bucket.get_blob(key, retry=_retry(), timeout=_timeout())
+                if stored is not None and (stored.metadata or {}).get(CAS_WRITE_ID_KEY) == write_id:
+                    return new  # our write was applied; only its response was lost
                 logger.info("compare-and-swap of %s lost a race (attempt %s)", uri, attempt)
         _backoff(attempt)
     raise StorageError(

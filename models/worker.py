@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from genbatch import storage
-from genbatch.errors import GenbatchError, ShardInputError
+from genbatch.errors import GenbatchError, ShardInputError, StorageError
 from genbatch.items import ITEM_FIELDS, canary_arm
 from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
@@ -268,11 +268,11 @@ class ShardWorker:
             # (or raise) before the part file below commits the batch.
             with ThreadPoolExecutor(max_workers=IMAGE_WRITERS) as pool:
                 list(pool.map(lambda job: _write_png(*job), pending_images))
-        # Errors first, outputs last: the part file is the batch's commit point.
+        # The part file is the batch's commit point and is written first, even with no outputs: a
+        # second worker racing on this shard loses here, before it can commit any of this batch's errors.
+        storage.write_bytes(self.layout.output_part(self.shard, part, self.rank), _jsonl(outputs))
         if errors:
             storage.write_bytes(self.layout.error_part(self.shard, part, self.rank), _jsonl(errors))
-        if outputs:
-            storage.write_bytes(self.layout.output_part(self.shard, part, self.rank), _jsonl(outputs))
         self.stats["generated"] += len(outputs)
         self.stats["errored"] += len(errors)
         self.stats["batches"] += 1
@@ -284,8 +284,13 @@ class ShardWorker:
         part = first_part
         try:
             self._run_windows(items, part)
-        finally:
-            self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
+        except BaseException:
+            try:  # metrics are best effort here: never mask the error that is propagating
+                self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
+            except StorageError as exc:
+                log.warning("shard %s rank %s: could not write metrics: %s", self.shard, self.rank, exc)
+            raise
+        self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
         log.info("%s (done)", self.progress.line())
 
     def _run_windows(self, items: Iterator[Item], part: int) -> None:

@@ -43,3 +43,8 @@ def storage_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "root")
     bucket = request.getfixturevalue("gcs_bucket")
     return f"gs://{bucket}/base"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--faults-repeat", type=int, default=None,
+                     help="repeats per fault class in tests/faults (default 5, or $GENBATCH_FAULTS_REPEAT)")

@@ -65,10 +65,11 @@ def test_policy_retries_owner_tags(parsed: dict) -> None:
 def test_structure_and_mapping(parsed: dict) -> None:
     # prepare_run hands the run dir to every task (XCom), so it is upstream of all of them.
     assert parsed["tasks"] == {
-        "prepare_run": ["canary_verdict", "choose_backend", "generate_kubernetes", "generate_local", "preprocess",
-                        "publish", "quality_gate", "validate_input"],
+        "prepare_run": ["canary_verdict", "choose_backend", "cost_check", "generate_kubernetes", "generate_local",
+                        "preprocess", "publish", "quality_gate", "validate_input"],
         "validate_input": ["preprocess"],
-        "preprocess": ["choose_backend", "generate_kubernetes", "generate_local"],
+        "preprocess": ["cost_check", "generate_kubernetes", "generate_local"],
+        "cost_check": ["choose_backend"],
         "choose_backend": ["generate_kubernetes", "generate_local"],
         "generate_local": ["quality_gate"],
         "generate_kubernetes": ["quality_gate"],

@@ -1,0 +1,202 @@
+"""A run interrupted at any point and resumed publishes outputs identical to an uninterrupted run.
+
+The whole run goes through the real stages in-process with the real tiny text model (and, once
+per repeat set, the tiny image model): validate → Beam preprocess → generate each shard → quality
+gate → publish. An interruption is a crash (a BaseException, so nothing in the code can swallow
+it) raised at a random one of the run's object writes — before the write, or right after it
+landed — in any stage. The run then resumes the way Airflow does: the interrupted task runs again,
+then every task after it. A second interruption may hit the resumed part.
+
+Then the published records (minus wall-clock ``timings``), the errors and rejects, and every image
+must equal, byte for byte, those of the same run done without interruption; ``reconcile`` must show
+nothing lost or doubled and no orphan object, and a consumer read before ``_SUCCESS`` sees nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genbatch import storage
+from genbatch.layout import RunLayout
+from genbatch.outputs import RunNotPublishedError, read
+from genbatch.reconcile import reconcile
+from genbatch.run_state import load_run_state
+from tests.faults._support import (
+    Figures,
+    catalog_rows,
+    image_bytes,
+    published_records,
+    record,
+    text_spec,
+    write_input,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+class Crash(BaseException):
+    """Stands in for the process dying at this point."""
+
+
+STAGES = ("validate", "preprocess", "shard-0", "shard-1", "quality", "publish")
+
+
+def _stage_fns(run_dir: str, runners: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    from beam_jobs.preprocess import run as preprocess
+    from genbatch.manifest import publish
+    from genbatch.quality import quality_gate
+    from genbatch.stages import validate_input
+    from models.worker import run_shard
+
+    return {
+        "validate": lambda: validate_input(run_dir),
+        "preprocess": lambda: preprocess(["--run-dir", run_dir]),
+        "shard-0": lambda: run_shard(run_dir, 0, runner=runners["main"]),
+        "shard-1": lambda: run_shard(run_dir, 1, runner=runners["main"]),
+        "quality": lambda: quality_gate(run_dir),
+        "publish": lambda: publish(run_dir),
+    }
+
+
+class WriteCounter:
+    """Counts ``storage.write_bytes`` calls; crashes at the chosen ones (before or after the write)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.crash_at: dict[int, str] = {}
+        self.crashed: list[tuple[int, str, str]] = []
+        self.stage = ""
+        self.stage_of: dict[int, str] = {}  # write number -> the stage that made it
+        self._real = storage.write_bytes
+
+    @contextlib.contextmanager
+    def installed(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteCounter]:
+        def write_bytes(uri: str, data: bytes, **kwargs: Any) -> None:
+            self.count += 1
+            self.stage_of[self.count] = self.stage
+            when = self.crash_at.pop(self.count, None)
+            if when == "before":
+                self.crashed.append((self.count, when, uri))
+                raise Crash(f"write #{self.count} ({uri}) never happened")
+            self._real(uri, data, **kwargs)
+            if when == "after":
+                self.crashed.append((self.count, when, uri))
+                raise Crash(f"died right after write #{self.count} ({uri}) landed")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(storage, "write_bytes", write_bytes)
+            yield self
+
+
+def _run_all(run_dir: str, runners: dict[str, Any], counter: WriteCounter, consumer_checks: list[int]) -> int:
+    """Run every stage, resuming after each crash from the stage it hit; returns the crashes survived."""
+    fns = _stage_fns(run_dir, runners)
+    crashes = 0
+    stage = 0
+    while stage < len(STAGES):
+        try:
+            counter.stage = STAGES[stage]
+            fns[STAGES[stage]]()
+            stage += 1
+        except Crash:
+            crashes += 1
+            if crashes > 5:
+                raise
+        if not storage.exists(RunLayout(run_dir).success):  # a consumer reading now must get nothing
+            seen = 0
+            with contextlib.suppress(RunNotPublishedError):
+                for _rec in read(run_dir, wait_s=0):
+                    seen += 1
+            consumer_checks.append(seen)
+    return crashes
+
+
+def _snapshot(run_dir: str) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    state = load_run_state(run_dir)
+    errors = b"".join(storage.read_bytes(layout.errors_file(s)) for s in range(state.num_shards))
+    rejects = {u[len(layout.root):]: storage.read_bytes(u) for u in storage.list_uris(layout.rejects_dir)}
+    return {"records": published_records(run_dir), "errors": errors, "rejects": rejects, "images": image_bytes(run_dir)}
+
+
+def _real_runner(run_dir: str, cache: Path) -> Any:
+    """The runner the worker would load for this run (real model, verified files), loaded once."""
+    import torch
+
+    from models.registry import fetch_verified
+    from models.runners import load_runner
+
+    torch.set_num_threads(1)
+    state = load_run_state(run_dir)
+    model_dir = fetch_verified(state.model, cache)
+    return load_runner(state.spec.task, model_dir, generation=state.spec.generation.model_dump(),
+                       precision=state.spec.model.precision, device="cpu")
+
+
+def _spec(tmp: Path, registry: str, task: str) -> dict[str, Any]:
+    if task == "text":
+        inp = write_input(tmp / "input.jsonl", catalog_rows(14) + [{"id": "bad/id", "prompt": "x"}])
+        return text_spec(inp, str(tmp / "runs"), registry, run_id="run", num_shards=2, batch_size=4, max_new_tokens=8)
+    rows = [{"id": f"img-{i}", "prompt": f"a {c} square"} for i, c in enumerate(["red", "blue", "green", "tiny", "big"])]
+    inp = write_input(tmp / "input.jsonl", [*rows, {"id": "bad/id", "prompt": "x"}])
+    return text_spec(inp, str(tmp / "runs"), registry, run_id="run", num_shards=2, batch_size=2, task="image",
+                     model={"name": "tiny-image"},
+                     generation={"num_inference_steps": 2, "height": 32, "width": 32})
+
+
+@pytest.mark.parametrize("task", ["text", "image"])
+def test_interrupted_anywhere_and_resumed_publishes_what_a_clean_run_publishes(
+        task: str, tmp_path: Path, zoo_registry: str, faults_repeat: int, faults_seed: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from genbatch.stages import prepare_run
+    from models.registry import resolve_for_spec
+
+    rng = random.Random(faults_seed + (5 if task == "text" else 6))
+    clean_dir = prepare_run(_spec(tmp_path / "clean", zoo_registry, task), "run", resolve_model=resolve_for_spec)
+    runners = {"main": _real_runner(clean_dir, tmp_path / "model-cache")}
+    counter = WriteCounter()
+    with counter.installed(monkeypatch):
+        _run_all(clean_dir, runners, counter, [])
+    total_writes, stage_of = counter.count, dict(counter.stage_of)
+    clean = _snapshot(clean_dir)
+    assert len(clean["records"]) == (14 if task == "text" else 5) and reconcile(clean_dir).ok
+    if task == "image":
+        assert len(clean["images"]) == 5
+
+    for rep in range(faults_repeat):
+        run_dir = prepare_run(_spec(tmp_path / f"rep-{rep}", zoo_registry, task), "run", resolve_model=resolve_for_spec)
+        # Repeat r interrupts stage r (mod 6) first, at a random one of that stage's writes.
+        target = STAGES[(rep + (0 if task == "text" else 3)) % len(STAGES)]
+        first = rng.choice([n for n, st in stage_of.items() if st == target])
+        counter = WriteCounter()
+        counter.crash_at[first] = rng.choice(["before", "after"])
+        if rng.random() < 0.5:  # a second interruption, during the resumed part
+            counter.crash_at[first + rng.randint(1, 6)] = rng.choice(["before", "after"])
+        consumer_checks: list[int] = []
+        t0 = time.monotonic()
+        with counter.installed(monkeypatch):
+            crashes = _run_all(run_dir, runners, counter, consumer_checks)
+        rec = reconcile(run_dir)
+        got = _snapshot(run_dir)
+        partial = sum(1 for seen in consumer_checks if seen)
+        record(Figures(f"interrupted-run-{task}", injected=len(counter.crashed), observed=crashes, lost=rec.items_lost,
+                       doubled=rec.items_duplicated, partial_reads=partial + rec.consumer_partial_reads,
+                       seconds=round(time.monotonic() - t0, 2),
+                       detail={"crashes": [f"#{n} {when} {uri[len(run_dir):]}" for n, when, uri in counter.crashed],
+                               "first_in": target,
+                               "writes": total_writes}))
+        assert counter.crashed and len(counter.crashed) == crashes, (counter.crashed, crashes)
+        assert rec.ok and rec.orphans == [], rec.problems
+        assert partial == 0 and rec.consumer_partial_reads == 0
+        differing = [i for i in clean["records"] if got["records"].get(i) != clean["records"][i]]
+        assert not differing and set(got["records"]) == set(clean["records"]), \
+            f"repeat {rep} ({counter.crashed}): records differ from the clean run: {differing[:3]}"
+        assert got["errors"] == clean["errors"] and got["rejects"] == clean["rejects"]
+        assert got["images"] == clean["images"], f"repeat {rep} ({counter.crashed}): images differ"
