@@ -44,13 +44,14 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from genbatch import storage
 from genbatch.errors import GenbatchError
 from genbatch.layout import RunLayout
+from genbatch.records import jsonl_bytes
 from genbatch.run_state import RunState, load_run_state
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,6 @@ class Subject:
 # --- rewriting a run in place (shared with genbatch.retention) -------------------------------------
 
 
-def _jsonl(records: Iterable[dict[str, Any]]) -> bytes:
-    # The worker's and the stages' encoding, so a rewritten file reads like an original one.
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
-
-
 def read_jsonl(uri: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in storage.iter_lines(uri) if line.strip()]
 
@@ -177,7 +173,7 @@ def rewrite_jsonl(layout: RunLayout, uri: str, keep: Callable[[dict[str, Any]], 
         storage.delete(uri)
         changes.deleted.add(rel(layout, uri))
     else:
-        storage.write_bytes(uri, _jsonl(kept), overwrite=True)
+        storage.write_bytes(uri, jsonl_bytes(kept), overwrite=True)
         changes.rewritten.add(rel(layout, uri))
     return dropped
 
@@ -519,7 +515,7 @@ def erase_run(run_dir: str, subject: Subject, erasure_id: str, *, now: dt.dateti
         part = sum(1 for u in storage.list_uris(layout.rejects_dir)
                    if u.rsplit("/", 1)[-1].startswith(f"part-{ERASURE_STAGE}-"))
         uri = layout.rejects_part(ERASURE_STAGE, part)
-        storage.write_bytes(uri, _jsonl({"index": i, "rule": RULE_ERASED, "erasure_id": erasure_id,
+        storage.write_bytes(uri, jsonl_bytes({"index": i, "rule": RULE_ERASED, "erasure_id": erasure_id,
                                          "reason": f"erased at the data subject's request ({erasure_id})"}
                                         for i in new_rows))
         changes.rewritten.add(rel(layout, uri))

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from genbatch import storage
 from genbatch.layout import RunLayout
+
+
+def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
+    """The one JSONL encoding of every record file (sorted keys, UTF-8): rewrites read like originals."""
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
 
 
 def iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:

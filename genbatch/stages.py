@@ -7,7 +7,6 @@ imports the model package.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -19,6 +18,7 @@ from genbatch.errors import ShardInputError, SpecError
 from genbatch.input_rows import detect_format, iter_input_rows
 from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
+from genbatch.records import jsonl_bytes
 from genbatch.run_state import RunState, load_run_state, write_run_state
 from genbatch.spec import RunSpec, parse_spec, sanitize_run_id
 from genbatch.validation import InputSchemaError, ValidationOutcome, data_docs_html, validate_rows
@@ -109,10 +109,6 @@ def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model
     return layout.root
 
 
-def _jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
-
-
 def _write_validation(state: RunState, outcome: ValidationOutcome, *, failure: str | None) -> dict[str, Any]:
     rejects = [r.to_json() for r in outcome.rejects]
     n_input = len(outcome.accepted) + len(rejects)
@@ -125,10 +121,10 @@ def _write_validation(state: RunState, outcome: ValidationOutcome, *, failure: s
         "great_expectations": outcome.report,
     }
     layout = state.layout
-    storage.write_bytes(layout.rejects_part("validate"), _jsonl(rejects))
+    storage.write_bytes(layout.rejects_part("validate"), jsonl_bytes(rejects))
     if failure is None:
         storage.write_bytes(layout.validation_accepted,
-                            _jsonl([{"index": i, "row": row} for i, row in outcome.accepted]))
+                            jsonl_bytes([{"index": i, "row": row} for i, row in outcome.accepted]))
     storage.write_json(layout.validation_report, report)
     return report
 

@@ -209,7 +209,7 @@ def _sha256_stream(stream: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         return _sha256_stream(f)
 
@@ -421,7 +421,7 @@ def _local_commit(tmp: Path, final: Path, sha: str, uri: str, overwrite: bool) -
             try:
                 os.link(tmp, final)
             except FileExistsError:
-                existing = _sha256_file(final)
+                existing = sha256_file(final)
                 if existing != sha:
                     raise _conflict(uri, existing, sha) from None
                 logger.info("create-only write of %s found identical content; ok", uri)
@@ -445,7 +445,7 @@ def _local_write(uri: str, write: Callable[[IO[bytes]], None], sha: str, overwri
     final.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and final.is_file():
         # Cheap early answer for the common retry case; the link below stays the real guard.
-        existing = _sha256_file(final)
+        existing = sha256_file(final)
         if existing != sha:
             raise _conflict(uri, existing, sha)
         return
@@ -592,7 +592,7 @@ def upload_file(
     """
     src = Path(local)
     with _errors(uri, "upload"):
-        sha = _sha256_file(src)
+        sha = sha256_file(src)
         if not is_gcs(uri):
 
             def copy(f: IO[bytes]) -> None:
@@ -644,7 +644,7 @@ def download_file(uri: str, local: str | os.PathLike[str], *, overwrite: bool = 
                     expected = None
                 f.flush()
                 os.fsync(f.fileno())
-            sha = _sha256_file(tmp)
+            sha = sha256_file(tmp)
             if expected and expected != sha:
                 raise StorageError(
                     f"download {uri}: content sha256 {sha} does not match the stored "

@@ -12,7 +12,6 @@ Layout under a registry URI (local or gs://)::
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import uuid
 from pathlib import Path
@@ -21,19 +20,13 @@ from typing import Any
 from genbatch import storage
 from genbatch.errors import GenbatchError, ModelIntegrityError, SpecError
 from genbatch.model_ref import ModelVersion
+from genbatch.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
 REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CARD = "card.json"
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def refuse_pickle(rel_path: str) -> None:

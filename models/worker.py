@@ -32,6 +32,7 @@ from genbatch.errors import GenbatchError, ShardInputError, StorageError
 from genbatch.items import ITEM_FIELDS, canary_arm
 from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
+from genbatch.records import jsonl_bytes
 from genbatch.run_state import RunState, load_run_state
 from models.batching import windows
 from models.metrics import WorkerMetrics
@@ -171,10 +172,6 @@ def committed_parts(layout: RunLayout, shard: int) -> tuple[Positions, dict[int,
     return done, next_part
 
 
-def _jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
-
-
 class ShardWorker:
     """Runs one (sub-)shard to completion; ``runner`` is injectable so tests can hand in a fake."""
 
@@ -270,9 +267,9 @@ class ShardWorker:
                 list(pool.map(lambda job: _write_png(*job), pending_images))
         # The part file is the batch's commit point and is written first, even with no outputs: a
         # second worker racing on this shard loses here, before it can commit any of this batch's errors.
-        storage.write_bytes(self.layout.output_part(self.shard, part, self.rank), _jsonl(outputs))
+        storage.write_bytes(self.layout.output_part(self.shard, part, self.rank), jsonl_bytes(outputs))
         if errors:
-            storage.write_bytes(self.layout.error_part(self.shard, part, self.rank), _jsonl(errors))
+            storage.write_bytes(self.layout.error_part(self.shard, part, self.rank), jsonl_bytes(errors))
         self.stats["generated"] += len(outputs)
         self.stats["errored"] += len(errors)
         self.stats["batches"] += 1
@@ -329,7 +326,7 @@ def merge_errors(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
         if uri.rsplit("/", 1)[-1].startswith("errors-"):
             records.extend(json.loads(line) for line in storage.iter_lines(uri) if line.strip())
     records.sort(key=lambda r: r["id"])
-    storage.write_bytes(layout.errors_file(shard), _jsonl(records))
+    storage.write_bytes(layout.errors_file(shard), jsonl_bytes(records))
     return records
 
 

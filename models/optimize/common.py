@@ -5,7 +5,6 @@ Heavy imports (torch, transformers) happen inside the functions, as everywhere i
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genbatch.errors import ModelIntegrityError
+from genbatch.storage import sha256_file
 from models.registry import refuse_pickle
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,6 @@ OPTIMIZATION_CARD = "optimization.json"
 DEFAULT_EVAL_ROWS = 200
 EVAL_MAX_NEW_TOKENS = 40
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_model_dir(model_dir: Path) -> Path:

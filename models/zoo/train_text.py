@@ -20,7 +20,6 @@ byte (``zoo.json`` records its sha256).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -47,6 +46,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
+from genbatch.storage import sha256_file  # noqa: E402
 from models.zoo import CATALOG_COPY_DIR  # noqa: E402
 from models.zoo.catalog_corpus import (  # noqa: E402
     as_attributes,
@@ -62,13 +62,6 @@ log = logging.getLogger(__name__)
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 MAX_NEW_TOKENS = 40
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def set_determinism(seed: int, threads: int) -> None:
