@@ -150,7 +150,7 @@ def _write_input(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 BAD_CASES: dict[str, tuple[dict[str, Any], str]] = {
     # name: (spec overrides relative to a good spec, what the prepare_run log must say)
-    "traversal": ({"input": {"uri": str(REPO_ROOT / "examples" / ".." / ".." / ".." / "etc" / "passwd")}},
+    "traversal": ({"input": {"uri": str(REPO_ROOT.joinpath("examples", *[".."] * len(REPO_ROOT.parts), "etc", "passwd"))}},
                   r"'/etc/passwd' is outside the allowed prefixes"),
     "other_bucket": ({"output": {"uri": "gs://other-bucket/runs"}}, r"'gs://other-bucket/runs' is outside the allowed prefixes"),
     "unknown_field": ({"tenant_api_key": "x"}, r"tenant_api_key: unknown field"),
