@@ -14,6 +14,8 @@ from genbatch.run_state import RunState
 XCOM_RETURN = "/airflow/xcom/return.json"
 MODEL_CACHE = "/var/cache/genbatch"
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+# GKE labels spot nodes with this and, on pools created with the matching taint, repels other pods.
+GKE_SPOT_LABEL = "cloud.google.com/gke-spot"
 
 
 def _label_value(value: str) -> str:
@@ -38,6 +40,11 @@ def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
         tolerations.append(k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"))
         if ex.gpu_type:
             node_selector[GKE_ACCELERATOR_LABEL] = ex.gpu_type
+    if state.spec.cost.spot:
+        # Priced at spot rates, so it must run on spot capacity: a preempted pod is retried and the
+        # worker resumes from its committed parts (at most one batch redone).
+        node_selector[GKE_SPOT_LABEL] = "true"
+        tolerations.append(k8s.V1Toleration(key=GKE_SPOT_LABEL, operator="Equal", value="true", effect="NoSchedule"))
     env = [k8s.V1EnvVar(name="GENBATCH_XCOM_RETURN", value=XCOM_RETURN),
            k8s.V1EnvVar(name="HOME", value="/tmp"),
            k8s.V1EnvVar(name="GENBATCH_MODEL_CACHE", value=MODEL_CACHE),

@@ -105,3 +105,25 @@ def test_more_shards_than_one_mapping_holds_is_refused() -> None:
 def test_secret_env_must_be_a_secret_reference() -> None:
     with pytest.raises(SpecError, match="must map an ENV_NAME to 'secret-name/key'"):
         parse_spec(_spec(image="w:1", secret_env={"TOKEN": "hunter2"}))
+
+
+def test_spot_runs_are_scheduled_on_spot_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cost.spot prices the run at spot rates, so its pods must land on (and tolerate) spot nodes."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", '{"conn_type": "kubernetes", "extra": {"in_cluster": false}}')
+    from kubernetes.client import ApiClient
+
+    from operators.generate import GenbatchPodOperator
+
+    bodies = {}
+    for spot in (False, True):
+        state = prepared_run(str(tmp_path / f"runs-{spot}"), execution=K8S_SPEC, num_shards=2, run_id=f"spot-{spot}",
+                             cost={"spot": spot})
+        op = GenbatchPodOperator(task_id="generate_kubernetes", run_dir=state.layout.root, shard=0)
+        bodies[spot] = ApiClient().sanitize_for_serialization(op.build_pod_request_obj(dry_run=True))
+        kubernetes_validate.validate(bodies[spot], K8S_VERSION, strict=True)
+    spot_toleration = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    assert bodies[True]["spec"]["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    assert spot_toleration in bodies[True]["spec"]["tolerations"]
+    assert "cloud.google.com/gke-spot" not in bodies[False]["spec"]["nodeSelector"]
+    assert spot_toleration not in bodies[False]["spec"]["tolerations"]
