@@ -177,13 +177,15 @@ def shard_figures(shard_manifest: Mapping[str, Any], price: Price) -> dict[str, 
     """Device-seconds, items per device-second and USD of one committed shard."""
     timings = shard_manifest.get("timings") or {}
     devices = len(shard_manifest.get("devices") or []) or 1
-    wall_s = float(timings.get("wall_s", 0.0))
-    device_s = wall_s * devices
+    # Round first and derive the rest from the rounded figures, so that the manifest's totals
+    # (sums of these) agree with each other exactly, however short the shard.
+    wall_s = round(float(timings.get("wall_s", 0.0)), 3)
+    device_s = round(wall_s * devices, 3)
     generated = int(shard_manifest.get("generated", 0))
     return {
         "shard": shard_manifest.get("shard"),
         "devices": devices,
-        "device_s": round(device_s, 3),
+        "device_s": device_s,
         "compute_device_s": round(float(timings.get("compute_s", 0.0)), 3),
         "generated": generated,
         "items_per_device_s": round(generated / device_s, 4) if device_s else None,
