@@ -6,6 +6,12 @@ Reads ``validation/accepted.jsonl`` of a prepared run and writes ``shards/shard-
 ``sharding.dedupe_identical``) and, last, ``shards/_plan.json`` (the preprocess manifest).
 
     python -m beam_jobs.preprocess --run-dir runs/<run_id> [--token-counts=auto] [--runner=DataflowRunner ...]
+    python -m beam_jobs.preprocess --run-dir runs/<run_id> --input 'gs://bucket/in/*.jsonl.gz' [--input_format=auto]
+
+With ``--input`` the job reads the raw input itself (JSONL, CSV, Parquet; globs; gzip) and applies
+the row rules of the ``validate_input`` stage (:mod:`beam_jobs.raw_input`): row-rule rejects join
+``rejects/part-preprocess-00000.jsonl`` and the job writes ``validation/input.json`` (row counts,
+rejects by rule) itself; the rest is the same.
 
 Without ``--runner`` (or with ``--runner=FnApiRunner``) it runs in-process on Beam's FnApiRunner (the engine behind the
 DirectRunner), which needs no network (the DirectRunner would first try to fetch Prism).
@@ -33,6 +39,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -40,6 +47,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs import plan as planning
+from beam_jobs import raw_input
 from beam_jobs import tokens as tokenizing
 from beam_jobs.records import (
     RULE_DUPLICATE_ID,
@@ -55,6 +63,7 @@ from beam_jobs.records import (
     keyed_line,
     max_new_tokens_of,
     normalised_prompt,
+    row_metadata,
     shard_sort_key,
     to_item,
 )
@@ -64,6 +73,7 @@ from genbatch.errors import GenbatchError
 from genbatch.items import estimate_prompt_tokens
 from genbatch.layout import RunLayout, shard_name
 from genbatch.run_state import load_run_state
+from genbatch.validation import InputSchemaError
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +129,9 @@ class Measure(beam.DoFn):
     def start_bundle(self) -> None:
         self.buffer = planning.RecordBuffer(self.tmp_dir, self.settings.dedupe_identical)
 
-    def process(self, line: str) -> Iterator[Any]:
+    def process(self, line: str | dict[str, Any]) -> Iterator[Any]:
         assert self.buffer is not None
-        accepted = json.loads(line)
+        accepted = json.loads(line) if isinstance(line, str) else line
         row, index = accepted["row"], int(accepted["index"])
         prompt = normalised_prompt(row)
         params = item_params(row)
@@ -181,9 +191,9 @@ class Route(beam.DoFn):
             self._plan_uri = uri
         return self._plan
 
-    def process(self, line: str, plan_info: dict[str, Any]) -> Iterator[Any]:
+    def process(self, line: str | dict[str, Any], plan_info: dict[str, Any]) -> Iterator[Any]:
         plan = self._load(plan_info["plan_uri"])
-        accepted = json.loads(line)
+        accepted = json.loads(line) if isinstance(line, str) else line
         index = int(accepted["index"])
         route = plan.route_of(index)
         if route >= 0:
@@ -196,7 +206,8 @@ class Route(beam.DoFn):
             yield REJECTS, keyed_line(index_sort_key(index), reject)
         elif route == planning.FANOUT:
             yield beam.pvalue.TaggedOutput(
-                FANOUT_DUPLICATE, (plan.kept_row(index), {"id": accepted["row"]["id"], "row_index": index})
+                FANOUT_DUPLICATE, (plan.kept_row(index), {"id": accepted["row"]["id"], "row_index": index,
+                                                          "metadata": row_metadata(accepted["row"])})
             )
         # NOT_ROUTED: a token-budget reject, already written by Measure.
 
@@ -211,6 +222,7 @@ def join_fanout(element: tuple[int, dict[str, list[dict[str, Any]]]]) -> Iterato
             "canonical_id": canonical["id"],
             "canonical_row_index": canonical_index,
             "shard": canonical["shard"],
+            "metadata": dup["metadata"],
         }
         yield FANOUT, keyed_line(index_sort_key(dup["row_index"]), record)
 
@@ -234,16 +246,53 @@ def _checked(layout: RunLayout, num_shards: int, dest: str, merged: dict[str, di
     return written
 
 
+@dataclass(frozen=True)
+class RawInput:
+    """``--input``: the pattern, and what the commit checks over the whole input (spec ``input``)."""
+
+    pattern: str
+    run_id: str
+    min_rows: int
+    max_rows: int | None
+    max_reject_fraction: float
+
+
+def commit_input(layout: RunLayout, raw: RawInput, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """``--input``: write ``validation/input.json`` and stop the run on the input-level failures that
+    ``validate_input`` stops on (row bounds, nothing readable, too many rejects)."""
+    report = {"run_id": raw.run_id, **raw_input.input_report(raw.pattern, summaries), "failure": None,
+              "validated_by": "beam_jobs.preprocess --input (genbatch.validation row rules, batches of "
+                              f"{raw_input.VALIDATE_ROWS} rows)"}
+    rows, rejected = report["rows"]["input"], report["rows"]["rejected"]
+    if not raw.min_rows <= rows <= (raw.max_rows or rows):
+        report["failure"] = (f"input {raw.pattern} has {rows} rows, outside the expected {raw.min_rows}.."
+                             f"{raw.max_rows or 'unbounded'}; check the input or the row bounds in the run spec")
+    elif report["rejects_by_rule"].get("parse_error", 0) == rows:
+        report["failure"] = (f"no row of {raw.pattern} could be read ({rows} rows, all parse errors); check the "
+                             "format (JSONL, CSV with a header, Parquet) and that the files are UTF-8")
+    elif rejected / rows > raw.max_reject_fraction:
+        report["failure"] = (f"{rejected} of {rows} rows of {raw.pattern} were rejected ({rejected / rows:.1%}), over "
+                             f"max_reject_fraction={raw.max_reject_fraction}; fix the input (see the rejects) or raise "
+                             "max_reject_fraction in the run spec")
+    storage.write_json(layout.validation_report, report)
+    if report["failure"]:
+        raise InputSchemaError(report["failure"], report=report)
+    return report
+
+
 def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, info: tokenizing.TokenizerInfo,
-           plan_info: dict[str, Any], merged_list: list[dict[str, Any]], budget_rejects: int) -> dict[str, Any]:
+           plan_info: dict[str, Any], merged_list: list[dict[str, Any]], budget_rejects: int,
+           raw: RawInput | None = None, summaries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Check counts, write empty outputs, delete temp files, then ``shards/_plan.json`` (written last)."""
     stats = plan_info["stats"]
     merged = {m["dest"]: m for m in merged_list}
+    report = raw_input.input_report(raw.pattern, summaries or []) if raw is not None else None
+    invalid = report["rows"]["rejected"] if report is not None else 0
     shards = []
     for entry in stats["shards"]:
         written = _checked(layout, num_shards, shard_dest(entry["shard"], num_shards), merged, entry["items"])
         shards.append({**entry, "bytes": written["bytes"], "sha256": written["sha256"]})
-    _checked(layout, num_shards, REJECTS, merged, budget_rejects + stats["duplicate_ids"])
+    _checked(layout, num_shards, REJECTS, merged, invalid + budget_rejects + stats["duplicate_ids"])
     if settings.dedupe_identical:
         _checked(layout, num_shards, FANOUT, merged, stats["fanned_out"])
     deleted = delete_prefix(preprocess_tmp(layout))
@@ -251,7 +300,11 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
         with contextlib.suppress(OSError):
             storage.local_path(layout.path("_tmp")).rmdir()
     log.info("preprocess of %s: deleted %s temp objects", layout.root, deleted)
-    rejects_by_rule = {RULE_DUPLICATE_ID: stats["duplicate_ids"], RULE_TOKEN_BUDGET: budget_rejects}
+    if raw is not None:
+        commit_input(layout, raw, summaries or [])
+    rejects_by_rule = {RULE_DUPLICATE_ID: stats["duplicate_ids"], RULE_TOKEN_BUDGET: budget_rejects,
+                       **(report["rejects_by_rule"] if report is not None else {})}
+    input_rows = {"input": report["rows"]["input"], "invalid": invalid} if report is not None else {}
     plan = {
         "schema_version": PLAN_SCHEMA_VERSION,
         "num_shards": num_shards,
@@ -261,6 +314,7 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
         "max_item_cost": stats["max_item_cost"],
         "makespan_ratio": stats["makespan_ratio"],
         "rows": {
+            **input_rows,
             "accepted": stats["rows_planned"] + budget_rejects,
             "sharded": stats["items"],
             "rejected": budget_rejects + stats["duplicate_ids"],
@@ -272,6 +326,7 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
         "order_inside_shard": ["est_tokens", "id"],
         "dedupe_identical": settings.dedupe_identical,
         "fanout": fanout_file(layout).rsplit("/", 1)[-1] if settings.dedupe_identical else None,
+        **({"input": raw.pattern} if raw is not None else {}),
     }
     storage.write_json(layout.shard_plan, plan)
     return plan
@@ -280,7 +335,12 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
 # --- the pipeline ----------------------------------------------------------------------------------
 
 
-def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_bytes: int = SPILL_BYTES) -> None:
+def judged_uri(summary: dict[str, Any]) -> str:
+    return str(summary["uri"])
+
+
+def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_bytes: int = SPILL_BYTES,
+          input_uri: str | None = None, input_format: str = "auto") -> None:
     state = load_run_state(run_dir)
     layout = state.layout
     gen = state.spec.generation
@@ -291,12 +351,44 @@ def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_byte
     n = state.num_shards
     tmp = preprocess_tmp(layout)
 
+    # 0. The accepted rows: validation/accepted.jsonl, or (--input) the raw input read and judged here.
+    raw: RawInput | None = None
+    spills: list[Any] = []
+    if input_uri is None:
+        ingested = p | "NoRawInput" >> beam.Create([])
+        rows_for_plan = p | "ReadForPlan" >> beam.io.ReadFromText(layout.validation_accepted)
+        rows_for_shards = p | "ReadForShards" >> beam.io.ReadFromText(layout.validation_accepted)
+    else:
+        spec_input = state.spec.input
+        raw = RawInput(input_uri, state.run_id, spec_input.min_rows, spec_input.max_rows,
+                       spec_input.max_reject_fraction)
+        files = raw_input.match_input(input_uri, input_format)
+        ingested = (
+            p
+            | "InputFiles" >> beam.Create(files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Ingest" >> beam.ParDo(raw_input.IngestFile(tmp, raw_input.RowRules(spec_input.max_prompt_chars)))
+        )
+        judged = ingested | "JudgedFiles" >> beam.Map(judged_uri)
+        offsets = beam.pvalue.AsList(ingested)
+        for_plan = (
+            judged
+            | "ReadJudgedForPlan" >> beam.io.ReadAllFromText(with_filename=True)
+            | "IndexForPlan" >> beam.ParDo(raw_input.ToAccepted(emit_rejects=True), offsets).with_outputs(
+                raw_input.ToAccepted.REJECTS, main="rows")
+        )
+        rows_for_plan = for_plan["rows"]
+        spills.append(for_plan[raw_input.ToAccepted.REJECTS]
+                      | "SpillInputRejects" >> beam.ParDo(SpillSortedRuns(tmp, spill_bytes)))
+        rows_for_shards = (
+            judged
+            | "ReadJudgedForShards" >> beam.io.ReadAllFromText(with_filename=True)
+            | "IndexForShards" >> beam.ParDo(raw_input.ToAccepted(emit_rejects=False), offsets)
+        )
+
     # 1. Measure: tokens, the token budget, fixed-size plan records.
-    measured = (
-        p
-        | "ReadForPlan" >> beam.io.ReadFromText(layout.validation_accepted)
-        | "Measure" >> beam.ParDo(Measure(settings, info, tmp)).with_outputs(REJECTS, main="records")
-    )
+    measured = rows_for_plan | "Measure" >> beam.ParDo(Measure(settings, info, tmp)).with_outputs(
+        REJECTS, main="records")
     budget_rejects = measured[REJECTS]
     budget_count = budget_rejects | "CountBudgetRejects" >> beam.combiners.Count.Globally()
 
@@ -309,8 +401,7 @@ def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_byte
 
     # 3. Route every row by the plan; keyed lines go to bounded-memory sorted runs.
     routed = (
-        p
-        | "ReadForShards" >> beam.io.ReadFromText(layout.validation_accepted)
+        rows_for_shards
         | "Route" >> beam.ParDo(Route(settings, n), beam.pvalue.AsSingleton(plan_info)).with_outputs(
             FANOUT_CANONICAL, FANOUT_DUPLICATE, main="lines"
         )
@@ -318,6 +409,7 @@ def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_byte
     runs = [
         routed["lines"] | "SpillRouted" >> beam.ParDo(SpillSortedRuns(tmp, spill_bytes)),
         budget_rejects | "SpillBudgetRejects" >> beam.ParDo(SpillSortedRuns(tmp, spill_bytes)),
+        *spills,
     ]
     if dedupe_identical:
         fanout_lines = (
@@ -340,6 +432,7 @@ def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_byte
         | "Commit" >> beam.Map(
             commit, layout, n, settings, info,
             beam.pvalue.AsSingleton(plan_info), beam.pvalue.AsList(merged), beam.pvalue.AsSingleton(budget_count),
+            raw, beam.pvalue.AsList(ingested),
         )
     )
 
@@ -357,6 +450,15 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         "--spill-bytes", "--spill_bytes", dest="spill_bytes", type=int, default=SPILL_BYTES,
         help=f"characters of output lines a bundle buffers before it spills a sorted run (default {SPILL_BYTES})",
     )
+    parser.add_argument(
+        "--input", dest="input_uri", default=None, metavar="URI_OR_GLOB",
+        help="read the raw input here (JSONL, CSV or Parquet; local or gs://; globs; .gz) and apply the row rules "
+             "in this job, instead of reading validation/accepted.jsonl of the validate_input stage",
+    )
+    parser.add_argument(
+        "--input-format", "--input_format", dest="input_format", choices=raw_input.INPUT_FORMATS, default="auto",
+        help="format of every --input file; auto (default): from each file's extension (under .gz etc.)",
+    )
     known, beam_args = parser.parse_known_args(argv)
     if test_pipeline is not None:
         pipeline = test_pipeline
@@ -371,7 +473,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             runner = FnApiRunner()
         pipeline = beam.Pipeline(runner=runner, options=PipelineOptions(beam_args))
     with pipeline as p:
-        build(p, known.run_dir, known.token_counts, known.spill_bytes)
+        build(p, known.run_dir, known.token_counts, known.spill_bytes, known.input_uri, known.input_format)
     return dict(storage.read_json(RunLayout(known.run_dir).shard_plan))
 
 

@@ -56,6 +56,11 @@ def normalised_prompt(row: dict[str, Any]) -> str:
     return normalise_text(row["prompt"])
 
 
+def row_metadata(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns that pass through as metadata (everything but the contract fields)."""
+    return {k: v for k, v in row.items() if k not in CONTRACT_FIELDS}
+
+
 def item_params(row: dict[str, Any]) -> dict[str, Any]:
     return dict(row.get("params") or {})
 
@@ -102,7 +107,7 @@ def to_item(accepted: dict[str, Any], settings: PlanSettings, tokens: int | None
         "params": params,
         "est_tokens": tokens,
         "est_cost": item_cost(settings, tokens, params),
-        **{k: v for k, v in row.items() if k not in CONTRACT_FIELDS},
+        **row_metadata(row),
     }
 
 

@@ -27,7 +27,7 @@ import datetime
 import io
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ __all__ = [
     "RawRow",
     "detect_format",
     "find_unencodable",
+    "iter_csv_lines",
     "iter_input_rows",
     "read_input_file",
 ]
@@ -261,9 +262,15 @@ def _iter_csv(data: bytes, source: str) -> Iterator[RawRow]:
         data = data[len(_BOM):]
     # surrogateescape keeps going past bad bytes; each affected row is then flagged on its own.
     text = data.decode("utf-8", errors="surrogateescape")
+    return iter_csv_lines(io.StringIO(text, newline=""), source)
+
+
+def iter_csv_lines(lines: Iterable[str], source: str) -> Iterator[RawRow]:
+    """The rows of CSV text given line by line (line ends kept, BOM dropped, bad bytes decoded with
+    ``surrogateescape``); shared by whole-file reads and the Beam job's streamed reads."""
     if csv.field_size_limit() < MAX_ROW_BYTES:
         csv.field_size_limit(MAX_ROW_BYTES)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(lines, strict=True)
     header: list[str] | None = None
     index = 0
     while True:

@@ -2,7 +2,9 @@
 
 A run commits only after every shard manifest exists and the quality gate passed:
 ``manifest.json`` is written first, ``_SUCCESS`` last. Consumers read only through the
-manifest, so they never see a partial run.
+manifest, so they never see a partial run. With ``sharding.dedupe_identical``, the fanned-out
+ids' copies of their canonical records (:mod:`genbatch.fanout`) are written before the manifest,
+so its counts and file list include them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from genbatch import cost, storage
+from genbatch import cost, fanout, storage
 from genbatch.errors import GenbatchError
 from genbatch.reconcile import reconcile
 from genbatch.run_state import RunState, load_run_state
@@ -40,12 +42,14 @@ def build_manifest(state: RunState) -> dict[str, Any]:
             raise GenbatchError(f"run {state.run_id}: shard {shard} has not committed "
                                 f"({layout.shard_manifest(shard)} missing); rerun its generate task")
         shard_manifests.append(storage.read_json(layout.shard_manifest(shard)))
-    counts = reconcile(layout.root)
-    if not counts.ok:
-        raise GenbatchError(f"run {state.run_id}: counts do not reconcile: {'; '.join(counts.problems)}")
     quality = storage.read_json(layout.quality_summary)
     if not quality.get("publishable", quality["passed"]):
         raise GenbatchError(f"run {state.run_id}: quality gate did not pass; refusing to publish")
+    # Fanned-out ids (sharding.dedupe_identical) get their canonical's record before anything counts.
+    fanned_out = fanout.materialise(layout)
+    counts = reconcile(layout.root)
+    if not counts.ok:
+        raise GenbatchError(f"run {state.run_id}: counts do not reconcile: {'; '.join(counts.problems)}")
     plan = storage.read_json(layout.shard_plan)
     compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
     load_s = sum(m["timings"]["model_load_s"] for m in shard_manifests)
@@ -60,6 +64,7 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         "model": {"name": state.model.name, "version": state.model.version, "uri": state.model.uri},
         "params_hash": state.params_hash,
         "counts": counts.counts(),
+        **({"fanned_out": fanned_out} if state.spec.sharding.dedupe_identical else {}),
         "shards": [{"shard": m["shard"], "generated": m["generated"], "errored": m["errored"],
                     "timings": m["timings"], "devices": m.get("devices"),
                     **{k: per_shard[m["shard"]][k] for k in ("device_s", "items_per_device_s", "usd")}}

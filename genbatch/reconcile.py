@@ -123,6 +123,7 @@ def reconcile(run_dir: str, *, attempt_log: str | Path | None = None, secrets: S
     done_ids = Counter(i for p in parts if p.kind == "part" for i in p.ids)
     errors_by_shard = _read_errors_files(layout, state.num_shards, present)
     err_ids = Counter(i for ids in errors_by_shard.values() for i in ids[1])
+    _add_fanout(layout, present, parts, accepted_rows, accepted_ids, done_ids, err_ids)
     finished = done_ids + err_ids
 
     all_rows = reject_rows + accepted_rows
@@ -214,6 +215,46 @@ def _read_errors_files(layout: RunLayout, num_shards: int, present: set[str]) ->
     return out
 
 
+# --------------------------------------------------------------------------- fan-out
+
+
+_FANOUT_SHARD = -1
+"""``_Part.shard`` of the fan-out copies publish writes: they belong to no shard manifest."""
+
+
+def _add_fanout(layout: RunLayout, present: set[str], parts: list[_Part], accepted_rows: Counter[int],
+                accepted_ids: Counter[str], done_ids: Counter[str], err_ids: Counter[str]) -> None:
+    """``sharding.dedupe_identical``: every fanned-out row (``shards/_fanout.jsonl``) is an accepted
+    row, and its id finishes as the copy publish wrote for it (:mod:`genbatch.fanout`) or, while its
+    canonical's shard has no copies yet (before publish), as its canonical did. Updates in place."""
+    from genbatch.fanout import fanout_errors, fanout_part, read_fanout
+
+    entries = read_fanout(layout) if "shards/_fanout.jsonl" in present else []
+    materialised: set[int] = set()
+    for shard in sorted({int(e["shard"]) for e in entries}):
+        for uri, kind in ((fanout_part(layout, shard), "part"), (fanout_errors(layout, shard), "errors")):
+            rel = _rel(layout.root, uri)
+            if rel not in present:
+                continue
+            data = storage.read_bytes(uri)
+            ids = [str(json.loads(line)["id"]) for line in data.decode("utf-8").split("\n") if line.strip()]
+            parts.append(_Part(rel, _FANOUT_SHARD, kind, data.count(b"\n"), hashlib.sha256(data).hexdigest(),
+                               len(data), ids))
+            (done_ids if kind == "part" else err_ids).update(ids)
+            materialised.add(shard)
+    pending_done, pending_err = [], []
+    for e in entries:
+        accepted_rows[int(e["row_index"])] += 1
+        accepted_ids[str(e["id"])] += 1
+        if int(e["shard"]) not in materialised:
+            if done_ids[e["canonical_id"]]:
+                pending_done.append(str(e["id"]))
+            elif err_ids[e["canonical_id"]]:
+                pending_err.append(str(e["id"]))
+    done_ids.update(pending_done)
+    err_ids.update(pending_err)
+
+
 # --------------------------------------------------------------------------- orphans
 
 
@@ -224,8 +265,11 @@ def _orphans(state: RunState, listing: list[str], parts: list[_Part]) -> list[st
         if p.kind == "part":
             output_ids.setdefault(p.shard, set()).update(p.ids)
     plan_committed = "shards/_plan.json" in listing
+    fanout_rels = {p.rel for p in parts if p.shard == _FANOUT_SHARD}
     orphans = []
     for rel in listing:
+        if rel in fanout_rels:
+            continue
         if rel in _ROOT_FILES or rel.startswith(_STAGE_DIRS + _OPERATOR_DIRS) or rel.startswith("rejects/part-"):
             continue
         if rel.startswith("_tmp/"):

@@ -100,6 +100,13 @@ class ShardingSpec(_Section):
         8, ge=1, le=100_000,
         description="auto shards: devices the run may hold at once (GPUs on kubernetes, device processes locally)",
     )
+    dedupe_identical: bool = Field(
+        False,
+        description="generate identical items once: rows with the same normalised prompt, negative_prompt, params "
+        "and seed (explicit; derived seeds differ per id) are generated as the first such row, and every other id "
+        "gets a copy of its output record, with its own id, row_index and metadata, at publish time "
+        "(shards/_fanout.jsonl; see docs/beam.md)",
+    )
 
 
 # Airflow caps one mapping at [core] max_map_length (1024 by default): shards, never items, are mapped.

@@ -1,21 +1,18 @@
 """Optional dedupe of identical (prompt, params, seed) items: generated once, recorded for fan-out.
 
-Behind ``sharding.dedupe_identical`` (off by default). Until the spec has that field, the test
-hands the pipeline a run state whose sharding section carries it.
+Behind ``sharding.dedupe_identical`` (off by default); publishing the copies is
+tests/integration/test_preprocess_fanout_publish.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import beam_jobs.preprocess as preprocess
-from genbatch.spec import ShardingSpec
 from tests.helpers import prepared_run
 
 pytestmark = pytest.mark.integration
@@ -31,15 +28,8 @@ ROWS = [
 ]
 
 
-def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dedupe: bool) -> tuple[Any, dict[str, Any]]:
-    has_field = "dedupe_identical" in ShardingSpec.model_fields
-    sharding: dict[str, Any] = {"num_shards": 2, **({"dedupe_identical": dedupe} if has_field else {})}
-    state = prepared_run(str(tmp_path), num_shards=2, sharding=sharding)
-    if not has_field:
-        spec = SimpleNamespace(task=state.spec.task, generation=state.spec.generation,
-                               sharding=SimpleNamespace(num_shards=2, dedupe_identical=dedupe))
-        patched = dataclasses.replace(state, spec=spec)
-        monkeypatch.setattr(preprocess, "load_run_state", lambda _run_dir: patched)
+def _run(tmp_path: Path, dedupe: bool) -> tuple[Any, dict[str, Any]]:
+    state = prepared_run(str(tmp_path), num_shards=2, sharding={"num_shards": 2, "dedupe_identical": dedupe})
     accepted = Path(state.layout.validation_accepted)
     accepted.parent.mkdir(parents=True)
     accepted.write_text("".join(json.dumps({"index": i, "row": r}) + "\n" for i, r in enumerate(ROWS)))
@@ -50,16 +40,18 @@ def _jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
 
-def test_identical_items_are_generated_once_and_recorded_for_fanout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state, plan = _run(tmp_path, monkeypatch, dedupe=True)
+def test_identical_items_are_generated_once_and_recorded_for_fanout(tmp_path: Path) -> None:
+    state, plan = _run(tmp_path, dedupe=True)
     layout = state.layout
     items = [it for s in range(2) for it in _jsonl(layout.shard_input(s, 2))]
     assert sorted(it["id"] for it in items) == ["a", "c", "d", "f"]
     fanout = _jsonl(preprocess.fanout_file(layout))
     shard_of_a = next(s for s in range(2) if any(it["id"] == "a" for it in _jsonl(layout.shard_input(s, 2))))
     assert fanout == [
-        {"id": "b", "row_index": 1, "canonical_id": "a", "canonical_row_index": 0, "shard": shard_of_a},
-        {"id": "g", "row_index": 6, "canonical_id": "a", "canonical_row_index": 0, "shard": shard_of_a},
+        {"id": "b", "row_index": 1, "canonical_id": "a", "canonical_row_index": 0, "shard": shard_of_a,
+         "metadata": {}},
+        {"id": "g", "row_index": 6, "canonical_id": "a", "canonical_row_index": 0, "shard": shard_of_a,
+         "metadata": {"category": "x"}},  # its own metadata, for its published copy
     ]
     rejects = _jsonl(layout.rejects_part("preprocess"))
     assert [(r["index"], r["rule"]) for r in rejects] == [(4, "duplicate_id")]
@@ -69,8 +61,8 @@ def test_identical_items_are_generated_once_and_recorded_for_fanout(tmp_path: Pa
     assert placed == list(range(len(ROWS)))  # every row exactly once
 
 
-def test_off_by_default_nothing_is_fanned_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state, plan = _run(tmp_path, monkeypatch, dedupe=False)
+def test_off_by_default_nothing_is_fanned_out(tmp_path: Path) -> None:
+    state, plan = _run(tmp_path, dedupe=False)
     assert plan["rows"]["fanned_out"] == 0 and plan["dedupe_identical"] is False and plan["fanout"] is None
     assert not Path(preprocess.fanout_file(state.layout)).exists()
     assert plan["items"] == 6
