@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset
 
+from operators.alerts import notify_failure
 from operators.cost_check import CostCheckOperator
 from operators.genbatch_operators import (
     CanaryVerdictOperator,
@@ -33,7 +34,7 @@ with DAG(
     max_active_runs=4,
     params=spec_params(),
     tags=["genbatch"],
-    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5)},
+    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5), "on_failure_callback": notify_failure},
 ) as dag:
     prepare = PrepareRunOperator(task_id="prepare_run", retries=0)
     validate = ValidateInputOperator(task_id="validate_input", run_dir=prepare.output)

@@ -13,6 +13,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, task
 
+from operators.alerts import notify_failure
+
 # The Asset batch_generation's publish task emits (dags/batch_generation.py: PUBLISHED).
 PUBLISHED = Asset("genbatch://batch_generation/published")
 
@@ -24,7 +26,7 @@ with DAG(
     catchup=False,
     max_active_runs=4,
     tags=["genbatch", "consumer"],
-    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=10)},
+    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=10), "on_failure_callback": notify_failure},
 ) as dag:
 
     @task

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Param
 
+from operators.alerts import notify_failure
 from operators.optimization_operators import MethodsOperator, OptimizeVersionOperator
 
 with DAG(
@@ -27,7 +28,7 @@ with DAG(
         "set_candidate_alias": Param(False, type="boolean", description="also point the candidate alias at it"),
     },
     tags=["genbatch", "models"],
-    default_args={"owner": "genbatch", "retries": 0},
+    default_args={"owner": "genbatch", "retries": 0, "on_failure_callback": notify_failure},
 ) as dag:
     methods = MethodsOperator(task_id="methods")
     OptimizeVersionOperator.partial(task_id="optimize").expand(method=methods.output)

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param
 
+from operators.alerts import notify_failure
 from operators.promotion_operators import DecidePromotionOperator, EvaluateVersionOperator, ResolveVersionsOperator
 
 REGISTERED = Asset("genbatch://registry/version-registered")
@@ -27,7 +28,7 @@ with DAG(
         "registry": Param(".genbatch/registry", type="string", description="registry URI (local or gs://)"),
     },
     tags=["genbatch", "models"],
-    default_args={"owner": "genbatch", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    default_args={"owner": "genbatch", "retries": 1, "retry_delay": timedelta(seconds=10), "on_failure_callback": notify_failure},
 ) as dag:
     versions = ResolveVersionsOperator(task_id="resolve_versions", retries=0)
     production = EvaluateVersionOperator(task_id="evaluate_production", arm="production", versions=versions.output)

@@ -13,6 +13,8 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
+from operators.alerts import notify_failure
+
 with DAG(
     dag_id="retention",
     description="Apply the run-data retention policy (inputs, rejects, outputs) to every root; write deletion records.",
@@ -21,7 +23,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["genbatch", "retention"],
-    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(minutes=5), "on_failure_callback": notify_failure},
 ) as dag:
 
     @task

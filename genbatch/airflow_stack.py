@@ -14,6 +14,10 @@ started, so ``down`` from another shell stops exactly that.
 The integration tests use :func:`running_stack`, the same code as a context manager, with a
 throw-away PostgreSQL cluster and extra environment (allowed prefixes, canary secrets).
 
+Metrics are opt-in: with ``GENBATCH_STATSD=HOST:PORT`` (or ``up --statsd HOST:PORT``) every
+component sends Airflow's StatsD metrics there, meant for a statsd_exporter running with
+``docker/monitoring/statsd-mapping.yml`` (docs/operations.md, "Monitoring and alerts").
+
 Airflow reads its configuration from the environment of each process, so nothing here
 imports Airflow: the components and the one-off bootstrap run as subprocesses.
 """
@@ -56,6 +60,8 @@ ROLES = {"viewer": "Viewer", "operator": OPERATOR_ROLE, "admin": "Admin"}
 DB_USER = "genbatch"
 DB_NAME = "airflow"
 TEST_CLUSTER_PREFIX = "genbatch-test-"
+STATSD_ENV = "GENBATCH_STATSD"
+STATSD_PREFIX = "airflow"  # docker/monitoring/statsd-mapping.yml matches names under this prefix
 
 
 class StackError(RuntimeError):
@@ -192,6 +198,26 @@ class Postgres:
                 "ephemeral": self.ephemeral, "started_here": self.started_here}
 
 
+def statsd_env(address: str | None) -> dict[str, str]:
+    """Airflow's [metrics] settings for sending StatsD to ``HOST:PORT`` (empty when ``address`` is empty).
+
+    Legacy names stay on (Airflow's default): they carry dag_id, task_id, state and pool in the
+    dotted name, which the statsd_exporter mapping turns into labels.
+    """
+    if not address:
+        return {}
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise StackError(f"{STATSD_ENV}={address!r} is not HOST:PORT (e.g. 127.0.0.1:9125, statsd_exporter's UDP port)")
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": host,
+        "AIRFLOW__METRICS__STATSD_PORT": port,
+        "AIRFLOW__METRICS__STATSD_PREFIX": STATSD_PREFIX,
+        "AIRFLOW__METRICS__LEGACY_NAMES_ON": "True",
+    }
+
+
 # --------------------------------------------------------------------------- the stack
 
 
@@ -257,6 +283,7 @@ class Stack:
             "GX_ANALYTICS_ENABLED": "false",
             "NO_COLOR": "1",
             "PYTHONUNBUFFERED": "1",
+            **statsd_env(os.environ.get(STATSD_ENV)),
         }
         return {**base, **cfg, **self.extra_env}
 
@@ -489,6 +516,10 @@ def _print_info(stack: Stack) -> None:
         print(f"  login {login:<9} password {password:<18} role {ROLES[login]}")
     print(f"  PostgreSQL cluster {stack.postgres.version}/{stack.postgres.cluster} on 127.0.0.1:{stack.postgres.port}")
     print(f"  allowed prefixes: {stack.env()['GENBATCH_ALLOWED_PREFIXES']}")
+    env = stack.env()
+    if env.get("AIRFLOW__METRICS__STATSD_ON") == "True":
+        print(f"  StatsD metrics to {env['AIRFLOW__METRICS__STATSD_HOST']}:{env['AIRFLOW__METRICS__STATSD_PORT']} "
+              "(docker/monitoring/statsd-mapping.yml for statsd_exporter)")
     print(f"  component logs: {stack.component_logs_dir}; stop with `python -m genbatch.airflow_stack down`")
 
 
@@ -499,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="Airflow home (default %(default)s)")
     parser.add_argument("--port", type=int, help="api-server port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--foreground", action="store_true", help="up: stay attached; Ctrl-C stops the stack")
+    parser.add_argument("--statsd", metavar="HOST:PORT",
+                        help=f"up: send Airflow's StatsD metrics there (same as ${STATSD_ENV})")
     parser.add_argument("--users", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -506,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_bootstrap":
         _bootstrap(json.loads(args.users))
         return 0
+    if args.statsd:
+        statsd_env(args.statsd)  # fail fast on a malformed address
+        os.environ[STATSD_ENV] = args.statsd
     home = args.home.resolve()
     current = Stack.load(home)
     if args.command == "status":

@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="report what would be erased; change nothing")
     p.set_defaults(func=cmd_erase)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from genbatch import logs
+
+    logs.configure(default_level=logging.WARNING, text_format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except GenbatchError as exc:

@@ -33,7 +33,13 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.interval_s:
             self.last = now
-            log.info("%s", self.line(now))
+            log.info("%s", self.line(now), extra=self.fields(now))
+
+    def fields(self, now: float | None = None) -> dict[str, float | int | None]:
+        """The same figures as structured fields (JSON logs, see genbatch.logs)."""
+        elapsed = max((now or time.monotonic()) - self.start, 1e-9)
+        return {"items_done": self.done, "items_total": self.total, "items_per_s": round(self.done / elapsed, 3),
+                f"{self.unit}_per_s": round(self.units / elapsed, 3)}
 
     def line(self, now: float | None = None) -> str:
         elapsed = max((now or time.monotonic()) - self.start, 1e-9)

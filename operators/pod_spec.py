@@ -48,7 +48,8 @@ def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
     env = [k8s.V1EnvVar(name="GENBATCH_XCOM_RETURN", value=XCOM_RETURN),
            k8s.V1EnvVar(name="HOME", value="/tmp"),
            k8s.V1EnvVar(name="GENBATCH_MODEL_CACHE", value=MODEL_CACHE),
-           k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1")]
+           k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
+           k8s.V1EnvVar(name="GENBATCH_LOG_FORMAT", value="json")]  # one JSON object per line (genbatch.logs)
     for name, ref in sorted(ex.secret_env.items()):
         secret, key = ref.split("/", 1)
         env.append(k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(

@@ -1,0 +1,54 @@
+"""The DAGs' ``on_failure_callback``: post a failed task to the alert webhook (genbatch.alerts).
+
+Set the webhook as the Airflow Variable ``GENBATCH_ALERT_WEBHOOK`` (UI, CLI, a secrets backend,
+or the environment variable ``AIRFLOW_VAR_GENBATCH_ALERT_WEBHOOK``). It is deliberately not a
+``GENBATCH_*`` environment variable: those are passed on to the worker processes and pods
+(genbatch.launch), and a webhook URL carries its own token. Without it the callback does nothing.
+
+Airflow calls this only when a task has failed for good (not on a failure that will be retried).
+It never raises: whatever goes wrong is logged as one warning line without the URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _webhook_url() -> str | None:
+    from airflow.sdk import Variable
+
+    from genbatch.alerts import WEBHOOK_VARIABLE
+
+    url = str(Variable.get(WEBHOOK_VARIABLE, default=None) or "").strip()
+    return url or None
+
+
+def notify_failure(context: Any) -> None:
+    """``on_failure_callback``: one Slack-compatible POST with the task's facts; never raises."""
+    try:
+        url = _webhook_url()
+        if not url:
+            return
+        from airflow.sdk._shared.secrets_masker import redact
+        from airflow.sdk.log import mask_secret
+
+        from genbatch.alerts import FailureAlert, send, summarise_exception
+
+        mask_secret(url, name="alert_webhook")  # the URL is a credential: keep it out of task logs
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        alert = FailureAlert(
+            dag_id=str(ti.dag_id),
+            run_id=str(ti.run_id),
+            task_id=str(ti.task_id),
+            map_index=-1 if map_index is None else int(map_index),
+            try_number=int(ti.try_number or 0),
+            exception=str(redact(summarise_exception(context.get("exception")))),
+            log_url=getattr(ti, "log_url", None),
+        )
+        send(url, alert)
+    except Exception as exc:  # noqa: BLE001 - an alert must never turn into a second failure
+        log.warning("failure alert not sent: %s", type(exc).__name__)
