@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from genbatch import storage
+from genbatch import logs, storage
 from genbatch.errors import GenbatchError, ShardInputError, StorageError
 from genbatch.items import ITEM_FIELDS, canary_arm
 from genbatch.layout import RunLayout
@@ -276,6 +276,12 @@ class ShardWorker:
         batch_s = max((r["timings"]["batch_s"] for r in outputs), default=0.0)
         self.metrics.observe_batch(len(results), batch_s, len(outputs), len(errors), units)
         self.progress.update(len(results), units)
+        log.info("shard %s rank %s: committed part %s (%s generated, %s errored)", self.shard, self.rank, part,
+                 len(outputs), len(errors), extra={"part": part, "item_ids": [r["id"] for r in outputs]})
+        if errors:
+            log.warning("shard %s rank %s: %s items failed generation in part %s; first: %s", self.shard, self.rank,
+                        len(errors), part, errors[0]["error"][:200],
+                        extra={"part": part, "item_ids": [e["id"] for e in errors]})
 
     def run(self, items: Iterator[Item], first_part: int) -> None:
         part = first_part
@@ -383,7 +389,8 @@ def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, r
 
 def _child(run_dir: str, shard: int, rank: int, world: int, device: str, results: Any) -> None:
     STOP.install()
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
+    logs.configure(text_format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
+    logs.bind(run_id=logs.run_id_of(run_dir), shard=shard, rank=rank)
     results.put(run_subshard(run_dir, shard, rank, world, device))
 
 
@@ -484,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: every visible GPU, else cpu); e.g. cuda:0,cuda:1 or cpu,cpu")
     parser.add_argument("--device", help="a single device (same as --devices with one entry)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
+    logs.bind(run_id=logs.run_id_of(args.run_dir), shard=args.shard)
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     STOP.install()
     try:
