@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.worker_throughput", "bench.sharding", "bench.preprocess_scale", "bench.optimization"]
+BENCHES = ["bench.worker_throughput", "bench.sharding", "bench.preprocess_scale", "bench.optimization", "bench.overhead"]
 
 
 def main() -> int:
