@@ -42,7 +42,28 @@ def pick_dtype(precision: str, device: str) -> Any:
 
 
 class TextRunner:
-    """A causal LM + tokenizer; greedy decoding is batched, sampling is seeded per item."""
+    """A causal LM + tokenizer; greedy decoding is batched, sampling is seeded per item.
+
+    Decoding runs genbatch's own loop around the model's forward (``_decode``) where the model
+    allows it (``supports_own_loop``), else ``model.generate``. The loop yields the tokens
+    ``generate`` yields for the same left-padded batch, and is faster on mixed-length batches
+    (profile in docs/benchmarks.md, worker section):
+
+    - prefill runs in length groups: the batch's rows sorted by length and cut wherever one more
+      forward call costs less than the padding it removes (``prefill_groups``);
+    - the KV cache is one preallocated, left-padded buffer written in place (``generate``'s
+      dynamic cache copies the whole cache with ``torch.cat`` at every step);
+    - rows that have finished (EOS) leave the batch (their cache rows are dropped), so they stop
+      costing decode steps.
+    """
+
+    # A forward call's fixed cost in prompt tokens of that call (CPU, catalog model: ~0.5 ms of
+    # Python and dispatch per call against ~15 µs per prompt token); a GPU pays far more per call.
+    CALL_COST_TOKENS = {"cpu": 32, "cuda": 4096}
+    # Drop finished rows from the batch once this share of its rows has finished.
+    COMPACT_FRACTION = 0.125
+
+    fixed_output_length = False  # benchmarks set it: every row decodes max_new_tokens (no early EOS)
 
     def __init__(self, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> None:
         import torch
@@ -68,11 +89,47 @@ class TextRunner:
 
         # An optimised variant is its parent's safetensors plus a load-time recipe (e.g. int8): apply it.
         self.model = apply_recipe(model.to(device).eval(), read_recipe(Path(model_dir)), device)
+        self.own_loop = supports_own_loop(self.model)
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}), device=device)
+        self.call_cost = self.CALL_COST_TOKENS["cuda" if str(device).startswith("cuda") else "cpu"]
+        # Deterministic work counters (the benchmark reads them): prompt tokens fed to prefill
+        # (real + pad), prefill forward calls, and row-steps decoded (one row, one new token).
+        self.work = {"prefill_tokens": 0, "prefill_calls": 0, "row_steps": 0}
+        self._encoded: dict[str, list[int]] = {}
+        self.mask_4d = getattr(self.model.config, "_attn_implementation", "") == "sdpa"
+        probe = ["A red oak chair, 2 pieces | colour: navy", "héllo\tworld  <s> 123"]
+        if self.tokenizer.is_fast and self._encode(probe) != [list(x) for x in self.tokenizer(probe)["input_ids"]]:
+            self.tokenizer_backend = False
+
+    # Token ids that token_length computed (the worker's sort key), reused by the next run_batch
+    # of that prompt instead of tokenizing twice. Bounded: the worker holds one window at a time.
+    ENCODED_CACHE_ITEMS = 65536
+    tokenizer_backend = True  # False when the Rust tokenizer's ids differ from the wrapper's (probed at load)
 
     def token_length(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        ids = self._encode([prompt])[0]
+        if len(self._encoded) >= self.ENCODED_CACHE_ITEMS:
+            self._encoded.clear()
+        self._encoded[prompt] = ids
+        return len(ids)
 
-    fixed_output_length = False  # benchmarks set it: every row decodes max_new_tokens (no early EOS)
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids with special tokens, as ``tokenizer(prompts)`` gives them."""
+        fast = self.tokenizer.is_fast and self.tokenizer_backend
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if fast else None
+        # The Rust tokenizer directly: the same ids without the per-call wrapper, unless a padded
+        # call left padding/truncation switched on in it (the wrapper call below switches it off).
+        if backend is not None and backend.padding is None and backend.truncation is None:
+            return [e.ids for e in backend.encode_batch(prompts, add_special_tokens=True)]
+        return [list(x) for x in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+
+    def _ids(self, prompts: list[str]) -> list[list[int]]:
+        cached = [self._encoded.pop(p, None) for p in prompts]
+        missing = [p for p, ids in zip(prompts, cached, strict=True) if ids is None]
+        fresh = iter(self._encode(missing) if missing else [])
+        return [ids if ids is not None else next(fresh) for ids in cached]
 
     def _settings(self, item: Item) -> dict[str, Any]:
         merged = {**self.generation, **item.params}
@@ -84,33 +141,244 @@ class TextRunner:
 
     def run_batch(self, items: list[Item]) -> list[dict[str, Any]]:
         settings = self._settings(items[0])
-        torch = self.torch
-        enc = self.tokenizer([i.prompt for i in items], return_tensors="pt", padding=True).to(self.device)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": settings["max_new_tokens"],
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "do_sample": False,
-        }
-        if self.fixed_output_length:
-            kwargs["min_new_tokens"] = settings["max_new_tokens"]
+        max_new = settings["max_new_tokens"]
+        sampler = None
         if settings["temperature"] > 0:
-            # Sampling with one generator per row: an item's tokens depend only on its own seed,
-            # never on its batch neighbours. Greedy decoding then takes the token drawn here.
-            kwargs["logits_processor"] = [PerRowSampler([i.seed for i in items], settings["temperature"], settings["top_p"])]
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
+            # One generator per row: an item's tokens depend only on its own seed, never on its
+            # batch neighbours.
+            sampler = PerRowSampler([i.seed for i in items], settings["temperature"], settings["top_p"])
+        prompts = [i.prompt for i in items]
+        if self.own_loop:
+            new_tokens = self._decode(self._ids(prompts), max_new, sampler)
+        else:
+            new_tokens = self._generate(prompts, max_new, sampler)
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         counts = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
         return [{"output": t.strip(), "new_tokens": int(c)} for t, c in zip(texts, counts, strict=True)]
 
+    def _generate(self, prompts: list[str], max_new: int, sampler: PerRowSampler | None) -> Any:
+        """``model.generate`` on one left-padded batch (for models the own loop does not cover)."""
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id,
+                                  "do_sample": False}
+        if self.fixed_output_length:
+            kwargs["min_new_tokens"] = max_new
+        if sampler is not None:
+            kwargs["logits_processor"] = [sampler]  # greedy decoding then takes the token drawn
+        with self.torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        return out[:, enc["input_ids"].shape[1] :].cpu()
+
+    def _pick(self, logits: Any, sampler: PerRowSampler | None, rows: slice) -> Any:
+        """The next token of each row from its last-position logits (as ``generate`` scores them)."""
+        scores = logits.float()
+        if self.fixed_output_length:
+            scores[:, self.eos_ids] = float("-inf")  # what min_new_tokens = max_new_tokens does
+        if sampler is None:
+            return scores.argmax(dim=-1)
+        return sampler.sample(scores, rows).to(scores.device)
+
+    def _decode(self, ids: list[list[int]], max_new: int, sampler: PerRowSampler | None) -> Any:
+        """New tokens per row, shape (rows, steps), pad after a row's EOS (as ``generate`` returns).
+
+        Prefill in length groups into one left-padded preallocated KV buffer (each group's rows
+        land right-aligned at the batch's longest prompt, so the layout is that of one left-padded
+        batch), then one step at a time over the rows still running.
+        """
+        torch = self.torch
+        from transformers import DynamicCache
+
+        pad, dev, config = int(self.tokenizer.pad_token_id), self.device, self.model.config
+        order = sorted(range(len(ids)), key=lambda r: len(ids[r]))
+        rows = [ids[r] for r in order]
+        if sampler is not None:
+            sampler.keep(order)
+        lengths = [len(r) for r in rows]
+        n, longest = len(rows), lengths[-1]
+        out = torch.full((n, max_new), pad, dtype=torch.long)
+        mask = torch.zeros((n, longest + max_new), dtype=torch.long)
+        token = torch.empty((n,), dtype=torch.long, device=dev)
+        keys: list[Any] = []
+        values: list[Any] = []
+        with torch.inference_mode():
+            for start, stop in prefill_groups(lengths, self.call_cost):
+                width = lengths[stop - 1]
+                group = torch.full((stop - start, width), pad, dtype=torch.long)
+                for i, row in enumerate(rows[start:stop]):
+                    group[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                    mask[start + i, longest - len(row) : longest] = 1
+                am = mask[start:stop, longest - width : longest].to(dev)
+                position = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+                cache: Any = DynamicCache(config=config)
+                res = self.model(input_ids=group.to(dev), attention_mask=am, position_ids=position,
+                                 **{self.own_loop: cache}, use_cache=True, logits_to_keep=1)
+                for li, layer in enumerate(cache.layers):
+                    if len(keys) <= li:
+                        k, v = layer.keys, layer.values
+                        keys.append(k.new_zeros((n, k.shape[1], longest + max_new, k.shape[3])))
+                        values.append(v.new_zeros((n, v.shape[1], longest + max_new, v.shape[3])))
+                    keys[li][start:stop, :, longest - width : longest] = layer.keys
+                    values[li][start:stop, :, longest - width : longest] = layer.values
+                token[start:stop] = self._pick(res.logits[:, -1], sampler, slice(start, stop))
+                self.work["prefill_tokens"] += (stop - start) * width
+                self.work["prefill_calls"] += 1
+            mask = mask.to(dev)
+            buffers = InPlaceCache(config, keys, values, longest)
+            live = torch.arange(n)  # the sorted-row index of each row still in the batch
+            finished = torch.zeros((n,), dtype=torch.bool, device=dev)
+            position = torch.tensor(lengths, dtype=torch.long, device=dev)
+            step = 0
+            while True:
+                token = token.masked_fill(finished, pad)  # finished rows emit pad, as in generate
+                out[live, step] = token.cpu()
+                self.work["row_steps"] += len(live)
+                step += 1
+                if step == max_new:
+                    break
+                if not self.fixed_output_length:
+                    finished |= torch.isin(token, self.eos_ids)
+                    done = int(finished.sum())
+                    if done == len(live):
+                        break
+                    if done >= max(1, int(len(live) * self.COMPACT_FRACTION)):
+                        kept = (~finished).nonzero().squeeze(1)
+                        live, token, position, mask, finished = (live[kept.cpu()], token[kept], position[kept],
+                                                                  mask[kept], finished[kept])
+                        buffers.select(kept)
+                        if sampler is not None:
+                            sampler.keep(kept.tolist())
+                mask[:, longest + step - 1] = 1
+                # SDPA takes the (rows, 1, 1, keys) boolean mask as is; building it here skips the
+                # model's per-step mask construction.
+                step_mask = mask[:, None, None, : longest + step].bool() if self.mask_4d else mask[:, : longest + step]
+                res = self.model(input_ids=token.unsqueeze(1), attention_mask=step_mask,
+                                 position_ids=position.unsqueeze(1), **{self.own_loop: buffers.cache}, use_cache=True)
+                position = position + 1
+                token = self._pick(res.logits[:, -1], sampler, slice(0, len(live)))
+        result = torch.empty_like(out[:, :step])
+        result[torch.tensor(order)] = out[:, :step]
+        return result
+
+
+def prefill_groups(lengths: list[int], call_cost: int) -> list[tuple[int, int]]:
+    """Cut sorted prompt lengths into contiguous ``(start, stop)`` groups of least prefill cost.
+
+    A group costs ``call_cost + rows * longest`` prompt tokens (each row is padded to the group's
+    longest). Exact dynamic programming over the cut points; only cuts between different lengths
+    can pay (moving equal-length rows into the earlier group never costs more), so the work is
+    quadratic in the number of distinct lengths, not rows.
+    """
+    bounds = [i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]] + [len(lengths)]
+    best = {0: 0}
+    cut: dict[int, int] = {}
+    for stop in bounds:
+        width = lengths[stop - 1]
+        best[stop], cut[stop] = min((cost + call_cost + (stop - start) * width, start) for start, cost in best.items())
+    groups = []
+    stop = len(lengths)
+    while stop:
+        groups.append((cut[stop], stop))
+        stop = cut[stop]
+    return groups[::-1]
+
+
+# Generation settings genbatch's own loop reproduces; any other non-default setting in a model's
+# generation_config (repetition penalty, bad words, forced tokens, ...) makes the runner use generate.
+_OWN_LOOP_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length",
+                      "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "use_cache",
+                      "cache_implementation", "transformers_version", "_from_model_config"}
+
+
+def supports_own_loop(model: Any) -> str:
+    """The forward's cache argument name if ``TextRunner._decode`` can drive this model, else ``""``.
+
+    It needs a decoder-only model whose default cache is plain full attention in every layer
+    (no sliding window, no linear attention), a forward taking ``position_ids``, a cache and
+    ``logits_to_keep``, and a generation_config without settings the loop does not apply.
+    """
+    import inspect
+
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        return ""
+    params = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+    if not name or not {"position_ids", "attention_mask", "logits_to_keep"} <= set(params):
+        return ""
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except (TypeError, ValueError, AttributeError):
+        return ""
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return ""
+    extra = set(model.generation_config.to_diff_dict()) - _OWN_LOOP_SETTINGS
+    return "" if extra else name
+
+
+class InPlaceCache:
+    """A transformers ``DynamicCache`` over preallocated K/V buffers, appended to in place.
+
+    Each layer's ``update`` writes the step's keys/values into the next column and returns views
+    up to it, so no step copies the cache; ``select`` keeps only some rows (finished rows leave).
+    """
+
+    def __init__(self, config: Any, keys: list[Any], values: list[Any], filled: int) -> None:
+        from transformers import DynamicCache
+
+        layer = _buffer_layer_class()
+        self.layers = [layer(k, v, filled) for k, v in zip(keys, values, strict=True)]
+        self.cache: Any = DynamicCache(config=config)
+        self.cache.layers = self.layers
+
+    def select(self, rows: Any) -> None:
+        for layer in self.layers:
+            layer.select(rows)
+
+
+_BUFFER_LAYER: list[type] = []
+
+
+def _buffer_layer_class() -> type:
+    if _BUFFER_LAYER:
+        return _BUFFER_LAYER[0]
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, keys: Any, values: Any, filled: int) -> None:
+            super().__init__()
+            self.key_buffer, self.value_buffer, self.filled = keys, values, filled
+            self.is_initialized = True
+            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            start, self.filled = self.filled, self.filled + key_states.shape[-2]
+            self.key_buffer[:, :, start : self.filled] = key_states
+            self.value_buffer[:, :, start : self.filled] = value_states
+            self.keys = self.key_buffer[:, :, : self.filled]
+            self.values = self.value_buffer[:, :, : self.filled]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return int(self.filled)
+
+        def select(self, rows: Any) -> None:
+            self.key_buffer = self.key_buffer.index_select(0, rows)
+            self.value_buffer = self.value_buffer.index_select(0, rows)
+            self.keys = self.key_buffer[:, :, : self.filled]
+            self.values = self.value_buffer[:, :, : self.filled]
+
+    _BUFFER_LAYER.append(BufferLayer)
+    return BufferLayer
+
 
 class PerRowSampler:
-    """A logits processor that samples each row with its own ``torch.Generator``.
+    """Samples each row with its own ``torch.Generator`` (temperature, then top-p).
 
     transformers draws one ``torch.multinomial`` over the whole batch, so a row's sample would
-    depend on its neighbours. This processor applies temperature and top-p, draws per row,
-    and returns scores that make the chosen token the only candidate.
+    depend on its neighbours. ``sample`` draws per row; as a ``generate`` logits processor
+    (``__call__``) it returns scores that make the drawn token the only candidate.
     """
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
@@ -121,16 +389,25 @@ class PerRowSampler:
         self.temperature = temperature
         self.top_p = top_p
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def keep(self, rows: list[int]) -> None:
+        """Reorder/subset the rows (the decoding loop sorts rows and drops finished ones)."""
+        self.generators = [self.generators[r] for r in rows]
+
+    def sample(self, scores: Any, rows: slice | None = None) -> Any:
+        """One token per row of ``scores``, drawn with the generators of ``rows`` (default: all)."""
         torch = self.torch
+        generators = self.generators[rows] if rows is not None else self.generators
         probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             drop = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p
             sorted_probs[drop] = 0.0
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        chosen = torch.stack([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(self.generators)])
-        forced = torch.full_like(scores, float("-inf"))
+        return torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(generators)])
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        chosen = self.sample(scores).unsqueeze(1)
+        forced = self.torch.full_like(scores, float("-inf"))
         forced.scatter_(-1, chosen.to(scores.device), 0.0)
         return forced
 

@@ -64,6 +64,45 @@ def test_sampled_text_depends_only_on_the_item_seed(registry: str) -> None:
     assert _by_batches(runner, reseeded, 10) != alone
 
 
+def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
+    """The runner's own loop (length-grouped prefill, in-place cache, finished rows dropped) and
+    ``model.generate`` on the same batch yield the same outputs: greedy, sampled, fixed length."""
+    runner = _text_runner(registry, max_new_tokens=40)
+    assert runner.own_loop, "the catalog model is a plain Llama: the own loop must drive it"
+    items = _items(12)
+    cases: list[tuple[dict[str, Any], bool]] = [({}, False), ({"temperature": 1.2, "top_p": 0.95}, False), ({}, True)]
+    for params, fixed in cases:
+        runner.fixed_output_length = fixed
+        batch = [Item(i.id, i.prompt, i.seed, params, None, i.record) for i in items]
+        own = runner.run_batch(batch)
+        loop, runner.own_loop = runner.own_loop, ""
+        try:
+            reference = runner.run_batch(batch)
+        finally:
+            runner.own_loop = loop
+        assert own == reference, (params, fixed)
+    runner.fixed_output_length = False
+    # EOS stops rows early here (the catalog descriptions end well before 40 tokens), and
+    # finished rows left the batch: fewer row-steps than rows x longest output.
+    runner.work = dict.fromkeys(runner.work, 0)
+    counts = [r["new_tokens"] for r in runner.run_batch(items)]
+    assert max(counts) < 40 and runner.work["row_steps"] < len(items) * max(counts)
+
+
+def test_prefill_groups_cut_where_a_call_costs_less_than_its_padding() -> None:
+    from models.runners import prefill_groups
+
+    assert prefill_groups([7], 32) == [(0, 1)]
+    assert prefill_groups([5, 5, 5, 6], 32) == [(0, 4)]  # 3 pad tokens < one more call
+    lengths = [15] * 40 + [16] * 10 + [60, 90, 112]
+    groups = prefill_groups(lengths, 32)
+    assert groups[:2] == [(0, 40), (40, 50)]  # padding 40 rows by one token costs more than a call
+    assert prefill_groups(lengths, 64)[0] == (0, 50)  # ... and less than a dearer call
+    assert groups[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:], strict=False))
+    assert prefill_groups(lengths, 10**9) == [(0, len(lengths))]  # calls too dear: one padded batch
+
+
 def test_images_do_not_depend_on_batch_composition(registry: str) -> None:
     mv = resolve(registry, "tiny-image", alias="production")
     runner = load_runner("image", fetch_verified(mv, Path("/nonexistent")), generation=GEN, precision="auto", device="cpu")
