@@ -12,7 +12,12 @@ report; this script sums them and prints one line::
 then one JSON line with the same figures (DESIGN §4: bench prints JSON). ``injected==observed``
 becomes ``injected!=observed`` when any repeat of any class saw fewer or more faults than were
 injected. Classes that count repeats rather than faults (input validation, weights, corpus) add
-the cases they ran. The exit status is pytest's: a failing fault test fails the benchmark.
+the cases they ran. ``max_redone`` is the worker's own figure where it keeps attempt records
+(``models/attempts.py``; the kill classes cross-check it against the harness probe). The matrix is
+every class under ``tests/faults``: worker and launcher kills (``worker-SIGKILL``, ``worker-SIGTERM``,
+``launcher-SIGKILL``), racing workers, GCS faults on commit writes, late deliveries
+(``gcs-late-write``) and resumable uploads (``gcs-resumable``), alias swaps, disk full, weights,
+input and malformed rows. The exit status is pytest's: a failing fault test fails the benchmark.
 """
 
 from __future__ import annotations

@@ -87,6 +87,17 @@ class RunLayout:
     def errors_file(self, shard: int) -> str:
         return self.path("errors", f"shard-{shard:05d}.jsonl")
 
+    # -- per-attempt records (models/attempts.py) -------------------------------------
+    def attempts_dir(self, shard: int) -> str:
+        """One start record per worker process that ran on the shard, and how it ended."""
+        return self.path("attempts", f"shard-{shard:05d}")
+
+    def attempt_record(self, shard: int, rank: int, attempt_id: str, kind: str = "start") -> str:
+        """``kind``: ``start`` (create-only, written when the attempt starts), ``end`` (create-only,
+        written when it exits, absent when it was killed) or ``batches`` (the batch in flight)."""
+        suffix = {"start": ".json", "end": ".end.json", "batches": ".batches.jsonl"}[kind]
+        return join(self.attempts_dir(shard), f"r{rank:02d}-{attempt_id}{suffix}")
+
     # -- quality and publication -----------------------------------------------------
     @property
     def quality_metrics(self) -> str:

@@ -15,8 +15,10 @@ Beyond the counts it checks what an operator needs after an incident (``genbatch
   sha256), and ``_SUCCESS`` never without ``manifest.json``;
 * consumer_partial_reads: what :func:`genbatch.outputs.read` hands a consumer right now must be
   nothing before ``_SUCCESS`` and exactly the committed output records after it;
-* optionally work_redone (from an attempt log: which ids each worker attempt handed to the model)
-  and secret_leak_count (objects containing any of the given secret values).
+* work_redone from the per-attempt records the worker keeps (``attempts/shard-K/``, see
+  :mod:`models.attempts`): the items of a batch an attempt had in flight and never committed;
+  optionally the same figure from a test probe's attempt log (``work_redone_probe``), and
+  secret_leak_count (objects containing any of the given secret values).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ _ERRORS_FILE = re.compile(r"^errors/shard-(\d{5})\.jsonl$")
 _ROOT_FILES = frozenset({"spec.json", "manifest.json", "_SUCCESS", "report.html"})
 _STAGE_DIRS = ("validation/", "quality/")  # report artefacts of those stages: any file is theirs
 _OPERATOR_DIRS = ("_erasures/", "_retention/")  # records `genbatch erase` / retention keep at a root
+_ATTEMPTS_DIR = "attempts/"  # per-attempt records of the workers (models/attempts.py)
 _MAX_LISTED = 5
 
 
@@ -64,6 +67,9 @@ class Reconciliation:
     checks: dict[str, int] = field(default_factory=dict)
     work_redone: int | None = None
     max_work_redone: int | None = None
+    attempts: dict[str, Any] | None = None
+    work_redone_probe: int | None = None
+    max_work_redone_probe: int | None = None
     secret_leak_count: int | None = None
 
     @property
@@ -95,9 +101,13 @@ def reconcile(run_dir: str, *, attempt_log: str | Path | None = None, secrets: S
               check_consumer: bool = True) -> Reconciliation:
     """Reconcile a run dir (local or ``gs://``); ``problems`` is empty when everything holds.
 
+    ``work_redone`` / ``max_work_redone``: from the workers' attempt records (None when the run has
+    none): items of batches an attempt began and never committed, in all and the most one attempt
+    lost; ``attempts`` adds counts by end state, attempts that overlapped in time on one shard and
+    records written after ``manifest.json`` (a worker still running after publishing).
     ``attempt_log``: a JSONL file with one ``{"pid": ..., "ids": [...]}`` line per model call, in
-    call order (what ``tests/worker_harness``'s probe writes); with it, ``work_redone`` is the
-    number of items generated more than once and ``max_work_redone`` the most one attempt lost.
+    call order (what ``tests/worker_harness``'s probe writes); with it, ``work_redone_probe`` is the
+    number of items generated more than once and ``max_work_redone_probe`` the most one attempt lost.
     ``secrets``: values that must appear in no object of the run (``secret_leak_count``).
     """
     state = load_run_state(run_dir)
@@ -160,8 +170,9 @@ def reconcile(run_dir: str, *, attempt_log: str | Path | None = None, secrets: S
     rec.checks["manifest_files"] = _check_run_manifest(state, listing, rec, problems)
     if check_consumer:
         rec.consumer_partial_reads = _consumer_partial_reads(root, parts, rec.published, problems)
+    _attempt_figures(state, listing, rec)
     if attempt_log is not None:
-        rec.work_redone, rec.max_work_redone = work_redone(attempt_log)
+        rec.work_redone_probe, rec.max_work_redone_probe = work_redone(attempt_log)
     if secrets:
         rec.secret_leak_count = _secret_leaks(root, listing, secrets, problems)
     return rec
@@ -278,6 +289,13 @@ def _orphans(state: RunState, listing: list[str], parts: list[_Part]) -> list[st
             continue
         if rel in ("shards/_plan.json", "shards/_fanout.jsonl"):
             continue
+        if rel.startswith(_ATTEMPTS_DIR):
+            from models.attempts import RECORD_RE
+
+            m = RECORD_RE.match(rel)
+            if m is None or int(m.group(1)) >= n:
+                orphans.append(rel)
+            continue
         m = _SHARD_INPUT.match(rel)
         if m:
             if int(m.group(2)) != n or int(m.group(1)) >= n:
@@ -377,8 +395,11 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
         if size != files[rel].get("bytes") or sha != files[rel].get("sha256"):
             problems.append(f"{rel} does not match manifest.json ({size} bytes sha256 {sha[:12]}…, listed "
                             f"{files[rel].get('bytes')} bytes sha256 {str(files[rel].get('sha256'))[:12]}…)")
+    # Attempt records are the workers' bookkeeping, never outputs: one written after manifest.json (a
+    # worker that was still running) is reported in ``attempts.after_publish``, not as an orphan; any
+    # output object it wrote is.
     unlisted = [rel for rel in listing if rel not in files and rel not in ("manifest.json", "_SUCCESS")
-                and not rel.startswith(_OPERATOR_DIRS)]
+                and not rel.startswith(_OPERATOR_DIRS + (_ATTEMPTS_DIR,))]
     if unlisted:
         problems.append(f"{len(unlisted)} objects are not in manifest.json (written after publishing?): {unlisted[:_MAX_LISTED]}")
         rec.orphans.extend(r for r in unlisted if r not in rec.orphans)
@@ -445,6 +466,23 @@ def work_redone(attempt_log: str | Path) -> tuple[int, int]:
         later: set[str] = set().union(*(started[p] for p in order[n + 1:])) if n + 1 < len(order) else set()
         lost_per_attempt.append(len(started[pid] & later))
     return total - distinct, max(lost_per_attempt, default=0)
+
+
+def _attempt_figures(state: RunState, listing: list[str], rec: Reconciliation) -> None:
+    """work_redone and the attempts summary from the workers' records (models/attempts.py)."""
+    records = [rel for rel in listing if rel.startswith(_ATTEMPTS_DIR)]
+    if not records:
+        return
+    from models.attempts import figures, summarise
+
+    summary = figures(summarise(state.layout.root, records + [r for r in listing if r.startswith("outputs/")],
+                                state.num_shards))
+    rec.work_redone, rec.max_work_redone = summary.pop("work_redone"), summary.pop("max_work_redone")
+    listed: set[str] = set()
+    if "manifest.json" in listing:
+        listed = {str(f.get("path")) for f in storage.read_json(state.layout.manifest).get("files", [])}
+        summary["after_publish"] = sum(1 for r in records if r not in listed)
+    rec.attempts = summary
 
 
 def _secret_leaks(root: str, listing: list[str], secrets: Sequence[str], problems: list[str]) -> int:

@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from genbatch.layout import RunLayout
 from genbatch.model_ref import ModelVersion
 from genbatch.records import jsonl_bytes
 from genbatch.run_state import RunState, load_run_state
+from models.attempts import AttemptRecorder, NoRecord
 from models.batching import windows
 from models.metrics import WorkerMetrics
 from models.progress import Progress
@@ -60,14 +61,25 @@ class WorkerInterrupted(Exception):
 
 
 class _Stop:
-    """Set by SIGTERM; checked between batches so the batch in flight is committed, not lost."""
+    """Set by SIGTERM; checked between batches so the batch in flight is committed, not lost.
+
+    While an attempt is still starting (resume scan, model load: ``starting``) there is nothing to
+    finish, so the signal stops it at once instead of after a model load of minutes.
+    """
 
     requested = False
+    starting = False
+    on_startup_stop: Callable[[], None] | None = None  # ends the attempt's record
 
     @classmethod
     def install(cls) -> None:
         def handler(signum: int, frame: Any) -> None:
             cls.requested = True
+            if cls.starting:  # no exception here: library imports in flight would turn it into another error
+                log.warning("received signal %s during start-up, before generating: stopping now", signum)
+                if cls.on_startup_stop is not None:
+                    cls.on_startup_stop()
+                os._exit(EXIT_INTERRUPTED)
             log.warning("received signal %s: finishing the current batch, then stopping", signum)
 
         signal.signal(signal.SIGTERM, handler)
@@ -195,6 +207,7 @@ class ShardWorker:
         self.metrics = WorkerMetrics(state.run_id, shard, rank, device)
         unit = "tokens" if state.spec.task == "text" else "images"
         self.progress = Progress(f"run {state.run_id} shard {shard} rank {rank}", total, unit)
+        self.attempt: AttemptRecorder | NoRecord = NoRecord()  # run_subshard hands in this attempt's record
 
     def arm(self, item: Item) -> str:
         if self.state.canary_model is None:
@@ -297,6 +310,7 @@ class ShardWorker:
         log.info("%s (done)", self.progress.line())
 
     def _run_windows(self, items: Iterator[Item], part: int) -> None:
+        STOP.starting = False  # from here a SIGTERM lets the batch in flight commit
         def length(it: Item) -> int:
             # The preprocess stage already counted tokens (est_tokens); re-tokenize only without it.
             known = it.record.get("est_tokens")
@@ -313,7 +327,9 @@ class ShardWorker:
                         raise WorkerInterrupted(f"shard {self.shard} rank {self.rank}: stopped by signal after "
                                                 f"{self.stats['batches']} batches; rerun to resume")
                     batch, pending = pending[: self.batch_size], pending[self.batch_size :]
+                    self.attempt.begin(part, len(batch))
                     self._commit_batch(part, self._run_with_oom_backoff(batch))
+                    self.attempt.committed(len(batch))
                     part += 1
                     if self.auto and self.batch_size < self.cap:
                         self.batch_size = min(self.cap, self.batch_size * 2)
@@ -372,22 +388,42 @@ def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, r
     if removed:
         log.info("shard %s: removed %s temp files left by killed writers", shard, removed)
     done, next_parts = committed_parts(layout, shard)
-    load_s = 0.0
-    t0 = time.perf_counter()
-    if runner is None:
-        runner = _load(state, device)
-    if state.canary_model is not None and candidate_runner is None:
-        candidate_runner = _load(state, device, state.canary_model)
-    load_s = time.perf_counter() - t0
-    total = shard_total(layout, shard)
-    sub_total = None if total is None else len(range(rank, total, world))
-    worker = ShardWorker(state, shard, runner, batch_size=state.spec.generation.batch_size, rank=rank,
-                         device=device, total=sub_total, candidate_runner=candidate_runner)
-    worker.run(read_items(layout.shard_input(shard, state.num_shards), done, rank, world), next_parts.get(rank, 0))
+    # This attempt's record (models/attempts.py): written now, before the model loads, and ended on exit.
+    STOP.starting = True
+    try:
+        attempt = AttemptRecorder(layout, shard, rank, run_id=state.run_id, resumed_items=len(done),
+                                  first_part=next_parts.get(rank, 0), device=device, interrupted=WorkerInterrupted)
+        STOP.on_startup_stop = lambda: attempt.finish("sigterm", "stopped during start-up, before generating")
+        return _run_attempt(attempt, state, shard, rank, world, device, done, next_parts, runner, candidate_runner)
+    finally:
+        STOP.starting = False
+        STOP.on_startup_stop = None
+
+
+def _run_attempt(attempt: AttemptRecorder, state: RunState, shard: int, rank: int, world: int, device: str,
+                 done: Positions, next_parts: dict[int, int], runner: Any, candidate_runner: Any) -> dict[str, Any]:
+    layout = state.layout
+    with attempt:
+        load_s = 0.0
+        t0 = time.perf_counter()
+        if runner is None:
+            runner = _load(state, device)
+        if state.canary_model is not None and candidate_runner is None:
+            candidate_runner = _load(state, device, state.canary_model)
+        load_s = time.perf_counter() - t0
+        total = shard_total(layout, shard)
+        sub_total = None if total is None else len(range(rank, total, world))
+        worker = ShardWorker(state, shard, runner, batch_size=state.spec.generation.batch_size, rank=rank,
+                             device=device, total=sub_total, candidate_runner=candidate_runner)
+        worker.attempt = attempt
+        worker.run(read_items(layout.shard_input(shard, state.num_shards), done, rank, world), next_parts.get(rank, 0))
     return {**worker.stats, "model_load_s": load_s, "resumed_items": len(done), "rank": rank, "device": device}
 
 
 def _child(run_dir: str, shard: int, rank: int, world: int, device: str, results: Any) -> None:
+    from genbatch.launch import die_with_parent
+
+    die_with_parent()  # a killed worker leaves no device process generating on its own
     STOP.install()
     logs.configure(text_format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
     logs.bind(run_id=logs.run_id_of(run_dir), shard=shard, rank=rank)

@@ -14,6 +14,14 @@ with a probability drawn from a seeded RNG, up to ``max_injections`` times. What
                    ``cut_after`` bytes of the body, then close
 ``lost_response``  forward (the server applies the write), then reset the connection before
                    any byte of the response: "the response was lost after a successful write"
+``delay``          hold the request unforwarded (the client times out and retries), then deliver
+                   it *late*: ``release="after_retry"`` forwards it once the retry (the next request
+                   with the same method for the same object) has been answered, so the late write
+                   meets the object the retry created; ``release="before_retry"`` forwards it when
+                   the retry arrives and lets the retry through only after the late write was
+                   applied, so the retry meets it. ``stall_s`` bounds the hold either way. The late
+                   answer goes to a client that gave up; :meth:`FaultProxy.delayed` says what the
+                   server answered it
 
 Every request is logged (method, target, object name, what happened) and every rule counts what
 it matched and injected, so a test can prove a fault was really hit (injected == observed).
@@ -45,7 +53,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-ACTIONS = ("status", "reset", "stall", "cut", "lost_response")
+ACTIONS = ("status", "reset", "stall", "cut", "lost_response", "delay")
+RELEASES = ("after_retry", "before_retry")
 RETRYABLE_STATUSES = (408, 429, 500, 502, 503, 504)
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                "transfer-encoding", "upgrade", "content-length", "host"}
@@ -70,6 +79,7 @@ class Rule:
     status: int = 503
     stall_s: float = 5.0
     cut_after: int = 0
+    release: str = "after_retry"
     name: str = ""
     matched: int = 0
     injected: int = 0
@@ -78,6 +88,8 @@ class Rule:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown action {self.action!r}; one of {ACTIONS}")
+        if self.release not in RELEASES:
+            raise ValueError(f"unknown release {self.release!r}; one of {RELEASES}")
         if not self.nth and not self.probability:
             raise ValueError(f"rule {self.name or self.action!r} never fires: give nth=(...) or probability>0")
         self._method = re.compile(self.method, re.IGNORECASE)
@@ -104,6 +116,20 @@ class Rule:
         if self.nth:
             return self.matched in self.nth
         return self._rng.random() < self.probability
+
+
+@dataclass
+class Held:
+    """A request a ``delay`` rule holds, and what became of it when it was delivered late."""
+
+    method: str
+    object: str | None
+    rule: str
+    release: str
+    released: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    late_status: int | None = None  # the server's answer to the late delivery
+    released_by: str = ""  # "retry" or "timeout"
 
 
 @dataclass
@@ -149,6 +175,7 @@ class FaultProxy:
         self.rules: list[Rule] = list(rules)
         self.requests: list[RequestRecord] = []
         self.handler_errors: list[str] = []  # exceptions in the proxy itself (not injected faults)
+        self.held: list[Held] = []  # requests ``delay`` rules held, in order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: _Server | None = None
@@ -181,6 +208,9 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stop.set()  # wakes stalled handlers
+        with self._lock:
+            for held in self.held:
+                held.released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -207,6 +237,7 @@ class FaultProxy:
         with self._lock:
             self.rules.clear()
             self.requests.clear()
+            self.held.clear()
 
     def injected(self) -> Counter[str]:
         """Injections per fault kind (``http-503``, ``reset``, ...), over all rules."""
@@ -236,6 +267,23 @@ class FaultProxy:
                 chosen.hits.append({"occurrence": chosen.matched, "method": method,
                                     "object": object_name(method, target, body)})
         return chosen
+
+    def delayed(self, timeout_s: float = 30.0) -> list[Held]:
+        """Every held request, after waiting (up to ``timeout_s``) for each to be delivered late."""
+        with self._lock:
+            held = list(self.held)
+        deadline = time.monotonic() + timeout_s
+        for h in held:
+            h.done.wait(max(0.0, deadline - time.monotonic()))
+        return held
+
+    def _pending_hold(self, method: str, name: str | None) -> Held | None:
+        """A held request for the same object (and method) still waiting for its retry."""
+        if name is None:
+            return None
+        with self._lock:
+            return next((h for h in self.held if h.object == name and h.method == method
+                         and not h.released.is_set()), None)
 
     def _log(self, rec: RequestRecord) -> None:
         with self._lock:
@@ -295,7 +343,53 @@ class _Handler(BaseHTTPRequestHandler):
         method, target = self.command, self.path
         decoded = urllib.parse.unquote(target)
         name = object_name(method, target, body)
+        waiting = proxy._pending_hold(method, name)  # this request is the retry of a held one
+        if waiting is not None and waiting.release == "before_retry":
+            waiting.released_by = "retry"
+            waiting.released.set()
+            waiting.done.wait(proxy.upstream_timeout_s)  # the late write lands first
         rule = proxy._decide(method, decoded, body)
+        if rule is not None and rule.action == "delay":
+            self._hold_then_forward(rule, method, target, body, name)
+            return
+        try:
+            self._answer(rule, method, target, body, name)
+        finally:
+            if waiting is not None and waiting.release == "after_retry":
+                waiting.released_by = "retry"
+                waiting.released.set()  # the retry has been answered: deliver the held one now
+
+    def _hold_then_forward(self, rule: Rule, method: str, target: str, body: bytes, name: str | None) -> None:
+        proxy = self.owner
+        held = Held(method, name, rule.name, rule.release)
+        with proxy._lock:
+            proxy.held.append(held)
+        proxy._log(RequestRecord(method, target, name, "delay (held)", rule.name))
+        try:
+            if not held.released.wait(rule.stall_s):
+                held.released_by = "timeout"
+            try:
+                status, reason, headers, data = self._forward(method, target, body)
+            except OSError as exc:
+                proxy._log(RequestRecord(method, target, name, f"delay (late, upstream-error {type(exc).__name__})",
+                                         rule.name))
+                self._abort()
+                return
+            held.late_status = status
+            proxy._log(RequestRecord(method, target, name, f"delay (late, server said {status})", rule.name))
+        finally:
+            held.done.set()
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client gave up long ago; the answer goes nowhere
+            self.send_response(status, reason)
+            for key, value in headers:
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    def _answer(self, rule: Rule | None, method: str, target: str, body: bytes, name: str | None) -> None:
+        proxy = self.owner
         if rule is not None and rule.action in ("status", "reset", "stall"):
             proxy._log(RequestRecord(method, target, name, rule.kind, rule.name))
             if rule.action == "status":

@@ -205,9 +205,73 @@ def _probe_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def attempt_records(layout: RunLayout, shard: int = 0) -> list[Any]:
+    """The worker's own per-attempt records of a shard (``models.attempts.summarise``), oldest first."""
+    from models.attempts import summarise
+
+    listing = [uri[len(layout.root):].lstrip("/") for uri in storage.list_uris(layout.root)]
+    return [a for a in summarise(layout.root, listing, shard + 1) if a.shard == shard]
+
+
+def cross_check_redone(layout: RunLayout, probe_redone: dict[int, int], shard: int = 0) -> dict[str, Any]:
+    """The records' work redone per attempt against the probe's (``{pid: items}``).
+
+    They must agree, attempt by attempt, with one tolerated difference: a SIGKILL that lands between
+    the worker recording a batch as begun and the probe logging the model call (a few microseconds
+    of Python) makes the record say one batch redone where the probe says none. Returns
+    ``{"agree", "tolerated", "mismatched": [...], "records": n}``.
+    """
+    by_pid = {a.pid: a for a in attempt_records(layout, shard)}
+    out: dict[str, Any] = {"agree": 0, "tolerated": 0, "mismatched": [], "records": len(by_pid)}
+    for pid, probe in probe_redone.items():
+        rec = by_pid.get(pid)
+        if rec is None:
+            if probe:  # no record at all: only possible when killed before the start record was written
+                out["mismatched"].append({"pid": pid, "probe": probe, "record": None})
+            else:
+                out["agree"] += 1
+            continue
+        if rec.redone == probe:
+            out["agree"] += 1
+        elif probe == 0 and rec.state == "unknown" and rec.uncommitted_part is not None:
+            out["tolerated"] += 1
+        else:
+            out["mismatched"].append({"pid": pid, "probe": probe, "record": rec.redone, "state": rec.state})
+    return out
+
+
 def run_to_completion(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def launcher_cmd(run_dir: str, shard: int = 0) -> list[str]:
+    """The local backend's launcher (``genbatch.launch.run_worker_process``, what the Airflow task
+    calls) as its own process, starting the worker through the probe."""
+    return [sys.executable, "-m", "tests.worker_harness", "launch", "--run-dir", run_dir, "--shard", str(shard)]
+
+
+def _launch_main(argv: list[str]) -> int:
+    import argparse
+    import logging
+
+    import genbatch.launch
+    from genbatch.launch import WorkerFailed, run_worker_process
+
+    parser = argparse.ArgumentParser(prog="worker_harness launch")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--shard", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    genbatch.launch.WORKER_MODULE = "tests.worker_harness"  # the real CLI plus the passive probe
+    try:
+        print(json.dumps(run_worker_process(args.run_dir, args.shard)), flush=True)
+    except WorkerFailed as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+        return 2 if exc.permanent else 1
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["launch"]:
+        raise SystemExit(_launch_main(sys.argv[2:]))
     raise SystemExit(_probe_main(sys.argv[1:]))

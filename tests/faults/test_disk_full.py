@@ -103,3 +103,5 @@ def test_disk_full_fails_clearly_and_a_rerun_completes_exactly_once(tmp_path: Pa
             assert rec.ok and rec.items_lost == 0 and rec.items_duplicated == 0, rec.to_json()
             assert rec.generated == N_ITEMS
             assert redone <= BATCH, f"the rerun redid {redone} items, more than the one batch in flight"
+            # The worker's attempt records say the same (the failed attempt's batch in flight).
+            assert rec.work_redone == redone, (rec.work_redone, redone, rec.attempts)

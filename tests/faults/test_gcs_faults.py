@@ -12,12 +12,17 @@ the client as one failed attempt (injected == observed, per kind), every lost or
 of a create-only write resolved by one 412 and a checksum match, and the published records equal,
 id by id, those of the same run finished with no faults.
 
+A write delivered late (``gcs-late-write``): the proxy holds one create-only write past the client's
+timeout, the client retries, and the held request is delivered after the retry (it must get 412
+and change nothing) or just before it (the retry must get 412 and resolve it by checksum).
+
 Also: a non-retryable 403 fails fast with one clear message and one request for the object
 (in-process on each write site, and once through the real worker CLI).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import subprocess
 import sys
@@ -220,3 +225,71 @@ def test_403_through_the_real_worker_cli_is_one_line_and_exit_2(
     assert len(errors) == 1 and "HTTP 403" in errors[0] and hit["object"] in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert len(writes) == 1
+
+
+# --------------------------------------------------------------------------- a write delivered late
+
+LATE_TIMEOUT_S = 1.5
+LATE_SITES = ("part", "errors_file", "shard_manifest", "manifest_json", "success")
+
+
+def test_a_create_only_write_delivered_late_meets_its_retry_and_changes_nothing(
+        template: tuple[str, str], reference: dict[str, dict[str, object]], proxied_gcs: FaultProxy,
+        faults_repeat: int, faults_seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write request held past the client's timeout (the client retries) and delivered late.
+
+    ``after_retry``: the retry created the object; the late write arrives after it and must get 412
+    from the server (create-only), changing nothing. ``before_retry``: the late write lands first;
+    the retry must get 412 and resolve it by the sha256 in the metadata (identical: success). Either
+    way: one object, the bytes a fault-free run writes, nothing lost, doubled or published early.
+    """
+    bucket, run_dir = template
+    monkeypatch.setenv("GENBATCH_GCS_TIMEOUT_S", str(LATE_TIMEOUT_S))
+    rng = random.Random(faults_seed + 7)
+    releases = ("after_retry", "before_retry")
+    for rep in range(faults_repeat):
+        proxied_gcs.clear()
+        work = clone_run(run_dir, f"gs://{bucket}/late-{faults_seed}-{rep}")
+        site = LATE_SITES[rng.randrange(len(LATE_SITES))]
+        nth = rng.randint(1, SITE_WRITES[site])
+        release = releases[rep % 2]
+        rule = proxied_gcs.add(Rule("delay", method="POST", path=r"^/upload/storage/v1/b/", body=SITES[site],
+                                    nth=(nth,), stall_s=30.0, release=release, name=f"delay@{site}#{nth}"))
+        consumer = Consumer(work, poll_s=0.1)
+        t0 = time.monotonic()
+        with ClientObserver() as seen:
+            consumer.start()
+            finish(work, EchoRunner())
+            (held,) = proxied_gcs.delayed()
+            rec = reconcile(work)
+            final = published_ids(work)
+        partial = consumer.finish(final)
+        elapsed = time.monotonic() - t0
+        assert held.object is not None
+        writes = [r for r in proxied_gcs.requests_for(held.object) if r.method == "POST"]
+        uri = f"gs://{bucket}/{held.object}"
+        stored = storage.read_bytes(uri)
+        listed = [u for u in storage.list_uris(uri.rsplit("/", 1)[0]) if u == uri]
+        # injected == observed: the client saw the held request as one failed (timed-out) attempt and,
+        # when the late write landed first, its retry met one 412 that the checksum resolved.
+        observed = seen.observed()
+        record(Figures("gcs-late-write", injected=rule.injected, observed=sum(observed.values()),
+                       lost=rec.items_lost, doubled=rec.items_duplicated, partial_reads=partial + rec.consumer_partial_reads,
+                       seconds=round(elapsed, 2),
+                       detail={"site": site, "nth": nth, "release": release, "late_status": held.late_status,
+                               "released_by": held.released_by, "client_412": seen.count("412"),
+                               "writes": [r.outcome for r in writes]}))
+        assert rule.injected == 1 and observed == expected_observation(proxied_gcs.injected()), (dict(observed), writes)
+        assert held.released_by == "retry", f"the held request was never followed by a retry: {writes}"
+        if release == "after_retry":
+            assert held.late_status == 412, f"a late create-only write was not refused: {held.late_status} ({writes})"
+            assert seen.count("412") == 0
+        else:
+            assert held.late_status == 200, writes
+            assert seen.count("412") == 1, "the retry must meet the late write and resolve it by checksum"
+        blob = storage._client().bucket(bucket).get_blob(held.object)
+        assert len(listed) == 1 and blob is not None, listed
+        assert (blob.metadata or {}).get("sha256") == hashlib.sha256(stored).hexdigest(), "content and metadata differ"
+        assert rec.ok and rec.items_lost == 0 and rec.items_duplicated == 0 and rec.orphans == [], rec.to_json()
+        assert partial == 0 and rec.consumer_partial_reads == 0, (consumer.partial, consumer.errors[:3])
+        assert published_records(work) == reference, f"repeat {rep}: published records differ from the clean run"

@@ -18,7 +18,9 @@ to finish. After that:
   committed (parts it created); those are exactly the items a later attempt generates again.
   The probe also proves the skip: no attempt hands an already committed id to the model, and
   the total generated across attempts minus the item count equals the sum of the per-kill
-  figures;
+  figures. The worker's own per-attempt records (``models/attempts.py``) must tell the same
+  story, attempt by attempt (``tests.worker_harness.cross_check_redone``), and end in the
+  state the signal implies (SIGKILL: no end record, ``unknown``; SIGTERM: ``sigterm``);
 * faults injected = faults observed: a kill counts only if the process was still running
   when the signal was sent, died of it, and the shard manifest did not exist afterwards (the
   kill landed mid-shard). Every injected kill must be observed, and all of them must land.
@@ -43,6 +45,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +55,9 @@ from models.registry import resolve
 from models.zoo.seed import ensure_zoo_registered
 from tests.worker_harness import (
     BATCH_LOG_ENV,
+    attempt_records,
     catalog_prompts,
+    cross_check_redone,
     hidden_temp_files,
     probed_worker_cmd,
     read_batch_log,
@@ -181,7 +186,7 @@ def _kill_and_resume(state: RunState, tmp_path: Path, sig: int, points: list[str
     return attempts
 
 
-def _check(state: RunState, tmp_path: Path, attempts: list[Attempt], sig: int, kills: int) -> None:
+def _check(state: RunState, tmp_path: Path, attempts: list[Attempt], sig: int, kills: int) -> dict[str, Any]:
     killed, final = attempts[:-1], attempts[-1]
     name = signal.Signals(sig).name
     print(f"\n{name}: kill  pid      rc   parts-committed  items-committed  items-started  redone")
@@ -239,6 +244,19 @@ def _check(state: RunState, tmp_path: Path, attempts: list[Attempt], sig: int, k
     assert max(redone) <= BATCH, redone
     assert total_started - N_ITEMS == sum(redone)
     assert final.redone == 0
+
+    # The worker's own attempt records agree with the probe, attempt by attempt.
+    cross = cross_check_redone(state.layout, {a.pid: a.redone for a in attempts})
+    records = {r.pid: r for r in attempt_records(state.layout)}
+    print(f"{name}: attempt records {len(records)} for {len(attempts)} attempts; vs probe {cross}")
+    assert not cross["mismatched"], cross
+    assert len(records) <= len(attempts) and records[final.pid].state == "done", records.get(final.pid)
+    killed_state = "unknown" if sig == signal.SIGKILL else "sigterm"
+    assert all(records[a.pid].state == killed_state for a in killed if a.pid in records), \
+        [(r.pid, r.state) for r in records.values()]
+    assert all(r.redone <= BATCH for r in records.values())
+    assert rec.work_redone == sum(r.redone for r in records.values()) and (rec.max_work_redone or 0) <= BATCH
+    return cross
 
 
 def _records_by_id(state: RunState) -> dict[str, dict[str, object]]:
