@@ -120,6 +120,16 @@ def union_length(intervals: Sequence[tuple[float, float]]) -> float:
     return total
 
 
+def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """The largest number of intervals open at one instant (an interval ending as another starts: not open)."""
+    events = sorted([(s, 1) for s, e in intervals if e > s] + [(e, -1) for s, e in intervals if e > s])
+    best = cur = 0
+    for _, step in events:
+        cur += step
+        best = max(best, cur)
+    return best
+
+
 def ran(records: Sequence[TaskRecord]) -> list[TaskRecord]:
     """The task instances that actually ran (skipped ones have no work), ordered by start."""
     return sorted((r for r in records if r.state == "success" and r.start is not None and r.end is not None),
@@ -173,6 +183,8 @@ def overhead_figures(records: Sequence[TaskRecord], upstream: Mapping[str, Seque
         "tail_s": max(0.0, done - last_end),
         "in_task_overhead_s": sum(r.duration - compute.get(r.key, 0.0) for r in done_tasks),
         "task_instances": float(len(done_tasks)),
+        "max_concurrent_shards": float(max_overlap([(r.start or 0.0, r.end or 0.0) for r in done_tasks
+                                                    if r.task_id == GENERATE])),
     }
     totals["overhead_per_task_s"] = totals["overhead_s"] / len(done_tasks) if done_tasks else 0.0
     return {"tasks": tasks, "totals": {k: round(v, 4 if k == "overhead_fraction" else 3) for k, v in totals.items()}}

@@ -6,7 +6,16 @@ import datetime as dt
 
 import pytest
 
-from bench.overhead import TaskRecord, compute_per_task, gaps, overhead_figures, summarise, to_epoch, union_length
+from bench.overhead import (
+    TaskRecord,
+    compute_per_task,
+    gaps,
+    max_overlap,
+    overhead_figures,
+    summarise,
+    to_epoch,
+    union_length,
+)
 
 UP = {"a": [], "b": ["a"], "g": ["b"], "c": ["g"]}
 
@@ -29,6 +38,12 @@ def test_union_length_counts_overlaps_once() -> None:
     assert union_length([(0, 1), (2, 3)]) == 2.0
     assert union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4.0
     assert union_length([(3, 1)]) == 0.0  # empty intervals ignored
+
+
+def test_max_overlap() -> None:
+    assert max_overlap([]) == 0
+    assert max_overlap([(0, 1), (1, 2)]) == 1  # back to back
+    assert max_overlap([(0, 3), (1, 2), (1.5, 4), (5, 6)]) == 3
 
 
 def test_gaps_from_trigger_upstream_and_freed_slots() -> None:
@@ -60,6 +75,7 @@ def test_overhead_figures_parallel_shards_count_compute_once() -> None:
     fig = overhead_figures(records, UP, {"g[0]": 3.0, "g[1]": 3.0}, trigger=0.0, done=4.0)
     assert fig["totals"]["compute_sum_s"] == 6.0
     assert fig["totals"]["compute_busy_s"] == 3.0 and fig["totals"]["overhead_s"] == 1.0
+    assert fig["totals"]["max_concurrent_shards"] == 0.0  # tasks named "g", not generate_local
 
 
 def test_compute_per_task_uses_the_runs_own_worker_record_plus_launch() -> None:
@@ -73,3 +89,9 @@ def test_summarise_takes_medians_over_repetitions() -> None:
     s = summarise(runs)
     assert s["totals"]["wall_s"] == {"median": 4.0, "min": 3.0, "max": 5.0}
     assert s["tasks"]["a"]["overhead_s"] == 1.5 and s["tasks"]["a"]["queued_to_start_s"] is None
+
+
+def test_max_concurrent_shards_counts_generate_instances() -> None:
+    records = [rec("generate_local", 0.0, 4.0, k) for k in range(4)] + [rec("a", 0.0, 4.0)]
+    fig = overhead_figures(records, UP, {}, trigger=0.0, done=5.0)
+    assert fig["totals"]["max_concurrent_shards"] == 4.0  # four shards at once: the device pool did not bound them
