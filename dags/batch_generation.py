@@ -20,7 +20,14 @@ from operators.genbatch_operators import (
     QualityGateOperator,
     ValidateInputOperator,
 )
-from operators.generate import KUBERNETES_TASK, LOCAL_TASK, ChooseBackendOperator, GenbatchPodOperator, LocalShardOperator
+from operators.generate import (
+    DEVICE_POOL,
+    KUBERNETES_TASK,
+    LOCAL_TASK,
+    ChooseBackendOperator,
+    GenbatchPodOperator,
+    LocalShardOperator,
+)
 from operators.params import spec_params
 
 PUBLISHED = Asset("genbatch://batch_generation/published")
@@ -41,7 +48,8 @@ with DAG(
     preprocess = PreprocessOperator(task_id="preprocess", run_dir=prepare.output)
     cost_check = CostCheckOperator(task_id="cost_check", run_dir=prepare.output, retries=0)
     backend = ChooseBackendOperator(task_id="choose_backend", run_dir=prepare.output)
-    generate_local = LocalShardOperator.partial(task_id=LOCAL_TASK, run_dir=prepare.output).expand(
+    # The pool goes in .partial(): a mapped task never sees the operator's __init__ default.
+    generate_local = LocalShardOperator.partial(task_id=LOCAL_TASK, run_dir=prepare.output, pool=DEVICE_POOL).expand(
         shard=preprocess.output
     )
     generate_kubernetes = GenbatchPodOperator.partial(task_id=KUBERNETES_TASK, run_dir=prepare.output).expand(

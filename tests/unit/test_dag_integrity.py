@@ -33,6 +33,7 @@ out = {
     "params": sorted(dag.params.keys()),
     "trigger_rules": {t.task_id: str(t.trigger_rule) for t in dag.tasks},
     "mapped": [t.task_id for t in dag.tasks if type(t).__name__ == "MappedOperator"],
+    "pools": {t.task_id: t.pool for t in dag.tasks},
     "all_dags": {d.dag_id: {"owners": sorted({t.owner for t in d.tasks}), "tags": sorted(d.tags),
                             "retries_set": all(t.retries is not None for t in d.tasks)} for d in bag.dags.values()},
 }
@@ -78,6 +79,9 @@ def test_structure_and_mapping(parsed: dict) -> None:
         "canary_verdict": [],
     }
     assert sorted(parsed["mapped"]) == ["generate_kubernetes", "generate_local"]
+    # A mapped operator never sees an __init__ default: the pool must be set in .partial(), or the
+    # real scheduler runs every shard at once (found by bench/overhead.py).
+    assert parsed["pools"]["generate_local"] == "genbatch_devices"
     assert parsed["trigger_rules"]["quality_gate"].lower().endswith("none_failed_min_one_success")
 
 
