@@ -12,8 +12,9 @@ Variants (same prompts, same params, the same loaded model object wherever the A
 
 text (catalog-copy v2, heavy-tailed prompt lengths)
   genbatch  ``models.worker.run_shard`` on a freshly prepared run dir (reads the shard, sorts
-            windows by token length, auto batch size 16→64, one create-only part per batch,
-            metrics, manifest); the runner is built once and passed in, so model load is excluded
+            windows by token length, batches of up to 64, the runner's own decoding loop, one
+            create-only part per batch, metrics, manifest); the runner is built once and passed
+            in, so model load is excluded
   naive     ``transformers.pipeline("text-generation")`` called once per item in a Python loop
   beam      Apache Beam ``RunInference`` with ``HuggingFacePipelineModelHandler`` (length-aware
             batching on), Create → RunInference → JSON → WriteToText on the in-process FnApiRunner
@@ -370,6 +371,12 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
     interleave(variants, pairs, timings, "text")
     load_after = load_average()
 
+    # the runner's own work counters for one more (untimed) genbatch run: prompt tokens its
+    # length-grouped prefill fed (real + pad), forward calls, row-steps decoded
+    runner.work = dict.fromkeys(runner.work, 0)
+    genbatch()
+    work = dict(runner.work)
+
     # deterministic proxies from the batches genbatch actually committed (last repetition)
     batches = committed_batches(genbatch.last_run_dir)
     by_id = {it["id"]: n for it, n in zip(genbatch.items, lengths, strict=True)}
@@ -380,6 +387,7 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
 
     # what stopping at EOS would change: the same batches, greedy, without min_new_tokens
     runner.fixed_output_length = False
+    runner.work = dict.fromkeys(runner.work, 0)
     item_of = {it["id"]: it for it in genbatch.items}
     natural_steps = needed = 0
     for batch in batches:
@@ -388,6 +396,7 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
         counts = [res["new_tokens"] for res in runner.run_batch(items)]
         natural_steps += max(counts) * len(counts)
         needed += sum(counts)
+    eos_row_steps = runner.work["row_steps"]
     runner.fixed_output_length = True
     fixed_steps = len(prompts) * MAX_NEW_TOKENS
 
@@ -411,7 +420,8 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
         "limit_same_prompts_of_limit": timings.ratio("limit_same_prompts", "limit"),
         "limit_vs_naive": timings.ratio("limit", "naive"),
         "padded_token_fraction": {
-            "genbatch": padded_fraction(formed),
+            "genbatch_batches": padded_fraction(formed),  # if each batch were prefilled as one padded block
+            "genbatch": round(1 - sum(lengths) / work["prefill_tokens"], 4),  # what its grouped prefill fed
             "arrival_order": padded_fraction(cut(lengths, sizes)),
             "beam_runinference": padded_fraction(beam_formed),
             "limit": 0.0,
@@ -419,18 +429,21 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
                                                    for i in range(0, len(prompts), cap)]),
         },
         "prompt_tokens_fed": {  # real + pad tokens through prefill, per variant's batches
-            "genbatch": sum(max(b) * len(b) for b in formed),
+            "genbatch": work["prefill_tokens"],
+            "genbatch_batches_as_one_block": sum(max(b) * len(b) for b in formed),
             "limit": n_batches * cap * median_len,
             "limit_same_prompts": sum(int(e["input_ids"].numel()) for e in same_inputs),
             "real_tokens_of_these_prompts": sum(lengths),
         },
         "wasted_decode_steps": wasted,
+        "genbatch_work": {**work, "batches": len(formed)},
         "eos_stopping": {
             "row_steps_fixed_length": fixed_steps,
             "row_steps_if_eos_stops_batch": natural_steps,
             "tokens_needed_to_eos": needed,
             "would_save_vs_fixed": fixed_steps - natural_steps,
             "wasted_in_finished_rows": natural_steps - needed,
+            "row_steps_genbatch_decodes": eos_row_steps,  # finished rows leave the batch
         },
         "batch_sizes": {"genbatch": sizes, "beam_runinference": [len(b) for b in beam_formed],
                         "limit": [cap] * n_batches, "limit_same_prompts": [int(e["input_ids"].shape[0]) for e in same_inputs]},
