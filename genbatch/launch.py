@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,11 @@ def _die_with(parent_pid: int, sig: int = DEATH_SIGNAL) -> Callable[[], None] | 
     """
     prctl = _prctl()
     if prctl is None:
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        # From a pool thread the child would be killed when that thread ends, not the launcher:
+        # rely on the lease and create-only parts instead.
+        log.warning("worker launched from a non-main thread: it will not die with its launcher")
         return None
 
     def preexec() -> None:

@@ -33,3 +33,19 @@ def test_the_worker_never_sees_airflow_secrets() -> None:
     passed = worker_environment(env)
     assert "canary" not in "".join(passed.values())
     assert set(passed) == {"PATH", "HOME", "STORAGE_EMULATOR_HOST", "GENBATCH_GCS_KMS_KEY", "HF_HUB_OFFLINE"}
+
+
+def test_death_signal_only_from_the_main_thread() -> None:
+    """PR_SET_PDEATHSIG fires when the forking *thread* ends: from a pool thread it would kill a
+    healthy worker as soon as that thread finished, so the launcher does not set it there."""
+    import os
+    import threading
+
+    from genbatch.launch import _die_with
+
+    assert callable(_die_with(os.getpid()))
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(_die_with(os.getpid())))
+    thread.start()
+    thread.join()
+    assert seen == [None]
