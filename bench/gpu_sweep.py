@@ -31,20 +31,12 @@ def _items(n: int) -> list[Item]:
 
 
 def _rate(runner: TextRunner, batch: int, reps: int = 3) -> float:
-    items = _items(batch)
-    runner.run_batch(items)  # warm-up (kernels, caches)
-    torch.cuda.synchronize()
-    rates = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        runner.run_batch(items)
-        torch.cuda.synchronize()
-        rates.append(batch / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return _rate_items(runner, _items(batch), reps)
 
 
 def _mixed_items(n: int) -> list[Item]:
-    """Mixed-length prompts (1 to 12 attribute pairs: prompt + 32 new tokens stay within the 128-token context): what the own loop's length groups are for."""
+    """Mixed-length prompts, what the own loop's length groups are for: 1 to 12 attribute pairs, so
+    that prompt + 32 new tokens stay within the model's 128-token context."""
     words = ["colour: red", "material: wool", "item: scarf", "size: large", "fit: loose", "care: hand wash"]
     return [Item(f"m{k}", " | ".join(words[j % len(words)] for j in range(1 + (k * 7) % 12)) + "\ndescription:",
                  k, {}, None, {}) for k in range(n)]
@@ -74,6 +66,7 @@ def compare_loops(precision: str, batches: tuple[int, ...] = (64, 1024, 8192)) -
 
 
 def _rate_items(runner: TextRunner, items: list[Item], reps: int = 2) -> float:
+    """Median items/s of ``reps`` timed batches after a warm-up one (kernels, caches)."""
     runner.run_batch(items)
     torch.cuda.synchronize()
     rates = []
