@@ -7,6 +7,7 @@ Heavy imports (torch, transformers, diffusers) happen inside the functions on pu
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,9 @@ class TextRunner:
     - the KV cache is one preallocated, left-padded buffer written in place (``generate``'s
       dynamic cache copies the whole cache with ``torch.cat`` at every step);
     - rows that have finished (EOS) leave the batch (their cache rows are dropped), so they stop
-      costing decode steps.
+      costing decode steps;
+    - for a plain Llama, prefill runs the last layer in full only at each row's final position
+      and computes just the cached K/V for the others (``_prefill``, ``last_layer_shortcut_fits``).
     """
 
     # A forward call's fixed cost in prompt tokens of that call (CPU, catalog model: ~0.5 ms of
@@ -90,6 +93,7 @@ class TextRunner:
         # An optimised variant is its parent's safetensors plus a load-time recipe (e.g. int8): apply it.
         self.model = apply_recipe(model.to(device).eval(), read_recipe(Path(model_dir)), device)
         self.own_loop = supports_own_loop(self.model)
+        self.last_layer_shortcut = bool(self.own_loop) and last_layer_shortcut_fits(self.model)
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}), device=device)
@@ -178,6 +182,47 @@ class TextRunner:
             return scores.argmax(dim=-1)
         return sampler.sample(scores, rows).to(scores.device)
 
+    def _prefill(self, input_ids: Any, am: Any, position: Any, cache: Any) -> Any:
+        """One prefill call: fills ``cache`` and returns each row's last-position logits.
+
+        Where ``last_layer_shortcut`` allows it (a plain Llama under SDPA), the last decoder layer
+        runs in full only at each row's final position: for the other positions it only needs the
+        keys and values the cache keeps (input norm, K/V projections, RoPE on K), not the query and
+        output projections, the attention or the MLP. The final position then goes through the
+        layer itself, whose attention appends its own K/V to the cache and attends over all keys.
+        """
+        if not self.last_layer_shortcut:
+            res = self.model(input_ids=input_ids, attention_mask=am, position_ids=position,
+                             **{self.own_loop: cache}, use_cache=True, logits_to_keep=1)
+            return res.logits[:, -1]
+        from transformers.masking_utils import create_causal_mask
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        inner = self.model.model
+        hidden = inner.embed_tokens(input_ids)
+        # as LlamaModel.forward does for every layer but the last
+        causal_mask = create_causal_mask(config=self.model.config, inputs_embeds=hidden, attention_mask=am,
+                                         position_ids=position, **{_cache_param(create_causal_mask): cache})
+        cos, sin = inner.rotary_emb(hidden, position_ids=position)
+        layer_cache = {_cache_param(type(inner.layers[-1]).forward): cache}
+        for layer in inner.layers[:-1]:
+            hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=(cos, sin),
+                           position_ids=position, use_cache=True, **layer_cache)
+        last = inner.layers[-1]
+        attn = last.self_attn
+        if hidden.shape[1] > 1:  # K/V of the positions before the final one, as LlamaAttention computes them
+            normed = last.input_layernorm(hidden[:, :-1])
+            shape = (*normed.shape[:-1], -1, attn.head_dim)
+            keys = attn.k_proj(normed).view(shape).transpose(1, 2)
+            values = attn.v_proj(normed).view(shape).transpose(1, 2)
+            c, s = cos[:, :-1].unsqueeze(1), sin[:, :-1].unsqueeze(1)
+            cache.update((keys * c) + (rotate_half(keys) * s), values, attn.layer_idx)
+        # the final query attends to every real key of its row (left padding: the mask is the row's)
+        hidden = last(hidden[:, -1:], attention_mask=am[:, None, None, :].bool(),
+                      position_embeddings=(cos[:, -1:], sin[:, -1:]), position_ids=position[:, -1:],
+                      use_cache=True, **layer_cache)
+        return self.model.lm_head(inner.norm(hidden))[:, -1]
+
     def _decode(self, ids: list[list[int]], max_new: int, sampler: PerRowSampler | None) -> Any:
         """New tokens per row, shape (rows, steps), pad after a row's EOS (as ``generate`` returns).
 
@@ -210,8 +255,7 @@ class TextRunner:
                 am = mask[start:stop, longest - width : longest].to(dev)
                 position = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
                 cache: Any = DynamicCache(config=config)
-                res = self.model(input_ids=group.to(dev), attention_mask=am, position_ids=position,
-                                 **{self.own_loop: cache}, use_cache=True, logits_to_keep=1)
+                logits = self._prefill(group.to(dev), am, position, cache)
                 for li, layer in enumerate(cache.layers):
                     if len(keys) <= li:
                         k, v = layer.keys, layer.values
@@ -219,7 +263,7 @@ class TextRunner:
                         values.append(v.new_zeros((n, v.shape[1], longest + max_new, v.shape[3])))
                     keys[li][start:stop, :, longest - width : longest] = layer.keys
                     values[li][start:stop, :, longest - width : longest] = layer.values
-                token[start:stop] = self._pick(res.logits[:, -1], sampler, slice(start, stop))
+                token[start:stop] = self._pick(logits, sampler, slice(start, stop))
                 self.work["prefill_tokens"] += (stop - start) * width
                 self.work["prefill_calls"] += 1
             mask = mask.to(dev)
@@ -315,6 +359,54 @@ def supports_own_loop(model: Any) -> str:
         return ""
     extra = set(model.generation_config.to_diff_dict()) - _OWN_LOOP_SETTINGS
     return "" if extra else name
+
+
+@functools.cache
+def _cache_param(fn: Any) -> str:
+    """The name ``fn`` takes the KV cache under (``cache`` in transformers 5.2x, ``past_key_values`` before)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+
+
+def last_layer_shortcut_fits(model: Any) -> bool:
+    """Whether ``TextRunner._prefill`` may skip the last layer's non-final positions for ``model``.
+
+    Only for the structure it mirrors: transformers' own ``LlamaForCausalLM`` / ``LlamaModel`` /
+    ``LlamaDecoderLayer`` / ``LlamaAttention`` classes (not subclasses) under SDPA attention, with
+    plain ``nn.Linear`` projections and plain weights (a dynamically quantised Linear may scale its
+    activations over the whole input, so fewer rows would change the other rows' results).
+    """
+    import inspect
+
+    import torch
+
+    try:
+        from transformers.masking_utils import create_causal_mask
+        from transformers.models.llama import modeling_llama as llama
+    except ImportError:
+        return False
+    # the keyword names _prefill passes (the installed transformers' API), and nothing else required
+    for fn, names in ((create_causal_mask, {"config", "inputs_embeds", "attention_mask", "position_ids"}),
+                      (llama.LlamaDecoderLayer.forward, {"self", "hidden_states", "attention_mask", "position_embeddings"}),
+                      (llama.LlamaAttention.forward, {"self", "hidden_states", "position_embeddings", "attention_mask"})):
+        params = inspect.signature(fn).parameters
+        required = {n for n, p in params.items() if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not _cache_param(fn) or not names <= set(params) or not required <= names | {_cache_param(fn)}:
+            return False
+    inner = getattr(model, "model", None)
+    layers = list(getattr(inner, "layers", []))
+    if not (type(model) is llama.LlamaForCausalLM and type(inner) is llama.LlamaModel
+            and getattr(model.config, "_attn_implementation", "") == "sdpa"
+            and len(layers) == model.config.num_hidden_layers > 0
+            and all(type(layer) is llama.LlamaDecoderLayer and type(layer.self_attn) is llama.LlamaAttention
+                    for layer in layers)):
+        return False
+    last = layers[-1]
+    linears = [getattr(last.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears += [getattr(last.mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")] + [model.lm_head]
+    return all(type(m) is torch.nn.Linear and type(m.weight.data) is torch.Tensor for m in linears)
 
 
 class InPlaceCache:

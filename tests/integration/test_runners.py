@@ -65,22 +65,30 @@ def test_sampled_text_depends_only_on_the_item_seed(registry: str) -> None:
 
 
 def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
-    """The runner's own loop (length-grouped prefill, in-place cache, finished rows dropped) and
-    ``model.generate`` on the same batch yield the same outputs: greedy, sampled, fixed length."""
+    """The runner's own loop (length-grouped prefill, with and without the last-layer shortcut,
+    in-place cache, finished rows dropped) and ``model.generate`` on the same batch yield the
+    same outputs: greedy, sampled, fixed length."""
     runner = _text_runner(registry, max_new_tokens=40)
     assert runner.own_loop, "the catalog model is a plain Llama: the own loop must drive it"
+    assert runner.last_layer_shortcut, "a plain Llama under SDPA: prefill skips the last layer's non-final positions"
     items = _items(12)
     cases: list[tuple[dict[str, Any], bool]] = [({}, False), ({"temperature": 1.2, "top_p": 0.95}, False), ({}, True)]
     for params, fixed in cases:
         runner.fixed_output_length = fixed
         batch = [Item(i.id, i.prompt, i.seed, params, None, i.record) for i in items]
         own = runner.run_batch(batch)
+        runner.last_layer_shortcut = False  # the full-forward prefill other models get
+        try:
+            full_prefill = runner.run_batch(batch)
+        finally:
+            runner.last_layer_shortcut = True
         loop, runner.own_loop = runner.own_loop, ""
         try:
             reference = runner.run_batch(batch)
         finally:
             runner.own_loop = loop
         assert own == reference, (params, fixed)
+        assert full_prefill == reference, (params, fixed)
     runner.fixed_output_length = False
     # EOS stops rows early here (the catalog descriptions end well before 40 tokens), and
     # finished rows left the batch: fewer row-steps than rows x longest output.
