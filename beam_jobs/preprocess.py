@@ -93,16 +93,11 @@ def preprocess_tmp(layout: RunLayout) -> str:
     return layout.path("_tmp", "preprocess")
 
 
-def fanout_file(layout: RunLayout) -> str:
-    """``shards/_fanout.jsonl``: one line per fanned-out row, with the row it is generated as."""
-    return layout.path("shards", "_fanout.jsonl")
-
-
 def dest_uri(layout: RunLayout, num_shards: int, dest: str) -> str:
     if dest == REJECTS:
         return layout.rejects_part("preprocess")
     if dest == FANOUT:
-        return fanout_file(layout)
+        return layout.shard_fanout
     return layout.shard_input(int(dest.rsplit("-", 3)[1]), num_shards)
 
 
@@ -325,7 +320,7 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
         "cost_model": "steps*height*width" if settings.task == "image" else "prompt_tokens+max_new_tokens",
         "order_inside_shard": ["est_tokens", "id"],
         "dedupe_identical": settings.dedupe_identical,
-        "fanout": fanout_file(layout).rsplit("/", 1)[-1] if settings.dedupe_identical else None,
+        "fanout": layout.shard_fanout.rsplit("/", 1)[-1] if settings.dedupe_identical else None,
         **({"input": raw.pattern} if raw is not None else {}),
     }
     storage.write_json(layout.shard_plan, plan)

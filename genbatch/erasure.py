@@ -425,7 +425,7 @@ def _rewrite(state: RunState, hits: Hits, changes: Changes) -> dict[str, int]:
                                 lambda it: None if hits.hit(it.get("row_index"), it.get("id")) else it, changes)
         if dropped:
             removed_cost[shard] = sum(float(it.get("est_cost") or 0.0) for it in dropped)
-    rewrite_jsonl(layout, layout.path("shards", "_fanout.jsonl"),
+    rewrite_jsonl(layout, layout.shard_fanout,
                   lambda r: None if hits.hit(r.get("row_index"), r.get("id")) or r.get("canonical_id") in hits.ids else r,
                   changes)
     preprocess_rejects = 0

@@ -37,11 +37,6 @@ FANOUT_PART = "part-fanout.jsonl"
 FANOUT_ERRORS = "errors-fanout.jsonl"
 
 
-def fanout_plan(layout: RunLayout) -> str:
-    """``shards/_fanout.jsonl``: written by the preprocess stage, one line per fanned-out row."""
-    return layout.path("shards", "_fanout.jsonl")
-
-
 def fanout_part(layout: RunLayout, shard: int) -> str:
     """Output records of the rows fanned out from shard ``shard``'s canonical items."""
     return storage.join(layout.outputs_dir(shard), FANOUT_PART)
@@ -54,7 +49,7 @@ def fanout_errors(layout: RunLayout, shard: int) -> str:
 
 def read_fanout(layout: RunLayout) -> list[dict[str, Any]]:
     """The fan-out records of a run ([] when the run does not dedupe or has no identical items)."""
-    uri = fanout_plan(layout)
+    uri = layout.shard_fanout
     return list(iter_jsonl(uri)) if storage.exists(uri) else []
 
 

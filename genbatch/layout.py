@@ -58,6 +58,11 @@ class RunLayout:
         """Summary of the sharding (counts, estimated cost per shard, balance)."""
         return self.path("shards", "_plan.json")
 
+    @property
+    def shard_fanout(self) -> str:
+        """``sharding.dedupe_identical``: one line per fanned-out row, with the row it is generated as."""
+        return self.path("shards", "_fanout.jsonl")
+
     def shard_input(self, shard: int, num_shards: int) -> str:
         return self.path("shards", f"{shard_name(shard, num_shards)}.jsonl")
 

@@ -127,7 +127,7 @@ def _strip_inputs(layout: RunLayout, num_shards: int, now: dt.datetime, changes:
     for shard in range(num_shards):
         rewrite_jsonl(layout, layout.shard_input(shard, num_shards),
                       lambda item: {k: item[k] for k in SHARD_ITEM_KEEP if k in item}, changes)
-    rewrite_jsonl(layout, layout.path("shards", "_fanout.jsonl"), lambda r: r, changes)
+    rewrite_jsonl(layout, layout.shard_fanout, lambda r: r, changes)
     refresh_plan(load_run_state(layout.root), {}, changes)
     report = storage.read_json(layout.validation_report)
     stripped = {k: report[k] for k in VALIDATION_KEEP if k in report}

@@ -45,7 +45,7 @@ def test_identical_items_are_generated_once_and_recorded_for_fanout(tmp_path: Pa
     layout = state.layout
     items = [it for s in range(2) for it in _jsonl(layout.shard_input(s, 2))]
     assert sorted(it["id"] for it in items) == ["a", "c", "d", "f"]
-    fanout = _jsonl(preprocess.fanout_file(layout))
+    fanout = _jsonl(layout.shard_fanout)
     shard_of_a = next(s for s in range(2) if any(it["id"] == "a" for it in _jsonl(layout.shard_input(s, 2))))
     assert fanout == [
         {"id": "b", "row_index": 1, "canonical_id": "a", "canonical_row_index": 0, "shard": shard_of_a,
@@ -64,5 +64,5 @@ def test_identical_items_are_generated_once_and_recorded_for_fanout(tmp_path: Pa
 def test_off_by_default_nothing_is_fanned_out(tmp_path: Path) -> None:
     state, plan = _run(tmp_path, dedupe=False)
     assert plan["rows"]["fanned_out"] == 0 and plan["dedupe_identical"] is False and plan["fanout"] is None
-    assert not Path(preprocess.fanout_file(state.layout)).exists()
+    assert not Path(state.layout.shard_fanout).exists()
     assert plan["items"] == 6
