@@ -226,7 +226,8 @@ def summarise(root: str, listing: Iterable[str], num_shards: int) -> list[Attemp
     docstring says.
     """
     listing = list(listing)
-    present = set(listing)
+    layout = RunLayout(root)
+    present = {storage.join(root, rel) for rel in listing}  # full URIs, as the layout names parts
     files: dict[tuple[int, int, str], dict[str, str]] = {}
     for rel in listing:
         m = RECORD_RE.match(rel)
@@ -263,7 +264,7 @@ def summarise(root: str, listing: Iterable[str], num_shards: int) -> list[Attemp
         later_began = any(b.shard == a.shard and b.rank == a.rank and bb is not None and int(bb["part"]) >= part
                           and (b.first_part is None or b.first_part <= part)
                           for b, bb, _ in attempts[n + 1:])
-        exists = f"outputs/shard-{a.shard:05d}/part-r{a.rank:02d}-{part:05d}.jsonl" in present
+        exists = layout.output_part(a.shard, part, a.rank) in present
         if exists and not later_began:
             a.batches_committed += 1
             a.items_committed += items
