@@ -45,10 +45,12 @@ from beam_jobs.records import index_sort_key, keyed_line
 from genbatch import storage
 from genbatch.errors import ShardInputError
 from genbatch.input_rows import (
+    _BOM,
     RawRow,
     _parquet_fixers,
     _parquet_rows,
     _parse_jsonl_line,
+    check_not_utf16,
     detect_format,
     iter_csv_lines,
 )
@@ -61,8 +63,6 @@ VALIDATE_ROWS = 4096
 RAW_CHARS = 64 * 1024
 """Characters of a malformed line kept in its reject (``raw``); longer ones are cut with a marker."""
 
-_BOM = b"\xef\xbb\xbf"
-_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,6 @@ def ingest_uri(tmp_dir: str, rank: int) -> str:
 # --- reading one file as RawRows (the parsers of genbatch.input_rows, over a stream) ----------
 
 
-def _check_not_utf16(head: bytes, path: str) -> None:
-    if head.startswith(_UTF16_32_BOMS):
-        raise ShardInputError(f"input {path} is UTF-16 or UTF-32 encoded (byte-order mark {head[:4]!r}): "
-                              "re-save it as UTF-8 and rerun")
-
-
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
     """Physical lines with their line ends, the UTF-8 BOM dropped from the first."""
     first = True
@@ -131,7 +125,7 @@ def read_jsonl(stream: IO[bytes], path: str) -> Iterator[tuple[RawRow, str | Non
     index = 0
     for number, line in enumerate(_lines(stream), start=1):
         if number == 1:
-            _check_not_utf16(line, path)
+            check_not_utf16(line, path)
         raw = line.rstrip(b"\n").removesuffix(b"\r")
         if not raw.strip():
             continue
@@ -145,7 +139,7 @@ def read_csv(stream: IO[bytes], path: str) -> Iterator[tuple[RawRow, str | None]
     """Rows with, for a malformed row, its physical lines as read."""
     lines = _lines(stream)
     first = next(lines, b"")
-    _check_not_utf16(first, path)
+    check_not_utf16(first, path)
     consumed: list[tuple[int, bytes]] = []  # (line number, line) read since the last row
 
     def text() -> Iterator[str]:  # surrogateescape: each row with bad bytes is flagged on its own

@@ -117,14 +117,20 @@ def read_input_file(path: str | Path, fmt: str | None = None) -> Iterator[RawRow
     return iter_input_rows(data, canonical, source=text_path)
 
 
+def check_not_utf16(head: bytes, source: str) -> None:
+    """Refuse a text file that starts with a UTF-16/32 byte-order mark (its rows would all be garbage)."""
+    if head.startswith(_UTF16_32_BOMS):
+        raise ShardInputError(
+            f"input {source} is UTF-16 or UTF-32 encoded (byte-order mark {head[:4]!r}): "
+            "re-save it as UTF-8 and rerun"
+        )
+
+
 def iter_input_rows(data: bytes, fmt: str, *, source: str = "<input>") -> Iterator[RawRow]:
     """Yield the rows of ``data`` in ``fmt``; whole-file problems raise here, before iteration."""
     canonical = detect_format(source, fmt)
-    if data.startswith(_UTF16_32_BOMS) and canonical != "parquet":
-        raise ShardInputError(
-            f"input {source} is UTF-16 or UTF-32 encoded (byte-order mark {data[:4]!r}): "
-            "re-save it as UTF-8 and rerun"
-        )
+    if canonical != "parquet":
+        check_not_utf16(data, source)
     if canonical == "jsonl":
         return _iter_jsonl(data)
     if canonical == "csv":
