@@ -75,14 +75,14 @@ _PASS_PREFIXES = ("GENBATCH_", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CRED
                   "HF_", "TRANSFORMERS_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "TORCH", "PYTORCH_",
                   "LC_", "PYTHON")
 _PASS_NAMES = {"PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "VIRTUAL_ENV", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
-_SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS_JSON", "API_KEY")
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS_JSON", "API_KEY")
 
 
 def worker_environment(env: dict[str, str]) -> dict[str, str]:
     """The allow-listed part of ``env``; secret-looking names are dropped even under allowed prefixes."""
     def allowed(name: str) -> bool:
         upper = name.upper()
-        if any(word in upper for word in _SECRET_WORDS):
+        if any(word in upper for word in SECRET_WORDS):
             return False
         return upper in _PASS_NAMES or upper.startswith(_PASS_PREFIXES)
 
@@ -194,6 +194,11 @@ def _release_lease(path: Path, worker_pid: int) -> None:
             path.unlink()
 
 
+def _stale_grace_s() -> float:
+    """Seconds a worker gets after SIGTERM to commit its batch in flight ($GENBATCH_STALE_WORKER_GRACE_S)."""
+    return float(os.environ.get(ENV_STALE_GRACE, DEFAULT_STALE_GRACE_S))
+
+
 def _wait_gone(pid: int, ticks: int, timeout_s: float | None) -> bool:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while _running(pid, ticks):
@@ -218,7 +223,7 @@ def stop_stale_worker(run_dir: str, shard: int, *, grace_s: float | None = None,
     if lease.get("host") != socket.gethostname() or not isinstance(pid, int) or not _running(pid, ticks):
         return None
     assert isinstance(ticks, int)
-    grace = float(os.environ.get(ENV_STALE_GRACE, DEFAULT_STALE_GRACE_S)) if grace_s is None else grace_s
+    grace = _stale_grace_s() if grace_s is None else grace_s
     t0 = time.monotonic()
     if _running(lease.get("launcher_pid"), lease.get("launcher_ticks")):
         log.warning("shard %s: worker pid %s of a launch that is still running (pid %s) works on this shard; "
@@ -313,7 +318,7 @@ def run_worker_process(run_dir: str, shard: int, timeout_s: float | None = None)
         _follow(read_fd, proc, sink)
         code = proc.wait(timeout=timeout_s)
     except BaseException:
-        _stop(proc, float(os.environ.get(ENV_STALE_GRACE, DEFAULT_STALE_GRACE_S)))
+        _stop(proc, _stale_grace_s())
         raise
     finally:
         _release_lease(lease, proc.pid)

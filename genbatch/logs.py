@@ -32,14 +32,15 @@ from typing import IO, Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from genbatch.launch import SECRET_WORDS
+
 FORMAT_ENV = "GENBATCH_LOG_FORMAT"
 LEVEL_ENV = "GENBATCH_LOG_LEVEL"
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Environment variable names whose values are secrets (a superset of genbatch.launch's list: the
-# alert webhook URL carries its own token).
-SECRET_NAME_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS_JSON", "API_KEY", "PRIVATE_KEY",
-                     "WEBHOOK", "FERNET", "SQL_ALCHEMY_CONN")
+# Environment variable names whose values are secrets: the names genbatch.launch keeps from the
+# worker, and more (the alert webhook URL carries its own token).
+SECRET_NAME_WORDS = (*SECRET_WORDS, "PRIVATE_KEY", "WEBHOOK", "FERNET", "SQL_ALCHEMY_CONN")
 MIN_SECRET_LEN = 6  # shorter values ("1", "true") would blank out ordinary words
 REDACTED = "***"
 _HANDLER_FLAG = "_genbatch_handler"

@@ -348,7 +348,7 @@ def supports_own_loop(model: Any) -> str:
     if getattr(model.config, "is_encoder_decoder", False):
         return ""
     params = inspect.signature(model.forward).parameters
-    name = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+    name = _cache_name(params)
     if not name or not {"position_ids", "attention_mask", "logits_to_keep"} <= set(params):
         return ""
     try:
@@ -361,13 +361,17 @@ def supports_own_loop(model: Any) -> str:
     return "" if extra else name
 
 
+def _cache_name(params: Any) -> str:
+    """The parameter the KV cache goes in (``cache`` in transformers 5.2x, ``past_key_values`` before)."""
+    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+
+
 @functools.cache
 def _cache_param(fn: Any) -> str:
-    """The name ``fn`` takes the KV cache under (``cache`` in transformers 5.2x, ``past_key_values`` before)."""
+    """:func:`_cache_name` of a function's signature (functions only: a cached bound method would pin its model)."""
     import inspect
 
-    params = inspect.signature(fn).parameters
-    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else ""
+    return _cache_name(inspect.signature(fn).parameters)
 
 
 def last_layer_shortcut_fits(model: Any) -> bool:

@@ -404,7 +404,6 @@ def _run_attempt(attempt: AttemptRecorder, state: RunState, shard: int, rank: in
                  done: Positions, next_parts: dict[int, int], runner: Any, candidate_runner: Any) -> dict[str, Any]:
     layout = state.layout
     with attempt:
-        load_s = 0.0
         t0 = time.perf_counter()
         if runner is None:
             runner = _load(state, device)
