@@ -87,7 +87,10 @@ def preflight_uri(layout: RunLayout) -> str:
 
 
 def _round(value: float | None, digits: int = 9) -> float | None:
-    return None if value is None else round(value, digits)
+    """``digits`` significant digits: a short run costs well under a micro-dollar, so a fixed
+    number of decimals would keep only a digit or two of it (and totals summed from rounded
+    shards would drift from the run's own figures)."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 # --- prices ----------------------------------------------------------------------------------------
