@@ -24,7 +24,7 @@ run: setup
 
 # The same run, publishing to gs:// on a local fake-gcs-server (no cloud needed).
 run-gcs: setup
-	$(PY) -m genbatch.gcs_run examples/catalog/spec.yaml
+	$(PY) -m devstack.gcs_run examples/catalog/spec.yaml
 
 test: setup
 	$(PY) -m pytest -q
@@ -47,7 +47,7 @@ clean:
 # `make airflow-down` stops everything it started. See docs/operations.md.
 .PHONY: airflow airflow-down
 airflow: setup
-	$(PY) -m genbatch.airflow_stack up
+	$(PY) -m devstack.airflow_stack up
 
 airflow-down:
-	$(PY) -m genbatch.airflow_stack down
+	$(PY) -m devstack.airflow_stack down

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from beam_jobs.records import LptState
-from genbatch import storage
+from genbatch.io import storage
 
 BASE_FIELDS = [("index", "<i8"), ("id_hi", "<u8"), ("id_lo", "<u8"), ("tokens", "<i4"), ("cost", "<f8"), ("drop", "u1")]
 CONTENT_FIELDS = [("c_hi", "<u8"), ("c_lo", "<u8")]

@@ -68,12 +68,12 @@ from beam_jobs.records import (
     to_item,
 )
 from beam_jobs.sorted_files import SPILL_BYTES, SpillSortedRuns, delete_prefix, merge_runs, write_empty
-from genbatch import storage
 from genbatch.errors import GenbatchError
-from genbatch.items import estimate_prompt_tokens
-from genbatch.layout import RunLayout, shard_name
-from genbatch.run_state import load_run_state
-from genbatch.validation import InputSchemaError
+from genbatch.io import storage
+from genbatch.quality.expectations import InputSchemaError
+from genbatch.run.items import estimate_prompt_tokens
+from genbatch.run.layout import RunLayout, shard_name
+from genbatch.run.state import load_run_state
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def commit_input(layout: RunLayout, raw: RawInput, summaries: list[dict[str, Any
     """``--input``: write ``validation/input.json`` and stop the run on the input-level failures that
     ``validate_input`` stops on (row bounds, nothing readable, too many rejects)."""
     report = {"run_id": raw.run_id, **raw_input.input_report(raw.pattern, summaries), "failure": None,
-              "validated_by": "beam_jobs.preprocess --input (genbatch.validation row rules, batches of "
+              "validated_by": "beam_jobs.preprocess --input (genbatch.quality.expectations row rules, batches of "
                               f"{raw_input.VALIDATE_ROWS} rows)"}
     rows, rejected = report["rows"]["input"], report["rows"]["rejected"]
     if not raw.min_rows <= rows <= (raw.max_rows or rows):

@@ -11,9 +11,9 @@ How it stays deterministic and flat in memory:
    place in that order, so the global row index (rank order, then row order inside the file) does
    not depend on the runner.
 2. *Ingest* (one file per element, streamed): rows are read with the parsers of
-   :mod:`genbatch.input_rows` (broken JSON, ragged CSV, bad UTF-8... become ``parse_error`` rows,
+   :mod:`genbatch.io.input_rows` (broken JSON, ragged CSV, bad UTF-8... become ``parse_error`` rows,
    never a crash) and judged in batches of :data:`VALIDATE_ROWS` by
-   :func:`genbatch.validation.validate_rows` (the GX suite of the ``validate_input`` stage: the
+   :func:`genbatch.quality.expectations.validate_rows` (the GX suite of the ``validate_input`` stage: the
    same rules, the same reasons). Each row becomes one line of a per-file temp object,
    ``{"local": i, "row": ...}`` or ``{"local": i, "reject": ...}``; the step emits only a small
    summary per file (rows, rejects by rule).
@@ -42,9 +42,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.records import index_sort_key, keyed_line
-from genbatch import storage
 from genbatch.errors import ShardInputError
-from genbatch.input_rows import (
+from genbatch.io import storage
+from genbatch.io.input_rows import (
     _BOM,
     RawRow,
     _parquet_fixers,
@@ -54,7 +54,7 @@ from genbatch.input_rows import (
     detect_format,
     iter_csv_lines,
 )
-from genbatch.validation import InputSchemaError, ValidationOutcome, validate_rows
+from genbatch.quality.expectations import InputSchemaError, ValidationOutcome, validate_rows
 
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet")
 VALIDATE_ROWS = 4096
@@ -103,7 +103,7 @@ def ingest_uri(tmp_dir: str, rank: int) -> str:
     return storage.join(tmp_dir, "ingest", f"file-{rank:06d}.jsonl")
 
 
-# --- reading one file as RawRows (the parsers of genbatch.input_rows, over a stream) ----------
+# --- reading one file as RawRows (the parsers of genbatch.io.input_rows, over a stream) ----------
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:

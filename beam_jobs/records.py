@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from genbatch.items import derive_seed, estimate_cost, estimate_prompt_tokens
+from genbatch.run.items import derive_seed, estimate_cost, estimate_prompt_tokens
 
 _SPACE = re.compile(r"[^\S\n]+")
 CONTRACT_FIELDS = ("id", "prompt", "negative_prompt", "seed", "params")
@@ -75,7 +75,7 @@ def item_seed(row: dict[str, Any], settings: PlanSettings) -> int:
 
 
 def item_cost(settings: PlanSettings, tokens: int, params: dict[str, Any]) -> float:
-    """Cost of one item with its per-item overrides (see :func:`genbatch.items.estimate_cost`)."""
+    """Cost of one item with its per-item overrides (see :func:`genbatch.run.items.estimate_cost`)."""
     return estimate_cost(
         settings.task,
         prompt_tokens=tokens,

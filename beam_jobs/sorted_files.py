@@ -6,7 +6,7 @@
    ``(destination, run URI)`` pairs, so no worker ever holds a whole destination.
 2. :func:`merge_runs` (after a GroupByKey on the destination, whose values are run URIs)
    streams a k-way ``heapq.merge`` of the runs into a local temp file and publishes it with
-   :func:`genbatch.storage.upload_file`: create-only, an identical existing object is success.
+   :func:`genbatch.io.storage.upload_file`: create-only, an identical existing object is success.
 
 A keyed line is ``sort_key + "\\t" + JSON``; the whole line is the sort order, so the output is
 a pure function of the *set* of lines: byte-identical whatever the runner, the bundling or the
@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs.records import KEY_SEPARATOR
-from genbatch import storage
+from genbatch.io import storage
 
 SPILL_BYTES = 8 * 1024 * 1024
 """Characters buffered per bundle before a spill (all destinations together)."""

@@ -1,7 +1,7 @@
 """Count prompt tokens with the pinned model's own tokenizer, without importing ``models``.
 
 The tokenizer files (and ``config.json``) of the run's pinned registry version are fetched
-through :mod:`genbatch.storage`, each checked against the sha256 in the version's
+through :mod:`genbatch.io.storage`, each checked against the sha256 in the version's
 ``card.json`` (the same integrity rule as the worker's ``fetch_verified``), into a local
 temp dir, and loaded with ``transformers.AutoTokenizer`` (``local_files_only=True``,
 ``trust_remote_code=False``). Only tokenizer/config files are fetched: never weights.
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from genbatch import storage
 from genbatch.errors import ModelIntegrityError
+from genbatch.io import storage
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ direct    no orchestrator: a child process calls, in DAG order, exactly the func
           lazy imports, as the operators import inside ``execute``. This is the in-task compute.
 embedded  ``dag.test()`` on a fresh SQLite home in a child process (what ``genbatch run`` does);
           trigger = just before the DAG file is parsed, success = ``dag.test`` returns.
-stack     the real local Airflow (``genbatch.airflow_stack.running_stack``, the integration tests'
+stack     the real local Airflow (``devstack.airflow_stack.running_stack``, the integration tests'
           helper: PostgreSQL + api-server + scheduler + dag-processor + triggerer, LocalExecutor),
           started once for all repetitions and stopped at the end; trigger = the REST POST,
           success = the first poll (every 0.25 s) that sees ``state == success``.
@@ -254,8 +254,8 @@ def table(summary: Mapping[str, Any]) -> str:
 
 def make_spec(work: Path, rows: int, shards: int, run_id: str) -> dict[str, Any]:
     """The catalog example's spec on the first ``rows`` rows, ``shards`` shards, outputs under ``work``."""
-    from genbatch.airflow_stack import REGISTRY
-    from genbatch.spec import load_spec
+    from devstack.airflow_stack import REGISTRY
+    from genbatch.run.spec import load_spec
 
     data = load_spec(EXAMPLE_SPEC).to_json_dict()
     items = work / "data" / "items.jsonl"
@@ -274,15 +274,15 @@ def make_spec(work: Path, rows: int, shards: int, run_id: str) -> dict[str, Any]
 
 
 def allowed_prefixes(work: Path) -> str:
-    from genbatch.airflow_stack import REGISTRY
+    from devstack.airflow_stack import REGISTRY
 
     return ",".join(str(p) for p in (work, REPO / "examples", REGISTRY))
 
 
 def worker_timings(run_dir: str, shards: int) -> dict[str, dict[str, float]]:
     """Each shard manifest's ``timings`` (model_load_s, compute_s, wall_s), keyed generate_local[k]."""
-    from genbatch import storage
-    from genbatch.layout import RunLayout
+    from genbatch.io import storage
+    from genbatch.run.layout import RunLayout
 
     layout = RunLayout(run_dir)
     return {f"{GENERATE}[{k}]": dict(storage.read_json(layout.shard_manifest(k))["timings"]) for k in range(shards)}
@@ -303,12 +303,12 @@ def _direct(spec: dict[str, Any], out: Path) -> None:
 
     trigger = time.perf_counter()
     with timed("prepare_run"):
-        from genbatch.stages import prepare_run
+        from genbatch.stages.prepare import prepare_run
         from models.registry import resolve_for_spec
 
         run_dir = prepare_run(spec, spec["run_id"], resolve_model=resolve_for_spec)
     with timed("validate_input"):
-        from genbatch.stages import validate_input
+        from genbatch.stages.validate import validate_input
 
         validate_input(run_dir)
     with timed("preprocess"):
@@ -316,24 +316,24 @@ def _direct(spec: dict[str, Any], out: Path) -> None:
 
         shards = [s["shard"] for s in run(["--run-dir", run_dir])["shards"]]
     with timed("cost_check"):
-        from genbatch.stages import check_cost_ceiling
+        from genbatch.stages.cost_check import check_cost_ceiling
 
         check_cost_ceiling(run_dir)
     with timed("choose_backend"):
-        from genbatch.run_state import load_run_state
+        from genbatch.run.state import load_run_state
 
         load_run_state(run_dir).spec.execution.backend  # noqa: B018 - what the branch reads
     for shard in shards:
         with timed(f"{GENERATE}[{shard}]"):
-            from genbatch.launch import run_worker_process
+            from genbatch.stages.generate import run_worker_process
 
             run_worker_process(run_dir, shard)
     with timed("quality_gate"):
-        from genbatch.quality import quality_gate
+        from genbatch.stages.quality import quality_gate
 
         quality_gate(run_dir)
     with timed("publish"):
-        from genbatch.manifest import publish
+        from genbatch.stages.publish import publish
 
         publish(run_dir)
     with timed("canary_verdict"):
@@ -344,7 +344,7 @@ def _direct(spec: dict[str, Any], out: Path) -> None:
 
 def _embedded(spec: dict[str, Any], home: Path, out: Path) -> None:
     """The embedded leg: ``dag.test()`` on a SQLite home, as ``genbatch run`` does."""
-    from genbatch import embedded
+    from genbatch.cli import embedded
 
     embedded.configure(home)
     embedded.ensure_db(home)
@@ -362,7 +362,7 @@ def _embedded(spec: dict[str, Any], home: Path, out: Path) -> None:
                                  to_epoch(ti.start_date), to_epoch(ti.end_date), to_epoch(ti.queued_dttm)))
                for ti in dr.get_task_instances()]
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
-    from genbatch.layout import RunLayout
+    from genbatch.run.layout import RunLayout
 
     run_dir = RunLayout.for_run(spec["output"]["uri"], spec["run_id"]).root
     state = str(getattr(dr.state, "value", dr.state))
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack_ctx:
             client: StackClient | None = None
             if "stack" in modes:
-                from genbatch.airflow_stack import api_token, running_stack
+                from devstack.airflow_stack import api_token, running_stack
 
                 t0 = time.monotonic()
                 say("starting the local Airflow stack (PostgreSQL + 4 components; a minute or two)")
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                         result = client.run(spec)
                         upstream = extra["stack_upstream"]
                         if result["state"] == "success":
-                            from genbatch.layout import RunLayout
+                            from genbatch.run.layout import RunLayout
 
                             run_dir = RunLayout.for_run(spec["output"]["uri"], spec["run_id"]).root
                             result["workers"] = worker_timings(run_dir, args.shards)

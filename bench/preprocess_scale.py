@@ -58,9 +58,9 @@ def write_accepted(path: Path, rows: int, seed: int = 7) -> None:
 
 
 def prepare(root: Path, rows: int, shards: int, registry: str) -> str:
-    from genbatch.layout import RunLayout
-    from genbatch.run_state import RunState, write_run_state
-    from genbatch.spec import parse_spec
+    from genbatch.run.layout import RunLayout
+    from genbatch.run.spec import parse_spec
+    from genbatch.run.state import RunState, write_run_state
     from models.registry import resolve
 
     spec = parse_spec({

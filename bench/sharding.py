@@ -4,7 +4,7 @@
 
 Items get prompt lengths from a Pareto distribution (alpha 1.2, the heavy tail of real catalogs:
 most prompts short, a few very long) and per-item ``max_new_tokens`` of 16/48/128; the cost is
-``genbatch.items.estimate_cost`` (prompt tokens + max_new_tokens). Each plan is scored by its
+``genbatch.run.items.estimate_cost`` (prompt tokens + max_new_tokens). Each plan is scored by its
 makespan, the cost of the most loaded shard (an exact proxy of the wall time of the slowest
 generate task), as ratios:
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from beam_jobs import plan as planning
 from beam_jobs.records import id_digest
-from genbatch.items import estimate_cost
+from genbatch.run.items import estimate_cost
 
 TARGET_VS_MEAN = 1.05
 Item = tuple[str, float]

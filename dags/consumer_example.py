@@ -2,7 +2,7 @@
 
 The pattern for downstream teams: schedule on the published Asset, take the run dir from the
 triggering event's ``extra`` (set by batch_generation's publish task), and read only through
-``genbatch.outputs.read``, which waits for ``_SUCCESS`` and checks every part's checksum.
+``genbatch.run.outputs.read``, which waits for ``_SUCCESS`` and checks every part's checksum.
 Thin: nothing is imported from genbatch at parse time.
 """
 
@@ -32,7 +32,7 @@ with DAG(
     @task
     def count_records(**context: Any) -> dict[str, Any]:
         """Read the published run named by the triggering Asset event; return a small summary."""
-        from genbatch.outputs import read
+        from genbatch.run.outputs import read
 
         events = context["triggering_asset_events"][PUBLISHED]
         if not events:

@@ -1,7 +1,7 @@
 """retention: daily, delete run data past the retention policy and record what was deleted.
 
 The policy is deployment configuration (``GENBATCH_RETENTION``: a YAML file path/URI or inline YAML with
-``roots``, ``inputs_days``, ``rejects_days``, ``outputs_days``); see genbatch.retention and
+``roots``, ``inputs_days``, ``rejects_days``, ``outputs_days``); see genbatch.ops.retention and
 docs/operations-team.md. One mapped task per root; "now" is the DAG run's data interval end, so a retry
 applies the same cut-off. Thin: nothing is imported from genbatch at parse time.
 """
@@ -29,7 +29,7 @@ with DAG(
     @task
     def retention_roots() -> list[str]:
         """The roots named by the policy (fails with the fix when no policy is configured)."""
-        from genbatch.retention import load_policy
+        from genbatch.ops.retention import load_policy
 
         roots = load_policy().roots
         if not roots:
@@ -39,7 +39,7 @@ with DAG(
     @task
     def apply_retention(root: str, **context: Any) -> dict[str, Any]:
         """Apply the policy under one root; returns a small summary (the record's URI and counts)."""
-        from genbatch.retention import apply, load_policy
+        from genbatch.ops.retention import apply, load_policy
 
         now = context.get("data_interval_end") or context.get("logical_date")
         record = apply(root, load_policy(), now)

@@ -1,3 +1,3 @@
-from genbatch.cli import main
+from genbatch.cli.commands import main
 
 raise SystemExit(main())

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, push_to_gateway
 
-from genbatch import storage
+from genbatch.io import storage
 
 log = logging.getLogger(__name__)
 

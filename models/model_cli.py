@@ -28,7 +28,7 @@ def _print(value: Any) -> None:
 
 def _embedded(dag_id: str, conf: dict[str, Any], result_task: str) -> int:
     """Run a DAG with dag.test() on the embedded SQLite Airflow and print its result."""
-    from genbatch import embedded
+    from genbatch.cli import embedded
 
     embedded.configure(embedded.STATE_DIR / "airflow")
     embedded.ensure_db(embedded.STATE_DIR / "airflow")

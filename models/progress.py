@@ -36,7 +36,7 @@ class Progress:
             log.info("%s", self.line(now), extra=self.fields(now))
 
     def fields(self, now: float | None = None) -> dict[str, float | int | None]:
-        """The same figures as structured fields (JSON logs, see genbatch.logs)."""
+        """The same figures as structured fields (JSON logs, see genbatch.ops.logs)."""
         elapsed = max((now or time.monotonic()) - self.start, 1e-9)
         return {"items_done": self.done, "items_total": self.total, "items_per_s": round(self.done / elapsed, 3),
                 f"{self.unit}_per_s": round(self.units / elapsed, 3)}

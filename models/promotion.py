@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from genbatch import storage
 from genbatch.errors import SpecError
-from genbatch.stats import bootstrap_diff
+from genbatch.io import storage
+from genbatch.quality.stats import bootstrap_diff
 from models import registry as reg
 
 POLICY = "policy.json"

@@ -17,10 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from genbatch import storage
 from genbatch.errors import GenbatchError, ModelIntegrityError, SpecError
-from genbatch.model_ref import ModelVersion
-from genbatch.storage import sha256_file
+from genbatch.io import storage
+from genbatch.io.storage import sha256_file
+from genbatch.run.model_ref import ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from genbatch import logs, storage
 from genbatch.errors import GenbatchError, ShardInputError, StorageError
-from genbatch.items import ITEM_FIELDS, canary_arm
-from genbatch.layout import RunLayout
-from genbatch.model_ref import ModelVersion
-from genbatch.records import jsonl_bytes
-from genbatch.run_state import RunState, load_run_state
+from genbatch.io import storage
+from genbatch.ops import logs
+from genbatch.run.items import ITEM_FIELDS, canary_arm
+from genbatch.run.layout import RunLayout
+from genbatch.run.model_ref import ModelVersion
+from genbatch.run.records import jsonl_bytes
+from genbatch.run.state import RunState, load_run_state
 from models.attempts import AttemptRecorder, NoRecord
 from models.batching import windows
 from models.metrics import WorkerMetrics
@@ -420,7 +421,7 @@ def _run_attempt(attempt: AttemptRecorder, state: RunState, shard: int, rank: in
 
 
 def _child(run_dir: str, shard: int, rank: int, world: int, device: str, results: Any) -> None:
-    from genbatch.launch import die_with_parent
+    from genbatch.stages.generate import die_with_parent
 
     die_with_parent()  # a killed worker leaves no device process generating on its own
     STOP.install()

@@ -1,9 +1,9 @@
-"""The DAGs' ``on_failure_callback``: post a failed task to the alert webhook (genbatch.alerts).
+"""The DAGs' ``on_failure_callback``: post a failed task to the alert webhook (genbatch.ops.alerts).
 
 Set the webhook as the Airflow Variable ``GENBATCH_ALERT_WEBHOOK`` (UI, CLI, a secrets backend,
 or the environment variable ``AIRFLOW_VAR_GENBATCH_ALERT_WEBHOOK``). It is deliberately not a
 ``GENBATCH_*`` environment variable: those are passed on to the worker processes and pods
-(genbatch.launch), and a webhook URL carries its own token. Without it the callback does nothing.
+(genbatch.stages.generate), and a webhook URL carries its own token. Without it the callback does nothing.
 
 Airflow calls this only when a task has failed for good (not on a failure that will be retried).
 It never raises: whatever goes wrong is logged as one warning line without the URL.
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def _webhook_url() -> str | None:
     from airflow.sdk import Variable
 
-    from genbatch.alerts import WEBHOOK_VARIABLE
+    from genbatch.ops.alerts import WEBHOOK_VARIABLE
 
     url = str(Variable.get(WEBHOOK_VARIABLE, default=None) or "").strip()
     return url or None
@@ -35,7 +35,7 @@ def notify_failure(context: Any) -> None:
         from airflow.sdk._shared.secrets_masker import redact
         from airflow.sdk.log import mask_secret
 
-        from genbatch.alerts import FailureAlert, send, summarise_exception
+        from genbatch.ops.alerts import FailureAlert, send, summarise_exception
 
         mask_secret(url, name="alert_webhook")  # the URL is a credential: keep it out of task logs
         ti = context["ti"]

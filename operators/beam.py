@@ -78,8 +78,8 @@ class PlanShardsOperator(BaseOperator):
         self.run_dir = run_dir
 
     def execute(self, context: Any) -> list[int]:
-        from genbatch import storage
-        from genbatch.layout import RunLayout
+        from genbatch.io import storage
+        from genbatch.run.layout import RunLayout
 
         plan = storage.read_json(RunLayout(self.run_dir).shard_plan)
         return [int(s["shard"]) for s in plan["shards"]]

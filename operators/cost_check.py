@@ -21,8 +21,8 @@ class CostCheckOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from genbatch.cost import CostCeilingExceeded
-        from genbatch.stages import check_cost_ceiling
+        from genbatch.plan.cost import CostCeilingExceeded
+        from genbatch.stages.cost_check import check_cost_ceiling
 
         try:
             return check_cost_ceiling(self.run_dir)

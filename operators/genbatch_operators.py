@@ -12,7 +12,7 @@ class PrepareRunOperator(BaseOperator):
     """Validate the params as a RunSpec, pin the model version, write spec.json; returns the run dir."""
 
     def execute(self, context: Any) -> str:
-        from genbatch.stages import prepare_run
+        from genbatch.stages.prepare import prepare_run
         from models.registry import resolve_for_spec
 
         dag_run = context.get("dag_run")
@@ -33,7 +33,7 @@ class ValidateInputOperator(_RunDirOperator):
     """Great Expectations input suite; bad rows go to rejects/ with their rule."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from genbatch.stages import validate_input
+        from genbatch.stages.validate import validate_input
 
         return validate_input(self.run_dir)
 
@@ -58,7 +58,7 @@ class QualityGateOperator(_RunDirOperator):
     """Metrics + gates; fails the task (QualityGateFailed) when a gate misses."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from genbatch.quality import quality_gate
+        from genbatch.stages.quality import quality_gate
 
         summary = quality_gate(self.run_dir)
         return {"passed": summary["passed"], "metrics": summary["metrics"]}
@@ -68,12 +68,12 @@ class PublishOperator(_RunDirOperator):
     """manifest.json then _SUCCESS; returns the manifest URI.
 
     Each outlet Asset event carries ``extra={"run_dir", "manifest", "run_id"}`` so a consumer DAG
-    scheduled on the Asset knows which run to read (``genbatch.outputs.read(extra["run_dir"])``).
+    scheduled on the Asset knows which run to read (``genbatch.run.outputs.read(extra["run_dir"])``).
     """
 
     def execute(self, context: Any) -> str:
-        from genbatch.layout import RunLayout
-        from genbatch.manifest import publish
+        from genbatch.run.layout import RunLayout
+        from genbatch.stages.publish import publish
 
         manifest = publish(self.run_dir)
         uri = RunLayout(self.run_dir).manifest
@@ -88,9 +88,9 @@ class CanaryVerdictOperator(_RunDirOperator):
     a failing one removes the candidate alias; either way the verdict goes to the model's audit log."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from genbatch import storage
-        from genbatch.canary import canary_path
-        from genbatch.run_state import load_run_state
+        from genbatch.io import storage
+        from genbatch.quality.canary import canary_path
+        from genbatch.run.state import load_run_state
         from models.registry import audit, promote, update_aliases
 
         state = load_run_state(self.run_dir)

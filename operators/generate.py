@@ -1,7 +1,7 @@
 """The generate stage: one mapped task per shard, on local processes or one pod per shard.
 
 The backend is chosen at run time from the spec (``execution.backend``) by a branch task;
-both backends run the same worker command (``genbatch.launch.worker_command``).
+both backends run the same worker command (``genbatch.stages.generate.worker_command``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ChooseBackendOperator(BaseBranchOperator):
         self.run_dir = run_dir
 
     def choose_branch(self, context: Any) -> str:
-        from genbatch.run_state import load_run_state
+        from genbatch.run.state import load_run_state
 
         backend = load_run_state(self.run_dir).spec.execution.backend
         return KUBERNETES_TASK if backend == "kubernetes" else LOCAL_TASK
@@ -47,7 +47,7 @@ class LocalShardOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from genbatch.launch import WorkerFailed, run_worker_process
+        from genbatch.stages.generate import WorkerFailed, run_worker_process
 
         try:
             return run_worker_process(self.run_dir, int(self.shard))
@@ -78,7 +78,7 @@ class GenbatchPodOperator(KubernetesPodOperator):
         self.shard = shard
 
     def apply_spec(self) -> None:
-        from genbatch.run_state import load_run_state
+        from genbatch.run.state import load_run_state
         from operators.pod_spec import pod_settings
 
         for name, value in pod_settings(load_run_state(self.run_dir), int(self.shard)).items():

@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from genbatch.spec import json_schema
+from genbatch.run.spec import json_schema
 
 # The form's defaults: the example catalog run. Everything else defaults from the schema.
 FORM_DEFAULTS: dict[str, Any] = {

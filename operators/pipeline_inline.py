@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from genbatch import storage
+from genbatch.io import storage
 
 
 def run_pipeline_inline(spec_data: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -18,9 +18,10 @@ def run_pipeline_inline(spec_data: dict[str, Any], run_id: str) -> dict[str, Any
     import pyarrow.parquet as pq
 
     from beam_jobs.preprocess import run as preprocess
-    from genbatch.quality import evaluate
-    from genbatch.run_state import load_run_state
-    from genbatch.stages import prepare_run, validate_input
+    from genbatch.run.state import load_run_state
+    from genbatch.stages.prepare import prepare_run
+    from genbatch.stages.quality import evaluate
+    from genbatch.stages.validate import validate_input
     from models.registry import resolve_for_spec
     from models.worker import run_shard
 

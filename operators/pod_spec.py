@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from genbatch.launch import worker_command
-from genbatch.run_state import RunState
+from genbatch.run.state import RunState
+from genbatch.stages.generate import worker_command
 
 XCOM_RETURN = "/airflow/xcom/return.json"
 MODEL_CACHE = "/var/cache/genbatch"
@@ -49,7 +49,7 @@ def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
            k8s.V1EnvVar(name="HOME", value="/tmp"),
            k8s.V1EnvVar(name="GENBATCH_MODEL_CACHE", value=MODEL_CACHE),
            k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
-           k8s.V1EnvVar(name="GENBATCH_LOG_FORMAT", value="json")]  # one JSON object per line (genbatch.logs)
+           k8s.V1EnvVar(name="GENBATCH_LOG_FORMAT", value="json")]  # one JSON object per line (genbatch.ops.logs)
     for name, ref in sorted(ex.secret_env.items()):
         secret, key = ref.split("/", 1)
         env.append(k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(

@@ -45,8 +45,8 @@ class EvaluateVersionOperator(BaseOperator):
         self.versions = versions
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from genbatch import storage
-        from genbatch.spec import sanitize_run_id
+        from genbatch.io import storage
+        from genbatch.run.spec import sanitize_run_id
         from models.promotion import Policy
         from models.registry import model_root
         from operators.pipeline_inline import run_pipeline_inline

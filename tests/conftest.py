@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from genbatch import storage
-from genbatch.gcs_emulator import EmulatorUnavailable, GcsEmulator
+from devstack.gcs_emulator import EmulatorUnavailable, GcsEmulator
+from genbatch.io import storage
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from genbatch.layout import RunLayout
-from genbatch.model_ref import ModelVersion
-from genbatch.run_state import RunState, write_run_state
-from genbatch.spec import parse_spec
+from genbatch.run.layout import RunLayout
+from genbatch.run.model_ref import ModelVersion
+from genbatch.run.spec import parse_spec
+from genbatch.run.state import RunState, write_run_state
 
 
 def prepared_run(root: str, *, task: str = "text", num_shards: int = 1, model: ModelVersion | None = None,

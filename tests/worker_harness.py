@@ -3,10 +3,10 @@
 Shared by tests/integration/test_worker_resume.py and test_worker_memory.py. Nothing here
 starts Airflow or the preprocess stage: the run dir is what the prepare stage would leave
 (spec.json + shard files), plus a minimal ``validation/input.json`` so that
-``genbatch.reconcile.reconcile`` can be run on it.
+``genbatch.run.reconcile.reconcile`` can be run on it.
 
 Run as a module (``python -m tests.worker_harness worker --run-dir ... --shard K``) it is the
-real CLI (``genbatch.cli.main``) with one passive probe: when ``GENBATCH_TEST_BATCH_LOG`` is
+real CLI (``genbatch.cli.commands.main``) with one passive probe: when ``GENBATCH_TEST_BATCH_LOG`` is
 set, every ``run_batch`` call on the real runner appends the ids it was handed to that file
 (one ``os.write`` on an O_APPEND fd per call, so a line is either whole or absent after
 SIGKILL). It changes no behaviour; it lets a kill test count the generation work that a
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.model_ref import ModelVersion
-from genbatch.run_state import RunState, write_run_state
-from genbatch.spec import parse_spec
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.model_ref import ModelVersion
+from genbatch.run.spec import parse_spec
+from genbatch.run.state import RunState, write_run_state
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "examples" / "catalog" / "items.jsonl"
@@ -87,7 +87,7 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")  # genbatch.layout output_part/error_part
+PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")  # genbatch.run.layout output_part/error_part
 METRICS_RE = re.compile(r"^metrics-r\d+\.prom$")
 
 
@@ -191,7 +191,7 @@ def probed_worker_cmd(run_dir: str, shard: int = 0) -> list[str]:
 
 def _probe_main(argv: list[str]) -> int:
     import models.worker
-    from genbatch.cli import main
+    from genbatch.cli.commands import main
 
     log_path = os.environ.get(BATCH_LOG_ENV)
     if log_path:
@@ -206,8 +206,8 @@ def _probe_main(argv: list[str]) -> int:
 
 
 def attempt_records(layout: RunLayout, shard: int = 0) -> list[Any]:
-    """The worker's own per-attempt records of a shard (``models.attempts.summarise``), oldest first."""
-    from models.attempts import summarise
+    """The worker's own per-attempt records of a shard (``genbatch.run.attempts.summarise``), oldest first."""
+    from genbatch.run.attempts import summarise
 
     listing = [uri[len(layout.root):].lstrip("/") for uri in storage.list_uris(layout.root)]
     return [a for a in summarise(layout.root, listing, shard + 1) if a.shard == shard]
@@ -245,7 +245,7 @@ def run_to_completion(cmd: list[str], env: dict[str, str], timeout: float) -> su
 
 
 def launcher_cmd(run_dir: str, shard: int = 0) -> list[str]:
-    """The local backend's launcher (``genbatch.launch.run_worker_process``, what the Airflow task
+    """The local backend's launcher (``genbatch.stages.generate.run_worker_process``, what the Airflow task
     calls) as its own process, starting the worker through the probe."""
     return [sys.executable, "-m", "tests.worker_harness", "launch", "--run-dir", run_dir, "--shard", str(shard)]
 
@@ -254,15 +254,15 @@ def _launch_main(argv: list[str]) -> int:
     import argparse
     import logging
 
-    import genbatch.launch
-    from genbatch.launch import WorkerFailed, run_worker_process
+    import genbatch.stages.generate
+    from genbatch.stages.generate import WorkerFailed, run_worker_process
 
     parser = argparse.ArgumentParser(prog="worker_harness launch")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--shard", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    genbatch.launch.WORKER_MODULE = "tests.worker_harness"  # the real CLI plus the passive probe
+    genbatch.stages.generate.WORKER_MODULE = "tests.worker_harness"  # the real CLI plus the passive probe
     try:
         print(json.dumps(run_worker_process(args.run_dir, args.shard)), flush=True)
     except WorkerFailed as exc:

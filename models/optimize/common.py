@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genbatch.errors import ModelIntegrityError
-from genbatch.storage import sha256_file
+from genbatch.io.storage import sha256_file
 from models.registry import refuse_pickle
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from genbatch import storage
+from genbatch.io import storage
 from models.promotion import write_policy
 from models.registry import list_versions, model_root, register_version, set_alias
 

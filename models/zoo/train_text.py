@@ -46,7 +46,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from genbatch.storage import sha256_file  # noqa: E402
+from genbatch.io.storage import sha256_file  # noqa: E402
 from models.zoo import CATALOG_COPY_DIR  # noqa: E402
 from models.zoo.catalog_corpus import (  # noqa: E402
     as_attributes,

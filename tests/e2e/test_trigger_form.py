@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from genbatch.airflow_stack import REGISTRY, REPO_ROOT, Stack, api_token, running_stack
+from devstack.airflow_stack import REGISTRY, REPO_ROOT, Stack, api_token, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.airflow]
 
@@ -109,7 +109,7 @@ def test_operator_triggers_from_the_form_and_sees_success(stack: Stack, page: An
     dialog.locator(".monaco-editor").first.wait_for()
     # The form shows the Params with the RunSpec's defaults and enums.
     assert _editor_json(_editor(dialog, "model")) == {"name": "catalog-copy", "alias": "production"}
-    from genbatch.spec import ShardingSpec
+    from genbatch.run.spec import ShardingSpec
 
     assert _editor_json(_editor(dialog, "sharding")) == ShardingSpec().model_dump(mode="json")
     assert _editor_json(_editor(dialog, "sharding"))["num_shards"] == 4

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.outputs import RunNotPublishedError, read
-from genbatch.run_state import load_run_state
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.outputs import RunNotPublishedError, read
+from genbatch.run.state import load_run_state
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "examples" / "catalog" / "items.jsonl"
@@ -66,7 +66,8 @@ def text_spec(input_uri: str, output_uri: str, registry: str, *, run_id: str, nu
 def prepare(spec: dict[str, Any]) -> str:
     """prepare_run → validate_input → Beam preprocess; returns the run dir."""
     from beam_jobs.preprocess import run as preprocess
-    from genbatch.stages import prepare_run, validate_input
+    from genbatch.stages.prepare import prepare_run
+    from genbatch.stages.validate import validate_input
     from models.registry import resolve_for_spec
 
     run_dir = prepare_run(spec, spec["run_id"], resolve_model=resolve_for_spec)
@@ -77,8 +78,8 @@ def prepare(spec: dict[str, Any]) -> str:
 
 def finish(run_dir: str, runner: Any) -> dict[str, Any]:
     """Generate every shard (in-process), then the quality gate and publish."""
-    from genbatch.manifest import publish
-    from genbatch.quality import quality_gate
+    from genbatch.stages.publish import publish
+    from genbatch.stages.quality import quality_gate
     from models.worker import run_shard
 
     state = load_run_state(run_dir)
@@ -150,7 +151,7 @@ class EchoRunner:
 
 
 class Consumer(threading.Thread):
-    """Reads the run through ``genbatch.outputs.read`` in a loop while it is being produced.
+    """Reads the run through ``genbatch.run.outputs.read`` in a loop while it is being produced.
 
     Every read must either find the run unpublished having yielded nothing, or yield exactly
     the final records; anything else is a partial read.

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from genbatch import storage
-from genbatch.gcs_emulator import GcsEmulator
+from devstack.gcs_emulator import GcsEmulator
+from genbatch.io import storage
 from tests.fault_proxy import FaultProxy
 from tests.faults._support import REPEAT_ENV, SEED_ENV
 

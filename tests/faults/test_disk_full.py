@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from genbatch.errors import StorageError
-from genbatch.reconcile import reconcile
+from genbatch.run.reconcile import reconcile
 from models.worker import run_shard
 from tests.faults._support import EchoRunner, Figures, record
 from tests.helpers import prepared_run

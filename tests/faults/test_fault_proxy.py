@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
+from devstack.gcs_emulator import GcsEmulator
 from genbatch.errors import StorageError
-from genbatch.gcs_emulator import GcsEmulator
+from genbatch.io import storage
 from tests.fault_proxy import ClientObserver, FaultProxy, Rule, expected_observation, object_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -5,7 +5,7 @@ finishes it — every shard generated in-process, the quality gate, publish — 
 injects eight faults at random points, one of each kind (429, 500, 503, 408, connection reset,
 stall past the client timeout, response cut short, response lost after the write was applied),
 shuffled over the writes that commit a run: output parts, the errors file and the manifest of a
-shard, ``manifest.json`` and ``_SUCCESS``. A consumer polls ``genbatch.outputs.read`` all along.
+shard, ``manifest.json`` and ``_SUCCESS``. A consumer polls ``genbatch.run.outputs.read`` all along.
 
 Then: nothing lost or doubled (``reconcile``), no partial read, every injected fault observed by
 the client as one failed attempt (injected == observed, per kind), every lost or cut response
@@ -34,9 +34,9 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
 from genbatch.errors import StorageError
-from genbatch.reconcile import reconcile
+from genbatch.io import storage
+from genbatch.run.reconcile import reconcile
 from tests.fault_proxy import ClientObserver, FaultProxy, Rule, expected_observation
 from tests.faults._support import (
     Consumer,

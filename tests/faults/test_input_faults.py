@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.stages import prepare_run, validate_input
-from genbatch.validation import InputSchemaError
+from genbatch.io import storage
+from genbatch.quality.expectations import InputSchemaError
+from genbatch.run.layout import RunLayout
+from genbatch.stages.prepare import prepare_run
+from genbatch.stages.validate import validate_input
 from models.registry import resolve_for_spec
 from tests.faults._support import Figures, record, text_spec
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.outputs import RunNotPublishedError, read
-from genbatch.reconcile import reconcile
-from genbatch.run_state import load_run_state
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.outputs import RunNotPublishedError, read
+from genbatch.run.reconcile import reconcile
+from genbatch.run.state import load_run_state
 from tests.faults._support import (
     Figures,
     catalog_rows,
@@ -50,9 +50,9 @@ STAGES = ("validate", "preprocess", "shard-0", "shard-1", "quality", "publish")
 
 def _stage_fns(run_dir: str, runners: dict[str, Any]) -> dict[str, Callable[[], Any]]:
     from beam_jobs.preprocess import run as preprocess
-    from genbatch.manifest import publish
-    from genbatch.quality import quality_gate
-    from genbatch.stages import validate_input
+    from genbatch.stages.publish import publish
+    from genbatch.stages.quality import quality_gate
+    from genbatch.stages.validate import validate_input
     from models.worker import run_shard
 
     return {
@@ -155,7 +155,7 @@ def _spec(tmp: Path, registry: str, task: str) -> dict[str, Any]:
 def test_interrupted_anywhere_and_resumed_publishes_what_a_clean_run_publishes(
         task: str, tmp_path: Path, zoo_registry: str, faults_repeat: int, faults_seed: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from genbatch.stages import prepare_run
+    from genbatch.stages.prepare import prepare_run
     from models.registry import resolve_for_spec
 
     rng = random.Random(faults_seed + (5 if task == "text" else 6))

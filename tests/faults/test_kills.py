@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from genbatch.reconcile import reconcile
+from genbatch.run.reconcile import reconcile
 from tests.faults._support import Figures, record
 from tests.integration.test_worker_resume import BATCH, _check, _kill_and_resume, _run
 

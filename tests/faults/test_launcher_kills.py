@@ -1,6 +1,6 @@
 """The orchestrating task SIGKILLed while its worker runs, then retried: no orphan, no second worker.
 
-The local backend's launcher (``genbatch.launch.run_worker_process``, what ``GenerateShardOperator``
+The local backend's launcher (``genbatch.stages.generate.run_worker_process``, what ``GenerateShardOperator``
 calls) runs as its own process (``python -m tests.worker_harness launch``, the launcher with the
 worker started through the harness probe). It is SIGKILLed at a random point — while its worker
 imports and loads the model, or mid-shard once the worker committed a random 1-2 more parts plus
@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from genbatch.launch import ENV_LEASE_DIR, _start_ticks, read_lease
-from genbatch.reconcile import reconcile
-from genbatch.run_state import RunState
+from genbatch.run.reconcile import reconcile
+from genbatch.run.state import RunState
+from genbatch.stages.generate import ENV_LEASE_DIR, _start_ticks, read_lease
 from tests.faults._support import Figures, record
 from tests.integration.test_worker_resume import BATCH, N_ITEMS, _committed_count, _run
 from tests.worker_harness import (

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.reconcile import reconcile
-from genbatch.records import iter_jsonl
-from genbatch.stages import prepare_run, validate_input
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.reconcile import reconcile
+from genbatch.run.records import iter_jsonl
+from genbatch.stages.prepare import prepare_run
+from genbatch.stages.validate import validate_input
 from models.registry import resolve_for_spec
 from models.worker import run_shard
 from tests.faults._support import EchoRunner, Figures, catalog_rows, record, text_spec

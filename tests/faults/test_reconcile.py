@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.outputs import RunNotPublishedError, read
-from genbatch.reconcile import CORE_COUNTS, reconcile
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.outputs import RunNotPublishedError, read
+from genbatch.run.reconcile import CORE_COUNTS, reconcile
 from tests.faults._support import EchoRunner, catalog_rows, clone_run, finish, prepare, text_spec, write_input
 from tests.worker_harness import worker_env
 

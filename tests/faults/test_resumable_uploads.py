@@ -1,6 +1,6 @@
 """Faults in resumable uploads: objects over the client's 8 MiB multipart limit.
 
-``genbatch.storage.write_bytes`` (a big part file, a manifest with many entries) and ``upload_file``
+``genbatch.io.storage.write_bytes`` (a big part file, a manifest with many entries) and ``upload_file``
 (weights) hand the official client whatever size they get; above 8 MiB it uses a resumable upload:
 one POST that opens a session, then PUTs of the content to the session URL. Through the proxy each
 repeat injects 2-3 faults at random into one such upload of 9-12 MiB of random bytes: on the POST
@@ -10,7 +10,7 @@ bytes have the sha256 of what was written and so does its metadata, there is exa
 exactly one PUT completed the upload (exactly once), and every injected fault was seen by the
 client as one failed attempt.
 
-Not covered, a limit of the bundled fake-gcs-server (``genbatch/gcs_emulator.py``): it does not
+Not covered, a limit of the bundled fake-gcs-server (``devstack/gcs_emulator.py``): it does not
 enforce ``ifGenerationMatch`` on resumable uploads, and it closes the connection on a PUT to a
 session that has already completed, where GCS answers 200 with the object. So a response lost or
 cut *after* the final PUT was applied cannot be tested here (the emulator makes the client's retry
@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
-from genbatch.gcs_emulator import GcsEmulator
+from devstack.gcs_emulator import GcsEmulator
+from genbatch.io import storage
 from tests.fault_proxy import ClientObserver, FaultProxy, Rule, expected_observation
 from tests.faults._support import Figures, record
 

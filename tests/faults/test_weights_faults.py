@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
 from genbatch.errors import ModelIntegrityError
-from genbatch.reconcile import reconcile
+from genbatch.io import storage
+from genbatch.run.reconcile import reconcile
 from models import registry as reg
 from models import worker
 from tests.faults._support import Figures, record

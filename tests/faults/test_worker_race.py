@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from genbatch.errors import ObjectConflictError
-from genbatch.reconcile import reconcile, work_redone
+from genbatch.run.reconcile import reconcile, work_redone
 from models.registry import resolve
 from models.worker import run_shard
 from tests.faults._support import EchoRunner, Figures, record

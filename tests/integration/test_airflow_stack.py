@@ -1,6 +1,6 @@
 """The real local Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor; PostgreSQL).
 
-One stack per module (``genbatch.airflow_stack.running_stack``: its own throw-away PostgreSQL
+One stack per module (``devstack.airflow_stack.running_stack``: its own throw-away PostgreSQL
 cluster), driven only through the REST API as a user would:
 - an operator triggers batch_generation with a small spec; it publishes a reconciling run;
 - the publish Asset event triggers consumer_example, which reads the run through the manifest;
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from genbatch.airflow_stack import REGISTRY, REPO_ROOT, Stack, api_token, running_stack
+from devstack.airflow_stack import REGISTRY, REPO_ROOT, Stack, api_token, running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.airflow]
 
@@ -42,7 +42,7 @@ BAD_ROWS = [{"id": "bad/slash", "prompt": "colour: red | material: wool | item: 
 
 
 def _size_limit_implemented() -> bool:
-    from genbatch.spec import json_schema
+    from genbatch.run.spec import json_schema
 
     return "max_bytes" in json_schema()["properties"]["input"]["properties"]
 
@@ -221,7 +221,7 @@ def test_operator_run_publishes_a_reconciling_run(api: Api, good_run: dict[str, 
 
 
 def test_publish_event_triggers_the_consumer(api: Api, good_run: dict[str, Any], work: Path) -> None:
-    from genbatch.outputs import read
+    from genbatch.run.outputs import read
 
     root = work / "runs" / RUN_ID
     deadline = time.monotonic() + 240

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from genbatch import storage
-from genbatch.layout import RunLayout
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from genbatch.items import canary_arm
+from genbatch.run.items import canary_arm
 from models import registry as reg
 from models.zoo.seed import ensure_zoo_registered
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,10 +65,12 @@ def build_run(root: str, run_id: str, rows: list[dict[str, Any]], workdir: Path,
     """A real run through the stage functions (prepare → validate → preprocess → cost check → shards →
     quality → publish); returns its run dir. ``overrides`` replace spec sections."""
     from beam_jobs.preprocess import run as preprocess
-    from genbatch.manifest import publish
-    from genbatch.quality import quality_gate
-    from genbatch.run_state import load_run_state
-    from genbatch.stages import check_cost_ceiling, prepare_run, validate_input
+    from genbatch.run.state import load_run_state
+    from genbatch.stages.cost_check import check_cost_ceiling
+    from genbatch.stages.prepare import prepare_run
+    from genbatch.stages.publish import publish
+    from genbatch.stages.quality import quality_gate
+    from genbatch.stages.validate import validate_input
     from models.registry import resolve_for_spec
     from models.worker import run_shard
 
@@ -123,8 +125,8 @@ def runs(storage_root: str, tmp_path: Path, registry: str) -> tuple[str, str, st
 
 
 def test_erase_removes_the_subject_everywhere_and_runs_still_reconcile(runs: tuple[str, str, str]) -> None:
-    from genbatch.outputs import read
-    from genbatch.reconcile import reconcile
+    from genbatch.run.outputs import read
+    from genbatch.run.reconcile import reconcile
 
     root, text, image = runs
     forbidden = needles(SUBJECT, TEXT_PROMPT, IMAGE_PROMPT, EMAIL, "colour: teal | material: oak | item: crate")
@@ -203,8 +205,10 @@ def test_runs_carry_cost_figures_in_manifest_and_report(storage_root: str, tmp_p
 
 def test_over_the_ceiling_stops_before_generation(tmp_path: Path, registry: str) -> None:
     from beam_jobs.preprocess import run as preprocess
-    from genbatch.cost import CostCeilingExceeded
-    from genbatch.stages import check_cost_ceiling, prepare_run, validate_input
+    from genbatch.plan.cost import CostCeilingExceeded
+    from genbatch.stages.cost_check import check_cost_ceiling
+    from genbatch.stages.prepare import prepare_run
+    from genbatch.stages.validate import validate_input
     from models.registry import resolve_for_spec
 
     input_path = tmp_path / "in.jsonl"

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from genbatch import storage
-from genbatch.airflow_stack import statsd_env
-from genbatch.layout import RunLayout
-from genbatch.run_state import RunState, write_run_state
-from genbatch.spec import parse_spec
+from devstack.airflow_stack import statsd_env
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.spec import parse_spec
+from genbatch.run.state import RunState, write_run_state
 from models.registry import resolve
 from models.zoo.seed import ensure_zoo_registered
 from tests.monitoring_support import (
@@ -114,7 +114,7 @@ def test_worker_logs_one_json_object_per_line_with_run_shard_and_item_ids(worker
     assert sorted(committed) == expected
     assert [r["part"] for r in commits] == sorted(r["part"] for r in commits)
     assert CANARY not in worker_run.stderr and CANARY not in worker_run.stdout
-    # the last stdout line is still the worker's JSON result (genbatch.launch reads it)
+    # the last stdout line is still the worker's JSON result (genbatch.stages.generate reads it)
     assert json.loads(worker_run.stdout.strip().splitlines()[-1])["errored"] == 1
 
 
@@ -192,7 +192,7 @@ def test_helm_values_carry_the_same_mapping_and_statsd_settings() -> None:
 PROBE = r"""
 import json, sys
 from pathlib import Path
-from genbatch import embedded
+from genbatch.cli import embedded
 home = Path(sys.argv[1])
 embedded.configure(home)
 embedded.ensure_db(home)

@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 
 from beam_jobs.preprocess import run as preprocess
-from genbatch import storage
-from genbatch.fanout import fanout_part, read_fanout
-from genbatch.layout import RunLayout
-from genbatch.manifest import publish
-from genbatch.outputs import read
-from genbatch.quality import quality_gate
-from genbatch.reconcile import reconcile
-from genbatch.stages import prepare_run, validate_input
+from genbatch.io import storage
+from genbatch.run.fanout import fanout_part, read_fanout
+from genbatch.run.layout import RunLayout
+from genbatch.run.outputs import read
+from genbatch.run.reconcile import reconcile
+from genbatch.stages.prepare import prepare_run
+from genbatch.stages.publish import publish
+from genbatch.stages.quality import quality_gate
+from genbatch.stages.validate import validate_input
 from models.registry import resolve_for_spec
 from models.worker import run_shard
 from models.zoo.seed import ensure_zoo_registered

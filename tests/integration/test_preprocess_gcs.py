@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from beam_jobs.preprocess import preprocess_tmp, run
-from genbatch import storage
+from genbatch.io import storage
 from tests.helpers import prepared_run
 
 pytestmark = pytest.mark.integration

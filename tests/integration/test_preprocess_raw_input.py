@@ -19,11 +19,11 @@ import pytest
 
 import beam_jobs.raw_input as raw_input
 from beam_jobs.preprocess import preprocess_tmp, run
-from genbatch import storage
 from genbatch.errors import ShardInputError
-from genbatch.input_rows import iter_input_rows
-from genbatch.layout import RunLayout
-from genbatch.validation import InputSchemaError, validate_rows
+from genbatch.io import storage
+from genbatch.io.input_rows import iter_input_rows
+from genbatch.quality.expectations import InputSchemaError, validate_rows
+from genbatch.run.layout import RunLayout
 from tests.helpers import prepared_run
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Acceptance: a fixture with a row for every reject rule → exactly the expected rejects and shards.
 
-The real chain on a real model version: GX validation (``genbatch.stages.validate_input``) then
+The real chain on a real model version: GX validation (``genbatch.stages.validate.validate_input``) then
 the Beam preprocess job (in-process FnApiRunner) counting tokens with catalog-copy's tokenizer.
 """
 
@@ -15,8 +15,8 @@ import pytest
 
 from beam_jobs.preprocess import run
 from beam_jobs.records import PREPROCESS_RULES
-from genbatch.stages import validate_input
-from genbatch.validation import RULES
+from genbatch.quality.expectations import RULES
+from genbatch.stages.validate import validate_input
 from models.registry import register_version
 from tests.helpers import prepared_run
 

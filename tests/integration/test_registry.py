@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from genbatch import storage
-from genbatch.cli import main as cli_main
+from genbatch.cli.commands import main as cli_main
+from genbatch.io import storage
 from models import registry as reg
 
 pytestmark = pytest.mark.integration

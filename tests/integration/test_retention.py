@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
 from tests.integration.test_erasure import build_run, registry, text_rows, tree_bytes  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,9 +36,9 @@ def _prompts(rows: list[dict]) -> list[bytes]:
 
 def test_retention_strips_inputs_then_rejects_then_deletes_the_run(storage_root: str, tmp_path: Path,
                                                                     registry: str) -> None:  # noqa: F811
-    from genbatch.outputs import read
-    from genbatch.reconcile import reconcile
-    from genbatch.retention import apply, load_policy
+    from genbatch.ops.retention import apply, load_policy
+    from genbatch.run.outputs import read
+    from genbatch.run.reconcile import reconcile
 
     rows = text_rows(6)
     run = build_run(storage_root, "kept", rows, tmp_path, registry)
@@ -86,7 +86,7 @@ def test_retention_strips_inputs_then_rejects_then_deletes_the_run(storage_root:
 
 def test_policy_from_a_file_and_errors(tmp_path: Path) -> None:
     from genbatch.errors import SpecError
-    from genbatch.retention import load_policy
+    from genbatch.ops.retention import load_policy
 
     path = tmp_path / "retention.yaml"
     path.write_text("roots: [gs://b/runs]\ninputs_days: 30\noutputs_days: 365\n")
@@ -103,7 +103,7 @@ def test_policy_from_a_file_and_errors(tmp_path: Path) -> None:
 PROBE = r"""
 import json, sys
 from pathlib import Path
-from genbatch import embedded
+from genbatch.cli import embedded
 home = Path(sys.argv[1])
 embedded.configure(home)
 embedded.ensure_db(home)

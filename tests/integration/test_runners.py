@@ -145,7 +145,7 @@ def test_pickle_weights_are_refused_before_registration_and_before_loading(regis
     version_dir = tmp_path / "copy"
     shutil.copytree(Path(mv.uri), version_dir)
     (version_dir / "extra.pkl").write_bytes(b"\x80\x04K\x01.")
-    from genbatch.model_ref import ModelVersion
+    from genbatch.run.model_ref import ModelVersion
 
     with pytest.raises(ModelIntegrityError, match=r"extra\.pkl"):
         fetch_verified(ModelVersion(mv.name, mv.version, str(version_dir)), tmp_path / "cache")

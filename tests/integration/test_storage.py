@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
+from devstack.gcs_emulator import GcsEmulator
 from genbatch.errors import ObjectConflictError, StorageError
-from genbatch.gcs_emulator import GcsEmulator
+from genbatch.io import storage
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from genbatch.model_ref import ModelVersion
+from genbatch.run.model_ref import ModelVersion
 from tests.worker_harness import catalog_prompts, real_run, worker_env, write_items
 
 pytestmark = [

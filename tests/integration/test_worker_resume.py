@@ -1,12 +1,12 @@
 """Kill-and-resume of a REAL worker subprocess on the real tiny text model (issue 3 item 4).
 
-The worker (the real CLI, ``genbatch.cli.main`` -> ``models.worker.main``) runs the shipped
+The worker (the real CLI, ``genbatch.cli.commands.main`` -> ``models.worker.main``) runs the shipped
 ``catalog-copy`` model on 400 catalog prompts in batches of 8. It is killed mid-shard at
 random points (SIGKILL 20 times, SIGTERM 6 times), restarted after every kill, then left
 to finish. After that:
 
 * exactly once: every id appears exactly once across ``part-*.jsonl`` + the errors file,
-  checked directly and with the project's own ``genbatch.reconcile.reconcile`` (0 lost,
+  checked directly and with the project's own ``genbatch.run.reconcile.reconcile`` (0 lost,
   0 doubled);
 * no partial files: every file ``storage.list_uris`` shows in the outputs dir is a complete,
   parseable JSONL part (or the manifest); temp files a killed write left behind are hidden
@@ -49,8 +49,8 @@ from typing import Any
 
 import pytest
 
-from genbatch.reconcile import reconcile
-from genbatch.run_state import RunState
+from genbatch.run.reconcile import reconcile
+from genbatch.run.state import RunState
 from models.registry import resolve
 from models.zoo.seed import ensure_zoo_registered
 from tests.worker_harness import (

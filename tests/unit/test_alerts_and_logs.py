@@ -1,4 +1,4 @@
-"""genbatch.alerts (posting never raises, never waits long, never carries a secret), genbatch.logs
+"""genbatch.ops.alerts (posting never raises, never waits long, never carries a secret), genbatch.ops.logs
 (JSON lines, redaction) and the local stack's StatsD settings, against real sockets."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from genbatch import alerts, logs
-from genbatch.airflow_stack import StackError, statsd_env
+from devstack.airflow_stack import StackError, statsd_env
+from genbatch.ops import alerts, logs
 
 SECRET = "s3cr3t-value-for-tests"
 
@@ -65,7 +65,7 @@ def test_an_error_answer_or_a_dead_webhook_never_raises_and_never_logs_the_url(
         server: tuple[str, list[bytes], list[int]], caplog: pytest.LogCaptureFixture) -> None:
     url, _, status = server
     status[0] = 500
-    with caplog.at_level(logging.INFO, logger="genbatch.alerts"):
+    with caplog.at_level(logging.INFO, logger="genbatch.ops.alerts"):
         assert alerts.post(url, {"text": "x"}) == 500
         with socket.socket() as s:  # a port nothing listens on
             s.bind(("127.0.0.1", 0))
@@ -135,9 +135,9 @@ def test_text_lines_are_redacted_too_and_a_bad_format_falls_back(monkeypatch: py
     monkeypatch.setenv(logs.FORMAT_ENV, "xml")
     stream = io.StringIO()
     logs.configure(stream=stream, force=True)
-    logging.getLogger("genbatch.cli").warning("value %s", SECRET)
+    logging.getLogger("genbatch.cli.commands").warning("value %s", SECRET)
     text = stream.getvalue()
-    assert "is not a log format" in text and "WARNING genbatch.cli: value ***" in text and SECRET not in text
+    assert "is not a log format" in text and "WARNING genbatch.cli.commands: value ***" in text and SECRET not in text
 
 
 def test_statsd_settings_for_the_local_stack() -> None:

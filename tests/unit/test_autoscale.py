@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genbatch import storage
-from genbatch.autoscale import count_rows, decide_num_shards, estimate_input
-from genbatch.model_ref import ModelVersion
-from genbatch.spec import parse_spec
+from genbatch.io import storage
+from genbatch.plan.autoscale import count_rows, decide_num_shards, estimate_input
+from genbatch.run.model_ref import ModelVersion
+from genbatch.run.spec import parse_spec
 
 HOUR = 3600.0
 # Realistic per-device throughputs in cost units per second (prompt + new tokens for text,
@@ -126,9 +126,9 @@ def test_estimate_input_text_and_image(tmp_path: Path) -> None:
 
 
 def test_prepare_run_resolves_auto_to_an_int_and_records_why(tmp_path: Path) -> None:
-    from genbatch.layout import RunLayout
-    from genbatch.run_state import load_run_state
-    from genbatch.stages import prepare_run
+    from genbatch.run.layout import RunLayout
+    from genbatch.run.state import load_run_state
+    from genbatch.stages.prepare import prepare_run
 
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _rows(300)))
@@ -153,8 +153,8 @@ def test_prepare_run_resolves_auto_to_an_int_and_records_why(tmp_path: Path) -> 
 
 
 def test_prepare_run_keeps_a_fixed_num_shards(tmp_path: Path) -> None:
-    from genbatch.run_state import load_run_state
-    from genbatch.stages import prepare_run
+    from genbatch.run.state import load_run_state
+    from genbatch.stages.prepare import prepare_run
 
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps(_rows(1)[0]) + "\n")

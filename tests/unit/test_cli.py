@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genbatch.cli import main
+from genbatch.cli.commands import main
 
 
 def test_bad_spec_fails_before_any_work_listing_every_field(

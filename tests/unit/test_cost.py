@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from genbatch import cost, storage
 from genbatch.errors import SpecError
-from genbatch.layout import RunLayout
-from genbatch.spec import RunSpec, parse_spec
+from genbatch.io import storage
+from genbatch.plan import cost
+from genbatch.run.layout import RunLayout
+from genbatch.run.spec import RunSpec, parse_spec
 from tests.helpers import prepared_run
 
 BASE = {"task": "text", "input": {"uri": "in.jsonl"}, "model": {"name": "m", "alias": "production"}}
@@ -173,7 +174,7 @@ def test_ceiling_fails_closed_without_a_price_and_is_ignored_without_a_ceiling(t
 
 
 def test_stage_wrapper_returns_a_small_summary(tmp_path: Path) -> None:
-    from genbatch.stages import check_cost_ceiling
+    from genbatch.stages.cost_check import check_cost_ceiling
 
     out = check_cost_ceiling(_with_plan(tmp_path, 1000.0, cost={"ceiling_usd": 5.0}))
     assert set(out) == {"usd", "ceiling_usd", "device_s", "throughput_source", "within_ceiling"}
@@ -237,7 +238,7 @@ def test_legacy_manifest_is_priced_from_its_shards(tmp_path: Path) -> None:
 
 
 def test_cli_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from genbatch.cli import main
+    from genbatch.cli.commands import main
 
     _published(tmp_path / "runs", "a", "copy@1", 1000, 2.0, 400.0)
     assert main(["cost", str(tmp_path / "runs")]) == 0
@@ -251,7 +252,7 @@ def test_cli_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_report_cost_section_from_figures_and_from_shard_timings() -> None:
-    from genbatch.report import ReportData, _cost_section
+    from genbatch.quality.report import ReportData, _cost_section
 
     figures = cost.run_figures(spec(cost={"ceiling_usd": 3.0}),
                                [shard_manifest(0, wall_s=36.0, compute_s=30.0, generated=90, devices=["cpu"])],

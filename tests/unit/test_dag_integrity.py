@@ -86,7 +86,7 @@ def test_structure_and_mapping(parsed: dict) -> None:
 
 
 def test_params_are_the_runspec_sections(parsed: dict) -> None:
-    from genbatch.spec import json_schema
+    from genbatch.run.spec import json_schema
 
     assert parsed["params"] == sorted(json_schema()["properties"])
 

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genbatch import input_rows
 from genbatch.errors import ShardInputError
-from genbatch.input_rows import RawRow, detect_format, iter_input_rows, read_input_file
+from genbatch.io import input_rows
+from genbatch.io.input_rows import RawRow, detect_format, iter_input_rows, read_input_file
 
 
 def _jsonl(*lines: str, sep: str = "\n") -> bytes:

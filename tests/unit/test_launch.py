@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genbatch.launch import WorkerFailed, run_worker_process, worker_command
+from genbatch.stages.generate import WorkerFailed, run_worker_process, worker_command
 
 
 def test_worker_command_is_the_pod_command() -> None:
@@ -21,7 +21,7 @@ def test_a_bad_run_dir_is_a_permanent_failure_with_the_workers_message(tmp_path:
 
 
 def test_the_worker_never_sees_airflow_secrets() -> None:
-    from genbatch.launch import worker_environment
+    from genbatch.stages.generate import worker_environment
 
     env = {
         "PATH": "/usr/bin", "HOME": "/home/a", "STORAGE_EMULATOR_HOST": "http://127.0.0.1:1",
@@ -41,7 +41,7 @@ def test_death_signal_only_from_the_main_thread() -> None:
     import os
     import threading
 
-    from genbatch.launch import _die_with
+    from genbatch.stages.generate import _die_with
 
     assert callable(_die_with(os.getpid()))
     seen: list[object] = []

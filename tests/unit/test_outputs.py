@@ -1,4 +1,4 @@
-"""genbatch.outputs.read against run dirs built by hand (local, and gs:// on fake-gcs-server)."""
+"""genbatch.run.outputs.read against run dirs built by hand (local, and gs:// on fake-gcs-server)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from genbatch import storage
-from genbatch.layout import RunLayout
-from genbatch.outputs import OutputIntegrityError, RunNotPublishedError, output_parts, read, run_dir_of
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.outputs import OutputIntegrityError, RunNotPublishedError, output_parts, read, run_dir_of
 
 
 def _jsonl(records: list[dict[str, Any]]) -> bytes:

@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 
 from genbatch.errors import SpecError
-from genbatch.launch import worker_command
-from genbatch.spec import parse_spec
+from genbatch.run.spec import parse_spec
+from genbatch.stages.generate import worker_command
 from tests.helpers import prepared_run
 
 K8S_VERSION = "1.33.0"

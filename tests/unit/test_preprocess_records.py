@@ -20,7 +20,7 @@ from beam_jobs.records import (
     split_duplicates,
     to_item,
 )
-from genbatch.items import derive_seed, estimate_cost
+from genbatch.run.items import derive_seed, estimate_cost
 
 SETTINGS = PlanSettings(task="text", run_seed=7, max_new_tokens=40, steps=8)
 IMAGE = PlanSettings(task="image", run_seed=7, max_new_tokens=40, steps=8, height=64, width=32)
@@ -46,7 +46,7 @@ def test_passthrough_columns_survive_and_contract_fields_are_typed() -> None:
     assert item["est_cost"] > 40
 
 
-# --- cost: genbatch.items.estimate_cost is the one definition -----------------------------------
+# --- cost: genbatch.run.items.estimate_cost is the one definition -----------------------------------
 
 
 def test_text_cost_is_prompt_tokens_plus_max_new_tokens() -> None:

@@ -1,4 +1,4 @@
-"""Token counting with the pinned model's tokenizer, read from the registry through genbatch.storage."""
+"""Token counting with the pinned model's tokenizer, read from the registry through genbatch.io.storage."""
 
 from __future__ import annotations
 

@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from genbatch import storage
 from genbatch.errors import GenbatchError, QualityGateFailed, SpecError
-from genbatch.manifest import publish
-from genbatch.quality import quality_gate
-from genbatch.quality_gates import METRICS, evaluate_gates, failure_message, parse_gate
-from genbatch.run_state import RunState
-from genbatch.spec import parse_spec
+from genbatch.io import storage
+from genbatch.quality.gates import evaluate_gates, failure_message
+from genbatch.run.gates import METRICS, parse_gate
+from genbatch.run.spec import parse_spec
+from genbatch.run.state import RunState
+from genbatch.stages.publish import publish
+from genbatch.stages.quality import quality_gate
 from tests.helpers import prepared_run
 
 ATTRS = {"colour": "red", "material": "leather", "item": "backpack"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genbatch.quality_metrics import (
+from genbatch.quality.metrics import (
     TextChecks,
     colour_in_prompt,
     dhash,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from genbatch.input_rows import iter_input_rows
-from genbatch.validation import InputSchemaError, data_docs_html, validate_rows
+from genbatch.io.input_rows import iter_input_rows
+from genbatch.quality.expectations import InputSchemaError, data_docs_html, validate_rows
 
 
 def _rows(n: int) -> list:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from genbatch.errors import SpecError
-from genbatch.spec import json_schema, load_spec, parse_spec, sanitize_run_id
+from genbatch.run.spec import json_schema, load_spec, parse_spec, sanitize_run_id
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"task": "text", "input": {"uri": "in.jsonl"}, "model": {"name": "catalog-copy", "alias": "production"}}

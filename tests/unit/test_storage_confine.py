@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from genbatch import storage
 from genbatch.errors import PathNotAllowedError
+from genbatch.io import storage
 
 
 def test_join_keeps_style() -> None:

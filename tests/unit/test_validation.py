@@ -16,15 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from genbatch.errors import ShardInputError
-from genbatch.input_rows import RawRow, iter_input_rows
-from genbatch.validation import (
-    DEFAULT_PARAM_KEYS,
-    RULES,
-    InputSchemaError,
-    Reject,
-    ValidationOutcome,
-    validate_rows,
-)
+from genbatch.io.input_rows import RawRow, iter_input_rows
+from genbatch.quality.expectations import DEFAULT_PARAM_KEYS, RULES, InputSchemaError, Reject, ValidationOutcome, validate_rows
 
 RULE_FIELD = {
     "parse_error": "could not be read",

@@ -1,0 +1,203 @@
+"""The ``genbatch`` command line.
+
+    genbatch run SPEC [--output URI] [--run-id ID]   run the batch_generation DAG end to end (embedded)
+    genbatch worker --run-dir URI --shard K          generate one shard (what a pod runs)
+    genbatch check-spec SPEC                         validate a spec and print the resolved form
+    genbatch spec-schema                             print the RunSpec JSON schema
+    genbatch registry-init [--registry URI]          register the shipped tiny models
+    genbatch reconcile URI                           lost/doubled/orphans/manifest checks of a run, as JSON
+    genbatch cost URI... [--table]                   cost per run, per model version and per 1k items
+    genbatch erase --id ID | --match F=V ROOT...     erase a data subject from every run (GDPR), with a record
+    genbatch model register|list|show|alias|promote|rollback   the model registry (see genbatch model -h)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, cast
+
+from genbatch.errors import GenbatchError
+
+COMMAND_GROUP = "genbatch.commands"  # subcommands other packages provide (models: worker, model)
+SEED_GROUP = "genbatch.registry_seed"  # who fills a registry with bundled models (models: the zoo)
+PLUGIN_COMMANDS = ("worker", "model")
+
+
+def _summary(run_dir: str, state: str, tasks: dict[str, str], wall_s: float) -> dict[str, Any]:
+    from genbatch.io import storage
+    from genbatch.run.layout import RunLayout
+
+    layout = RunLayout(run_dir)
+    out: dict[str, Any] = {"dag_run": state, "run_dir": run_dir, "wall_s": round(wall_s, 1)}
+    failed = {k: v for k, v in tasks.items() if v not in {"success", "TaskInstanceState.SUCCESS"}}
+    if failed:
+        out["tasks_not_successful"] = failed
+    if storage.exists(layout.manifest):
+        m = storage.read_json(layout.manifest)
+        out.update(counts=m["counts"], model=f"{m['model']['name']}@{m['model']['version']}",
+                   throughput_items_per_s=m["timings"]["throughput_items_per_compute_s"],
+                   manifest=layout.manifest, success_marker=storage.exists(layout.success))
+    if storage.exists(layout.quality_summary):
+        q = storage.read_json(layout.quality_summary)
+        out["gates"] = {g["metric"]: ("PASS" if g["passed"] else "FAIL") + f" ({g['value']})" for g in q["gates"]}
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from genbatch.run.spec import load_spec
+
+    spec = load_spec(args.spec)  # fail before any work, listing every bad field
+    data = spec.to_json_dict()
+    if args.output:
+        data["output"]["uri"] = args.output
+    data["run_id"] = args.run_id or spec.run_id or (
+        f"{Path(args.spec).parent.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    )
+    from genbatch.cli import embedded
+
+    embedded.configure(embedded.STATE_DIR / "airflow")
+    embedded.ensure_db(embedded.STATE_DIR / "airflow")
+    seed_registry(spec.model.registry)
+    from genbatch.run.layout import RunLayout
+
+    run_dir = RunLayout.for_run(data["output"]["uri"], data["run_id"]).root
+    print(f"genbatch: running batch_generation for run {data['run_id']} -> {run_dir}", flush=True)
+    t0 = time.perf_counter()
+    state, tasks = embedded.run_dag(data)
+    summary = _summary(run_dir, state, tasks, time.perf_counter() - t0)
+    print(json.dumps(summary, indent=2))
+    return 0 if state.endswith("success") and summary.get("success_marker") else 1
+
+
+def cmd_check_spec(args: argparse.Namespace) -> int:
+    from genbatch.run.spec import load_spec
+
+    print(json.dumps(load_spec(args.spec).to_json_dict(), indent=2))
+    return 0
+
+
+def cmd_spec_schema(_: argparse.Namespace) -> int:
+    from genbatch.run.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from genbatch.run.reconcile import reconcile
+
+    result = reconcile(args.run_dir, secrets=args.secret or ())
+    print(json.dumps(result.to_json(), indent=2))
+    return 0 if result.ok else 1
+
+
+def cmd_registry_init(args: argparse.Namespace) -> int:
+    print(json.dumps(seed_registry(args.registry)))
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from genbatch.plan.cost import format_table, summarise
+
+    summary = summarise(args.uris)
+    if not summary["runs"]:
+        print(f"genbatch cost: no published runs (manifest.json) under {' '.join(args.uris)}", file=sys.stderr)
+        return 1
+    print(format_table(summary) if args.table else json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from genbatch.ops.erasure import Subject, erase
+
+    subject = Subject.parse(ident=args.id, match=args.match)
+    record = erase(args.roots, subject, include_incomplete=args.include_incomplete, dry_run=args.dry_run)
+    print(json.dumps(record, indent=2))  # the record holds no personal data: safe to print and keep
+    if record["residual_runs"]:
+        print(f"genbatch erase: the subject is still found in runs {record['residual_runs']}; see the log",
+              file=sys.stderr)
+        return 1
+    if record["skipped_incomplete"]:
+        print(f"genbatch erase: skipped runs still generating {record['skipped_incomplete']}; rerun when they "
+              "finish, or pass --include-incomplete", file=sys.stderr)
+        return 3
+    if record["source_inputs_not_modified"] and not args.dry_run:
+        print("genbatch erase: the source input files were not modified: "
+              f"{record['source_inputs_not_modified']}", file=sys.stderr)
+    return 0
+
+
+def _plugin(group: str, name: str) -> Callable[..., Any]:
+    """The callable another package registered under entry-point ``group`` as ``name`` (setup.cfg)."""
+    found = entry_points(group=group, name=name)
+    if not found:
+        raise GenbatchError(f"no {group!r} entry point named {name!r}: is genbatch installed (make setup)?")
+    return cast(Callable[..., Any], next(iter(found)).load())
+
+
+def seed_registry(registry: str) -> Any:
+    """Register the bundled models into ``registry`` (the ``genbatch.registry_seed`` hook of ``models``)."""
+    return _plugin(SEED_GROUP, "zoo")(registry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``genbatch``: parse the command line, dispatch; plugin subcommands get their own arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in PLUGIN_COMMANDS:
+        try:
+            return int(_plugin(COMMAND_GROUP, argv[0])(argv[1:]))
+        except GenbatchError as exc:
+            print(f"genbatch {argv[0]}: error: {exc}", file=sys.stderr)
+            return 2
+    parser = argparse.ArgumentParser(prog="genbatch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a batch end to end in embedded mode")
+    p.add_argument("spec")
+    p.add_argument("--output", help="override output.uri (local path or gs://bucket/prefix)")
+    p.add_argument("--run-id")
+    p.set_defaults(func=cmd_run)
+    sub.add_parser("worker", help="generate one shard (see genbatch worker --help)")
+    sub.add_parser("model", help="model registry: register, list, show, alias, promote, rollback")
+    p = sub.add_parser("check-spec", help="validate a spec file")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_check_spec)
+    sub.add_parser("spec-schema", help="print the RunSpec JSON schema").set_defaults(func=cmd_spec_schema)
+    p = sub.add_parser("reconcile", help="check a run dir: nothing lost or doubled, no orphans, manifests match "
+                                         "(exit 0 when it all holds, 1 otherwise)")
+    p.add_argument("run_dir", metavar="URI", help="the run dir, <output.uri>/<run_id> (local path or gs://)")
+    p.add_argument("--secret", action="append", help="a value that must appear in no object (repeatable)")
+    p.set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("registry-init", help="register the shipped tiny models")
+    p.add_argument("--registry", default=".genbatch/registry")
+    p.set_defaults(func=cmd_registry_init)
+    p = sub.add_parser("cost", help="cost per run, per model version and per 1k items across published runs")
+    p.add_argument("uris", nargs="+", metavar="URI", help="a run dir, or a prefix holding runs (local or gs://)")
+    p.add_argument("--table", action="store_true", help="a text table instead of JSON")
+    p.set_defaults(func=cmd_cost)
+    p = sub.add_parser("erase", help="erase a data subject's rows, outputs and images from every run under ROOT_URI")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--id", help="the subject's row id")
+    who.add_argument("--match", metavar="FIELD=VALUE", help="rows whose FIELD (dotted path) equals VALUE")
+    p.add_argument("roots", nargs="+", metavar="ROOT_URI", help="run dirs or prefixes holding runs (local or gs://)")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="also rewrite runs with shards still generating (only when no worker is running)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be erased; change nothing")
+    p.set_defaults(func=cmd_erase)
+    args = parser.parse_args(argv)
+    from genbatch.ops import logs
+
+    logs.configure(default_level=logging.WARNING, text_format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except GenbatchError as exc:
+        print(f"genbatch: error: {exc}", file=sys.stderr)
+        return 2

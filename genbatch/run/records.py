@@ -1,0 +1,45 @@
+"""Reading the JSONL record sets of a run (rejects, outputs, errors) in one place."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+
+
+def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
+    """The one JSONL encoding of every record file (sorted keys, UTF-8): rewrites read like originals."""
+    return "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
+    for line in storage.iter_lines(uri):
+        if line.strip():
+            yield json.loads(line)
+
+
+def _files(prefix: str, name_prefix: str) -> list[str]:
+    if not storage.exists(prefix) and not storage.list_uris(prefix):
+        return []
+    return [u for u in storage.list_uris(prefix)
+            if u.rsplit("/", 1)[-1].startswith(name_prefix) and u.endswith(".jsonl")]
+
+
+def reject_files(layout: RunLayout) -> list[str]:
+    return _files(layout.rejects_dir, "part-")
+
+
+def output_files(layout: RunLayout, num_shards: int) -> list[str]:
+    return [u for s in range(num_shards) for u in _files(layout.outputs_dir(s), "part-")]
+
+
+def error_files(layout: RunLayout, num_shards: int) -> list[str]:
+    return [layout.errors_file(s) for s in range(num_shards) if storage.exists(layout.errors_file(s))]
+
+
+def iter_many(uris: list[str]) -> Iterator[dict[str, Any]]:
+    for uri in uris:
+        yield from iter_jsonl(uri)

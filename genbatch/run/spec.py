@@ -1,0 +1,367 @@
+"""RunSpec: the one description of a batch run.
+
+Every entry point (YAML file, JSON, Airflow params form, REST trigger) is turned into a
+``RunSpec`` before any work starts, so a bad field fails fast with one message that lists
+every problem and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
+
+from genbatch.errors import SpecError
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InputSpec(_Section):
+    uri: str = Field(description="JSONL, CSV or Parquet file, local path or gs:// URI.")
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    max_prompt_chars: int = Field(4000, ge=1, le=100_000)
+    max_reject_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Stop the run when more rows than this are rejected."
+    )
+    min_rows: int = Field(1, ge=1, description="fewer input rows than this stops the run")
+    max_rows: int | None = Field(None, ge=1, description="more input rows than this stops the run")
+    max_bytes: int = Field(2 * 1024**3, ge=1, description="a larger input file is refused before it is read")
+
+
+class ModelSpec(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    alias: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    version: int | None = Field(None, ge=1)
+    registry: str = Field(".genbatch/registry", description="Registry URI (local or gs://).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _alias_xor_version(self) -> ModelSpec:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("set exactly one of model.alias (e.g. 'production') or model.version")
+        return self
+
+
+class GenerationSpec(_Section):
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    batch_size: int | Literal["auto"] = "auto"
+    seed: int = Field(0, ge=0, lt=2**63, description="Run seed; item seeds derive from it.")
+    num_inference_steps: int = Field(8, ge=1, le=200)
+    guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
+    height: int = Field(64, ge=8, le=4096, multiple_of=8)
+    width: int = Field(64, ge=8, le=4096, multiple_of=8)
+
+
+MAX_NUM_SHARDS = 10_000
+
+
+def _num_shards(value: Any) -> int | str:
+    """``auto`` or an integer in 1..MAX_NUM_SHARDS (one error, at ``sharding.num_shards``)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be 'auto' or an integer greater than or equal to 1")
+    if not 1 <= value <= MAX_NUM_SHARDS:
+        raise ValueError(f"must be 'auto' or an integer greater than or equal to 1 and at most {MAX_NUM_SHARDS}")
+    return value
+
+
+NumShards = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_num_shards),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_NUM_SHARDS},
+                              {"type": "string", "enum": ["auto"]}]}),
+]
+
+
+class ShardingSpec(_Section):
+    num_shards: NumShards = Field(
+        4, description="shards (one mapped task / pod each), or 'auto': derived at prepare time from the input's "
+        "estimated cost, the model version's throughput, target_wall_s and gpu_quota (see docs/operations-team.md)",
+    )
+    target_wall_s: float = Field(3600.0, gt=0, description="auto shards: aim to finish generation in this many seconds")
+    gpu_quota: int = Field(
+        8, ge=1, le=100_000,
+        description="auto shards: devices the run may hold at once (GPUs on kubernetes, device processes locally)",
+    )
+    dedupe_identical: bool = Field(
+        False,
+        description="generate identical items once: rows with the same normalised prompt, negative_prompt, params "
+        "and seed (explicit; derived seeds differ per id) are generated as the first such row, and every other id "
+        "gets a copy of its output record, with its own id, row_index and metadata, at publish time "
+        "(shards/_fanout.jsonl; see docs/beam.md)",
+    )
+
+
+# Airflow caps one mapping at [core] max_map_length (1024 by default): shards, never items, are mapped.
+MAX_MAP_LENGTH = 1024
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ExecutionSpec(_Section):
+    """Where shards run: local subprocesses, or one Kubernetes pod per shard."""
+
+    backend: Literal["local", "kubernetes"] = "local"
+    devices: list[str] | None = Field(
+        None, description="torch devices per shard process (local); default: every visible GPU, else cpu"
+    )
+    image: str | None = Field(None, description="worker image (required for the kubernetes backend)")
+    namespace: str = Field("genbatch", pattern=K8S_NAME)
+    service_account: str = Field("genbatch-worker", pattern=K8S_NAME)
+    gpus_per_pod: int = Field(0, ge=0, le=16)
+    gpu_quota_per_pod: int = Field(8, ge=0, le=16, description="most GPUs one pod may ask (the namespace quota)")
+    gpu_type: str | None = Field(
+        None, description="GKE accelerator label value, e.g. nvidia-l4 (node selector cloud.google.com/gke-accelerator)"
+    )
+    cpu: str = Field("4", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field("16Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    ephemeral_storage: str = Field("20Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    secret_env: dict[str, str] = Field(
+        default_factory=dict, description="ENV_NAME -> 'secret-name/key': env from Secret refs, never literal values"
+    )
+    priority_class: str = Field("genbatch-batch", pattern=K8S_NAME)
+    active_deadline_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _kubernetes_needs_image_and_quota(self) -> ExecutionSpec:
+        if self.backend == "kubernetes":
+            if not self.image:
+                raise ValueError("execution.image is required for the kubernetes backend (e.g. "
+                                 "europe-docker.pkg.dev/PROJECT/genbatch/worker:TAG)")
+            if self.gpus_per_pod > self.gpu_quota_per_pod:
+                raise ValueError(f"execution.gpus_per_pod={self.gpus_per_pod} exceeds the quota of "
+                                 f"{self.gpu_quota_per_pod} GPUs per pod; lower it or raise the namespace ResourceQuota")
+        for name, ref in self.secret_env.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) or not re.fullmatch(r"[a-z0-9.-]+/[-._a-zA-Z0-9]+", ref):
+                raise ValueError(f"execution.secret_env entry {name!r}: {ref!r} must map an ENV_NAME to 'secret-name/key'")
+        return self
+
+
+class QualityOverride(_Section):
+    reason: str = Field(min_length=10, description="why publishing despite failed gates is acceptable")
+    approved_by: str = Field(min_length=2, pattern=r"\S", description="who approved it (name or e-mail)")
+
+
+class QualitySpec(_Section):
+    min_success_rate: float = Field(0.99, ge=0.0, le=1.0, description="generated / accepted")
+    max_reject_rate: float = Field(0.2, ge=0.0, le=1.0, description="rejected / input")
+    min_nonempty_rate: float = Field(0.99, ge=0.0, le=1.0)
+    min_attribute_mention_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="text: share of outputs that mention every attribute"
+    )
+    max_duplicate_output_rate: float = Field(0.5, ge=0.0, le=1.0)
+    max_error_rate: float = Field(
+        0.05, ge=0.0, le=1.0, description="a shard fails when more of its items than this fail generation"
+    )
+    gates: list[str] = Field(
+        default_factory=list,
+        description="more gates as 'METRIC OP NUMBER', e.g. 'empty_rate <= 0.01', 'adherence >= 0.9', "
+        "'pii_hits == 0' (metrics: see docs/quality.md)",
+    )
+    blocklist: list[str] = Field(
+        default_factory=list, description="text: words or phrases that must not appear (whole words, any case)"
+    )
+    pii: list[Literal["email", "phone", "card"]] = Field(
+        ["email", "phone", "card"], description="text: PII patterns to count"
+    )
+    repetition_min_repeats: int = Field(
+        3, ge=2, le=100, description="text: back-to-back copies of a 1-8 word span that make a loop"
+    )
+    near_duplicate_max_distance: int = Field(
+        4, ge=0, le=32, description="image: dHash bits (of 64) within which two images are near-duplicates"
+    )
+    override: QualityOverride | None = Field(
+        None, description="publish although gates failed: failures become warnings, recorded in "
+        "summary.json and the manifest"
+    )
+
+    @model_validator(mode="after")
+    def _gates_parse(self) -> QualitySpec:
+        from genbatch.run.gates import parse_gate
+
+        for expression in self.gates:
+            parse_gate(expression)  # ValueError names the bad gate and the known metrics
+        return self
+
+    def gate_expressions(self) -> list[str]:
+        """Every gate of the run: the named thresholds above, then ``gates`` (duplicates dropped)."""
+        named = [
+            f"success_rate >= {self.min_success_rate}",
+            f"reject_rate <= {self.max_reject_rate}",
+            f"nonempty_rate >= {self.min_nonempty_rate}",
+            f"duplicate_output_rate <= {self.max_duplicate_output_rate}",
+        ]
+        if self.min_attribute_mention_rate is not None:
+            named.append(f"attribute_mention_rate >= {self.min_attribute_mention_rate}")
+        return list(dict.fromkeys(named + list(self.gates)))
+
+
+class CanarySpec(_Section):
+    """A deterministic share of items (by hash of id) goes to the candidate; both arms in one run."""
+
+    enabled: bool = False
+    alias: str = Field("candidate", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    metrics: list[str] = Field(
+        default_factory=lambda: ["adherent", "nonempty"],
+        description="per-item metric columns compared between arms (higher is better)",
+    )
+    tolerance: float = Field(0.02, ge=0.0, le=1.0, description="candidate may be this much worse per metric")
+    auto_promote: bool = Field(False, description="a passing canary promotes the candidate; a failing one removes its alias")
+
+
+class PriceSpec(_Section):
+    """USD per hour, on-demand and spot (spot defaults to on-demand when not given)."""
+
+    on_demand: float = Field(ge=0.0, description="USD per hour on-demand")
+    spot: float | None = Field(None, ge=0.0, description="USD per hour on spot/preemptible capacity")
+
+
+class PriceTableSpec(_Section):
+    """Overrides merged over genbatch.plan.cost.DEFAULT_PRICES (same keys replace, new keys add)."""
+
+    accelerators: dict[str, PriceSpec] = Field(
+        default_factory=dict, description="per device (GPU, or 'cpu' for one CPU device process), e.g. nvidia-l4"
+    )
+    nodes: dict[str, PriceSpec] = Field(
+        default_factory=dict, description="per node (host CPU/RAM, one pod per shard per node), e.g. g2-standard-8"
+    )
+
+
+class CostSpec(_Section):
+    """Cost accounting and the cost ceiling (see docs/operations-team.md)."""
+
+    ceiling_usd: float | None = Field(
+        None, gt=0.0, description="stop the run before generation when its estimated cost exceeds this"
+    )
+    accelerator: str | None = Field(
+        None, description="price-table accelerator; default execution.gpu_type on GPUs, else 'cpu'"
+    )
+    node_type: str | None = Field(None, description="price-table node type of the shard's node (host share)")
+    spot: bool = Field(False, description="price at spot rates (the pods run on a spot node pool)")
+    price_table: PriceTableSpec = Field(default_factory=PriceTableSpec)
+    throughput_per_device_s: float | None = Field(
+        None, gt=0.0, description="cost units a device processes per second, used when the model card has no "
+        "measured throughput (else genbatch.plan.cost.DEFAULT_THROUGHPUT)",
+    )
+    shard_startup_s: float = Field(
+        60.0, ge=0.0, description="estimate: seconds a shard holds its devices before generating (pull, load)"
+    )
+
+
+class OutputSpec(_Section):
+    uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
+
+
+class RunSpec(_Section):
+    """The whole run. Field order is the order the Airflow form shows."""
+
+    task: Literal["text", "image"]
+    input: InputSpec
+    model: ModelSpec
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    sharding: ShardingSpec = Field(default_factory=ShardingSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    canary: CanarySpec = Field(default_factory=CanarySpec)
+    cost: CostSpec = Field(default_factory=CostSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)
+
+    @model_validator(mode="after")
+    def _shards_fit_one_mapping(self) -> RunSpec:
+        if self.sharding.num_shards != "auto" and self.sharding.num_shards > MAX_MAP_LENGTH:
+            raise ValueError(f"sharding.num_shards={self.sharding.num_shards} exceeds Airflow's max_map_length "
+                             f"({MAX_MAP_LENGTH}); use fewer, larger shards (shards are mapped, never items)")
+        return self
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def params_hash(self) -> str:
+        """Hash of what decides an item's output besides model version and seed."""
+        payload = json.dumps(self.generation.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _describe_error(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see `genbatch spec-schema`)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    expected = (err.get("ctx") or {}).get("expected")
+    if expected and str(expected) not in msg:
+        msg = f"{msg}; allowed: {expected}"
+    got = err.get("input")
+    shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r:.80})"
+    return f"  - {loc}: {msg}{shown}"
+
+
+def parse_spec(data: Any, *, source: str = "spec") -> RunSpec:
+    """Validate a spec mapping, raising one SpecError that lists every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a run spec must be a mapping, got {type(data).__name__}")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        raise SpecError(
+            f"{source}: {len(lines)} invalid field(s):\n" + "\n".join(lines)
+        ) from None
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Load a spec from a YAML or JSON file (JSON is valid YAML)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror}; check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML/JSON: {exc}") from None
+    return parse_spec(data, source=str(path))
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            merged = {**_inline_refs(copy.deepcopy(target), defs)}
+            merged.update({k: v for k, v in node.items() if k != "$ref"})
+            return merged
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def json_schema() -> dict[str, Any]:
+    """The RunSpec JSON schema with every $ref inlined (Airflow Params want flat schemas)."""
+    schema = RunSpec.model_json_schema()
+    return _inline_refs(schema, schema.get("$defs", {}))
+
+
+def sanitize_run_id(raw: str) -> str:
+    """Turn an Airflow run id (``manual__2026-01-01T00:00:00+00:00``) into a safe path segment."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:128]
+    return cleaned or "run"

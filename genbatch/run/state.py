@@ -1,0 +1,68 @@
+"""spec.json: the resolved spec of a run, written once by the prepare stage and read by every other.
+
+It pins the model alias to a version so every shard, retry and late task uses the same model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from genbatch import __version__
+from genbatch.errors import ShardInputError
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.model_ref import ModelVersion
+from genbatch.run.spec import RunSpec, parse_spec
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    spec: RunSpec
+    model: ModelVersion
+    layout: RunLayout
+    num_shards: int
+    canary_model: ModelVersion | None = None  # the candidate arm when spec.canary is enabled
+
+    @property
+    def params_hash(self) -> str:
+        return self.spec.params_hash()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "spec": self.spec.to_json_dict(),
+            "model": {"name": self.model.name, "version": self.model.version, "uri": self.model.uri,
+                      "requested_alias": self.spec.model.alias},
+            "num_shards": self.num_shards,
+            "canary_model": None if self.canary_model is None else {
+                "name": self.canary_model.name, "version": self.canary_model.version, "uri": self.canary_model.uri,
+                "requested_alias": self.spec.canary.alias},
+            "params_hash": self.params_hash,
+            "code_version": __version__,
+        }
+
+
+def write_run_state(state: RunState) -> None:
+    """Create-only: a retried prepare with the same resolution succeeds, a different one conflicts."""
+    payload = state.to_json()
+    if storage.exists(state.layout.spec):
+        existing = storage.read_json(state.layout.spec)
+        if {k: v for k, v in existing.items() if k != "created_at"} == payload:
+            return
+    storage.write_json(state.layout.spec, {**payload, "created_at": dt.datetime.now(dt.UTC).isoformat()})
+
+
+def load_run_state(run_dir: str) -> RunState:
+    layout = RunLayout(run_dir)
+    if not storage.exists(layout.spec):
+        raise ShardInputError(f"{layout.spec} does not exist: {run_dir} is not a prepared run directory")
+    raw = storage.read_json(layout.spec)
+    spec = parse_spec(raw["spec"], source=layout.spec)
+    m = raw["model"]
+    c = raw.get("canary_model")
+    canary = None if c is None else ModelVersion(c["name"], int(c["version"]), c["uri"])
+    return RunState(run_id=raw["run_id"], spec=spec, model=ModelVersion(m["name"], int(m["version"]), m["uri"]),
+                    layout=layout, num_shards=int(raw["num_shards"]), canary_model=canary)

@@ -1,0 +1,95 @@
+"""The prepare stage: check the spec, pin the model version, decide the shard count, write spec.json.
+
+Model resolution is injected (``resolve_model``) so the core never imports the model package.
+"""
+
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from genbatch.errors import ShardInputError, SpecError
+from genbatch.io import storage
+from genbatch.run.layout import RunLayout
+from genbatch.run.model_ref import ModelVersion
+from genbatch.run.spec import RunSpec, parse_spec, sanitize_run_id
+from genbatch.run.state import RunState, write_run_state
+
+log = logging.getLogger(__name__)
+
+ResolveModel = Callable[[RunSpec], ModelVersion]
+
+
+def confine_spec_paths(spec: RunSpec) -> None:
+    """User-supplied URIs must lie under GENBATCH_ALLOWED_PREFIXES (when set)."""
+    allowed = storage.allowed_prefixes_from_env()
+    if allowed:
+        for uri in (spec.input.uri, spec.output.uri, spec.model.registry):
+            storage.confine(uri, allowed)
+
+
+def check_input_size(spec: RunSpec) -> None:
+    """Refuse an input over min(input.max_bytes, $GENBATCH_MAX_INPUT_BYTES) before reading it.
+
+    Users set params, so the deployment's ceiling (the environment) is what makes this a control.
+    """
+    ceiling = os.environ.get("GENBATCH_MAX_INPUT_BYTES")
+    limit = min(spec.input.max_bytes, int(ceiling)) if ceiling else spec.input.max_bytes
+    if not storage.exists(spec.input.uri):
+        raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
+    size = storage.size(spec.input.uri)
+    if size > limit:
+        raise SpecError(f"input {spec.input.uri!r} is {size} bytes, over the limit of {limit} bytes "
+                        f"(input.max_bytes={spec.input.max_bytes}, GENBATCH_MAX_INPUT_BYTES={ceiling or 'unset'}); "
+                        "split it into several runs")
+
+
+def check_override_allowed(spec: RunSpec, triggered_by: str | None) -> None:
+    """A quality override publishes despite failed gates: only users in GENBATCH_OVERRIDE_USERS may ask."""
+    if spec.quality.override is None:
+        return
+    allowed = {u.strip() for u in os.environ.get("GENBATCH_OVERRIDE_USERS", "").split(",") if u.strip()}
+    if triggered_by not in allowed:
+        raise SpecError(f"quality.override was set by {triggered_by or 'an unknown user'!r}, who may not override "
+                        "quality gates (GENBATCH_OVERRIDE_USERS lists who may); remove it or ask an admin")
+
+
+def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[str, Any] | None]:
+    """``sharding.num_shards`` as an int: as given, or decided for ``auto`` (genbatch.plan.autoscale) with its record."""
+    if spec.sharding.num_shards != "auto":
+        return spec.sharding.num_shards, None
+    from genbatch.plan.autoscale import auto_num_shards
+    from genbatch.plan.cost import read_card
+
+    decision = auto_num_shards(spec, read_card(model.uri))
+    return int(decision["num_shards"]), decision
+
+
+def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
+                triggered_by: str | None = None) -> str:
+    """Validate the spec, pin the model version and write spec.json; returns the run dir URI."""
+    spec = parse_spec(spec_data, source="run params")
+    confine_spec_paths(spec)
+    check_override_allowed(spec, triggered_by)
+    check_input_size(spec)
+    run_id = spec.run_id or sanitize_run_id(airflow_run_id)
+    layout = RunLayout.for_run(spec.output.uri, run_id)
+    model = resolve_model(spec)
+    canary = None
+    if spec.canary.enabled:
+        arm_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"alias": spec.canary.alias,
+                                                                                   "version": None})})
+        canary = resolve_model(arm_spec)
+        if canary.version == model.version:
+            raise SpecError(f"canary alias {spec.canary.alias!r} points at {model.ref}, the same version as the "
+                            "production arm: nothing to compare; point the alias at the candidate version")
+    num_shards, auto = resolve_num_shards(spec, model)
+    write_run_state(RunState(run_id=run_id, spec=spec, model=model, layout=layout,
+                             num_shards=num_shards, canary_model=canary))
+    if auto is not None:  # how `num_shards: auto` was decided (a retry decides the same and overwrites)
+        storage.write_json(layout.path("validation", "auto_shards.json"), auto, overwrite=True)
+    log.info("run %s: prepared at %s with model %s", run_id, layout.root, model.ref)
+    return layout.root

@@ -1,0 +1,146 @@
+"""manifest.json and _SUCCESS: how a run commits and how consumers find its outputs.
+
+A run commits only after every shard manifest exists and the quality gate passed:
+``manifest.json`` is written first, ``_SUCCESS`` last. Consumers read only through the
+manifest, so they never see a partial run. With ``sharding.dedupe_identical``, the fanned-out
+ids' copies of their canonical records (:mod:`genbatch.run.fanout`) are written before the manifest,
+so its counts and file list include them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from genbatch.errors import GenbatchError
+from genbatch.io import storage
+from genbatch.plan import cost
+from genbatch.run import fanout
+from genbatch.run.reconcile import reconcile
+from genbatch.run.state import RunState, load_run_state
+
+SCHEMA_VERSION = 1
+
+
+def _file_entries(state: RunState) -> list[dict[str, Any]]:
+    skip = {state.layout.manifest, state.layout.success}
+    entries = []
+    for uri in storage.list_uris(state.layout.root):
+        if uri in skip:
+            continue
+        data = storage.read_bytes(uri)
+        entries.append({"path": uri[len(state.layout.root):].lstrip("/"), "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+    return entries
+
+
+def build_manifest(state: RunState) -> dict[str, Any]:
+    layout = state.layout
+    shard_manifests = []
+    for shard in range(state.num_shards):
+        if not storage.exists(layout.shard_manifest(shard)):
+            raise GenbatchError(f"run {state.run_id}: shard {shard} has not committed "
+                                f"({layout.shard_manifest(shard)} missing); rerun its generate task")
+        shard_manifests.append(storage.read_json(layout.shard_manifest(shard)))
+    quality = storage.read_json(layout.quality_summary)
+    if not quality.get("publishable", quality["passed"]):
+        raise GenbatchError(f"run {state.run_id}: quality gate did not pass; refusing to publish")
+    # Fanned-out ids (sharding.dedupe_identical) get their canonical's record before anything counts.
+    fanned_out = fanout.materialise(layout)
+    counts = reconcile(layout.root)
+    if not counts.ok:
+        raise GenbatchError(f"run {state.run_id}: counts do not reconcile: {'; '.join(counts.problems)}")
+    plan = storage.read_json(layout.shard_plan)
+    compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
+    load_s = sum(m["timings"]["model_load_s"] for m in shard_manifests)
+    preflight_uri = cost.preflight_uri(layout)
+    preflight = storage.read_json(preflight_uri) if storage.exists(preflight_uri) else None
+    figures = cost.run_figures(state.spec, shard_manifests, est_cost_units=plan["est_cost_total"], preflight=preflight)
+    per_shard = {f["shard"]: f for f in figures["shards"]}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": state.run_id,
+        "task": state.spec.task,
+        "model": {"name": state.model.name, "version": state.model.version, "uri": state.model.uri},
+        "params_hash": state.params_hash,
+        "counts": counts.counts(),
+        **({"fanned_out": fanned_out} if state.spec.sharding.dedupe_identical else {}),
+        "shards": [{"shard": m["shard"], "generated": m["generated"], "errored": m["errored"],
+                    "timings": m["timings"], "devices": m.get("devices"),
+                    **{k: per_shard[m["shard"]][k] for k in ("device_s", "items_per_device_s", "usd")}}
+                   for m in shard_manifests],
+        "quality": {"passed": quality["passed"], "metrics": quality["metrics"],
+                    "gates": [{k: g.get(k) for k in ("gate", "value", "passed")} for g in quality.get("gates", [])],
+                    "override": quality.get("override") if (quality.get("override") or {}).get("applied") else None},
+        "timings": {"compute_s": round(compute_s, 3), "model_load_s": round(load_s, 3),
+                    "throughput_items_per_compute_s": round(counts.generated / compute_s, 3) if compute_s else None},
+        # device_seconds: compute + model load (kept for older readers); device_s: wall x devices (billed).
+        "cost_estimate": {"device_seconds": round(compute_s + load_s, 3), "makespan_ratio": plan["makespan_ratio"],
+                          **{k: v for k, v in figures.items() if k != "shards"}},
+        "files": _file_entries(state),
+        "published_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+
+
+def publish(run_dir: str) -> dict[str, Any]:
+    """Write manifest.json then _SUCCESS; idempotent once committed."""
+    state = load_run_state(run_dir)
+    layout = state.layout
+    if storage.exists(layout.success):
+        return dict(storage.read_json(layout.manifest))
+    if not storage.exists(layout.manifest):
+        storage.write_json(layout.manifest, build_manifest(state))
+    manifest = dict(storage.read_json(layout.manifest))
+    storage.write_text(layout.success, "")
+    return manifest
+
+
+CORE_COUNT_KEYS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
+
+
+def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, Any]]] = ()) -> dict[str, Any] | None:
+    """Bring a published ``manifest.json`` in line with the run's objects after an in-place rewrite
+    (genbatch.ops.erasure, genbatch.ops.retention): counts, shard entries, cost figures, quality verdict and
+    every file's bytes and sha256; each of ``notes``, ``(key, entry)``, is appended to the manifest's ``key`` list.
+
+    Overwrites the manifest (the one sanctioned exception to create-only); ``_SUCCESS`` is left as is.
+    Returns the new manifest, or None when the run was never published.
+    """
+    layout = state.layout
+    if not storage.exists(layout.manifest):
+        return None
+    manifest = dict(storage.read_json(layout.manifest))
+    shard_manifests = [storage.read_json(layout.shard_manifest(s)) for s in range(state.num_shards)
+                       if storage.exists(layout.shard_manifest(s))]
+    counts = reconcile(layout.root)
+    manifest["counts"] = {**(manifest.get("counts") or {}), **{k: getattr(counts, k) for k in CORE_COUNT_KEYS}}
+    plan = storage.read_json(layout.shard_plan) if storage.exists(layout.shard_plan) else {}
+    preflight_uri = cost.preflight_uri(layout)
+    preflight = storage.read_json(preflight_uri) if storage.exists(preflight_uri) else None
+    figures = cost.run_figures(state.spec, shard_manifests, est_cost_units=plan.get("est_cost_total"),
+                               preflight=preflight)
+    per_shard = {f["shard"]: f for f in figures["shards"]}
+    old_shards = {e.get("shard"): e for e in manifest.get("shards") or []}
+    manifest["shards"] = [{**old_shards.get(m["shard"], {}), "shard": m["shard"], "generated": m["generated"],
+                           "errored": m["errored"], "timings": m["timings"], "devices": m.get("devices"),
+                           **{k: per_shard[m["shard"]][k] for k in ("device_s", "items_per_device_s", "usd")}}
+                          for m in shard_manifests]
+    manifest["cost_estimate"] = {**(manifest.get("cost_estimate") or {}),
+                                 **{k: v for k, v in figures.items() if k != "shards"}}
+    compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
+    if isinstance(manifest.get("timings"), dict) and compute_s:
+        manifest["timings"] = {**manifest["timings"],
+                               "throughput_items_per_compute_s": round(counts.generated / compute_s, 3)}
+    if storage.exists(layout.quality_summary) and isinstance(manifest.get("quality"), dict):
+        quality = storage.read_json(layout.quality_summary)
+        manifest["quality"] = {**manifest["quality"], "passed": quality["passed"], "metrics": quality["metrics"],
+                               "gates": [{k: g.get(k) for k in ("gate", "value", "passed")}
+                                         for g in quality.get("gates", [])]}
+    for key, entry in notes:
+        manifest[key] = [*(manifest.get(key) or []), entry]
+    manifest["files"] = _file_entries(state)
+    manifest["rewritten_at"] = dt.datetime.now(dt.UTC).isoformat()
+    storage.write_json(layout.manifest, manifest, overwrite=True)
+    return manifest
