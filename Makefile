@@ -34,7 +34,7 @@ test-unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy genbatch models operators beam_jobs dags
+	$(VENV)/bin/mypy genbatch models operators beam_jobs dags devstack
 
 bench: setup
 	$(PY) -m bench.run_all  # each benchmark pins itself to one core

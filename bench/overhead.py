@@ -292,7 +292,8 @@ def worker_timings(run_dir: str, shards: int) -> dict[str, dict[str, float]]:
 
 
 def _direct(spec: dict[str, Any], out: Path) -> None:
-    """The direct leg: every stage's function, in DAG order, timed with its own imports."""
+    """The direct leg: the core's stage sequence in this process (the worker as a subprocess per shard), each
+    stage timed; the imports of the stage functions fall in the first stage that needs them."""
     times: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -302,42 +303,35 @@ def _direct(spec: dict[str, Any], out: Path) -> None:
         times[key] = time.perf_counter() - t0
 
     trigger = time.perf_counter()
-    with timed("prepare_run"):
-        from genbatch.stages.prepare import prepare_run
+    from genbatch.stages.sequence import Handoffs, run_sequence
+
+    def task_timer(key: str) -> contextlib.AbstractContextManager[None]:
+        return timed(key.replace("generate[", f"{GENERATE}[") if key.startswith("generate[") else key)
+
+    # Imported where first used, so each import is timed inside the stage that pays for it.
+    def resolve(spec: Any) -> Any:
         from models.registry import resolve_for_spec
 
-        run_dir = prepare_run(spec, spec["run_id"], resolve_model=resolve_for_spec)
-    with timed("validate_input"):
-        from genbatch.stages.validate import validate_input
+        return resolve_for_spec(spec)
 
-        validate_input(run_dir)
-    with timed("preprocess"):
+    def preprocess(state: Any) -> list[int]:
         from beam_jobs.preprocess import run
+        from genbatch.stages.preprocess import pipeline_argv, shard_numbers
 
-        shards = [s["shard"] for s in run(["--run-dir", run_dir])["shards"]]
-    with timed("cost_check"):
-        from genbatch.stages.cost_check import check_cost_ceiling
+        return shard_numbers(run(pipeline_argv(state.layout.root)))
 
-        check_cost_ceiling(run_dir)
-    with timed("choose_backend"):
-        from genbatch.run.state import load_run_state
+    def generate(state: Any, shard: int) -> dict[str, Any]:
+        from genbatch.stages.generate import run_worker_process
 
-        load_run_state(run_dir).spec.execution.backend  # noqa: B018 - what the branch reads
-    for shard in shards:
-        with timed(f"{GENERATE}[{shard}]"):
-            from genbatch.stages.generate import run_worker_process
+        return run_worker_process(state.layout.root, shard)
 
-            run_worker_process(run_dir, shard)
-    with timed("quality_gate"):
-        from genbatch.stages.quality import quality_gate
-
-        quality_gate(run_dir)
-    with timed("publish"):
-        from genbatch.stages.publish import publish
-
-        publish(run_dir)
+    handoffs = Handoffs(preprocess=preprocess, generate=generate)
+    with timed("choose_backend"):  # DAG-only bookkeeping: what the branch task reads
+        pass
+    done = run_sequence(spec, spec["run_id"], resolve_model=resolve, handoffs=handoffs, timer=task_timer)
+    run_dir, shards = done.resolved.layout.root, done.shards
     with timed("canary_verdict"):
-        load_run_state(run_dir).canary_model  # noqa: B018 - no canary arm in this spec: the verdict is a no-op
+        done.resolved.canary_model  # noqa: B018 - no canary arm in this spec: the verdict is a no-op
     wall = time.perf_counter() - trigger
     out.write_text(json.dumps({"tasks": times, "wall_s": wall, "workers": worker_timings(run_dir, len(shards))}))
 

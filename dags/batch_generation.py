@@ -7,9 +7,11 @@ JSON schema, so the trigger form, the REST API and ``genbatch run`` accept the s
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import DAG, Asset
 
+from genbatch.stages.sequence import STAGE_IDS
 from operators.alerts import notify_failure
 from operators.cost_check import CostCheckOperator
 from operators.genbatch_operators import (
@@ -61,5 +63,11 @@ with DAG(
     publish = PublishOperator(task_id="publish", run_dir=prepare.output, outlets=[PUBLISHED])
     canary = CanaryVerdictOperator(task_id="canary_verdict", run_dir=prepare.output, retries=0)
 
-    prepare >> validate >> preprocess >> cost_check >> backend >> [generate_local, generate_kubernetes]
-    [generate_local, generate_kubernetes] >> quality >> publish >> canary
+    # The order is the core's stage sequence; "generate" is the backend branch and its two mapped tasks.
+    enters: dict[str, Any] = {"prepare_run": prepare, "validate_input": validate, "preprocess": preprocess,
+                              "cost_check": cost_check, "generate": backend, "quality_gate": quality, "publish": publish}
+    leaves: dict[str, Any] = {**enters, "generate": [generate_local, generate_kubernetes]}
+    for before, after in zip(STAGE_IDS, STAGE_IDS[1:], strict=False):
+        leaves[before] >> enters[after]
+    backend >> [generate_local, generate_kubernetes]
+    publish >> canary

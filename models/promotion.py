@@ -1,14 +1,16 @@
-"""Promotion policy: compare a candidate with production on the model's golden set, then decide.
+"""Promotion: pin the arms, compare a candidate with production on the golden set, then act on the registry.
 
-The evaluation runs go through the same batch pipeline as any run (see
-``operators.pipeline_inline``); this module only holds the policy, the comparison with
-bootstrap confidence intervals, and the registry actions (promote or record a rejection).
+The evaluation runs go through the same batch pipeline as any run (``operators.pipeline_inline``);
+this module holds the policy, the comparison with bootstrap confidence intervals, and the registry
+actions (promote, record a rejection, a canary's verdict).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,8 @@ from genbatch.errors import SpecError
 from genbatch.io import storage
 from genbatch.quality.stats import bootstrap_diff
 from models import registry as reg
+
+log = logging.getLogger(__name__)
 
 POLICY = "policy.json"
 
@@ -98,3 +102,73 @@ def write_policy(registry: str, name: str, policy: dict[str, Any]) -> None:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def resolve_arms(params: dict[str, Any], asset_extras: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Pin production and the candidate (alias or version) to versions, before any evaluation.
+
+    ``asset_extras``: the ``extra`` of the registration Asset events that scheduled the run; one that
+    names a version makes that exact version the candidate.
+    """
+    registry, name, candidate = params["registry"], params["model"], str(params["candidate"])
+    for extra in asset_extras:
+        if extra.get("version"):
+            registry, name, candidate = extra.get("registry", registry), extra.get("model", name), str(extra["version"])
+    aliases = reg.read_aliases(registry, name)
+    if "production" not in aliases:
+        raise SpecError(f"model {name!r} has no production alias; set one with `genbatch model alias`")
+    if candidate.isdigit():
+        cand = reg.resolve(registry, name, version=int(candidate))
+    else:
+        cand = reg.resolve(registry, name, alias=candidate)
+    if cand.version == aliases["production"]:
+        raise SpecError(f"candidate {name}@{cand.version} is already production; nothing to evaluate")
+    return {"production": int(aliases["production"]), "candidate": cand.version, "registry": registry, "model": name}
+
+
+def evaluation_spec(versions: dict[str, Any], arm: str) -> dict[str, Any]:
+    """The run spec that evaluates one arm (``production`` or ``candidate``) on the model's golden set."""
+    registry, name = versions["registry"], versions["model"]
+    policy = Policy.load(registry, name)
+    return {
+        **policy.spec,
+        "input": {"uri": policy.golden_set},
+        "model": {"name": name, "version": int(versions[arm]), "registry": registry},
+        "output": {"uri": storage.join(reg.model_root(registry, name), "evaluations", "runs")},
+    }
+
+
+def decide(production: dict[str, Any], candidate: dict[str, Any], versions: dict[str, Any]) -> dict[str, Any]:
+    """Compare both evaluations under the model's policy, then promote or record an audited rejection."""
+    registry, name = versions["registry"], versions["model"]
+    evidence = compare(production, candidate, Policy.load(registry, name))
+    log.info("promotion evidence for %s:\n%s", name, evidence_table(evidence))
+    return decide_and_act(registry, name, evidence)
+
+
+def apply_canary_verdict(run_dir: str) -> dict[str, Any]:
+    """After a canary run publishes: with canary.auto_promote a pass promotes the candidate (blue-green)
+    and a fail removes the candidate alias; either way the verdict goes to the model's audit log."""
+    from genbatch.quality.canary import canary_path
+    from genbatch.run.state import load_run_state
+
+    state = load_run_state(run_dir)
+    if state.canary_model is None:
+        return {"canary": False}
+    verdict = storage.read_json(canary_path(state))
+    spec = state.spec
+    registry, name = spec.model.registry, state.model.name
+    evidence = {"run_id": state.run_id, "canary": verdict}
+    action = "recorded"
+    if spec.canary.auto_promote and verdict["passed"]:
+        reg.promote(registry, name, state.canary_model.version, reason=f"canary passed in run {state.run_id}",
+                    evidence=evidence, expect_production=state.model.version)
+        action = "promoted"
+    elif spec.canary.auto_promote:
+        reg.update_aliases(registry, name, {spec.canary.alias: None}, expect={spec.canary.alias: state.canary_model.version},
+                           event="canary_rollback", reason=f"canary failed in run {state.run_id}", evidence=evidence)
+        action = "rolled_back"
+    else:
+        reg.audit(registry, name, "canary_verdict", {"version": state.canary_model.version, "passed": verdict["passed"],
+                                                     "evidence": evidence})
+    return {"canary": True, "passed": verdict["passed"], "action": action}

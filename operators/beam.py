@@ -28,7 +28,8 @@ from typing import Any
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.sdk import BaseOperator
 
-PREPROCESS_MODULE = "beam_jobs.preprocess"
+from genbatch.stages.preprocess import PIPELINE_MODULE
+
 LOCAL_RUNNER = "FnApiRunner"
 
 
@@ -57,7 +58,7 @@ def preprocess_operator(
     options: dict[str, Any] = {"run_dir": run_dir, "token_counts": token_counts, **(pipeline_options or {})}
     return BeamRunPythonPipelineOperator(
         task_id=task_id,
-        py_file=PREPROCESS_MODULE,
+        py_file=PIPELINE_MODULE,
         py_options=["-m"],
         runner=runner,
         pipeline_options=options,
@@ -78,8 +79,6 @@ class PlanShardsOperator(BaseOperator):
         self.run_dir = run_dir
 
     def execute(self, context: Any) -> list[int]:
-        from genbatch.io import storage
-        from genbatch.run.layout import RunLayout
+        from genbatch.stages.preprocess import planned_shards
 
-        plan = storage.read_json(RunLayout(self.run_dir).shard_plan)
-        return [int(s["shard"]) for s in plan["shards"]]
+        return planned_shards(self.run_dir)

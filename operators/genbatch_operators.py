@@ -49,9 +49,9 @@ class PreprocessOperator(_RunDirOperator):
 
     def execute(self, context: Any) -> list[int]:
         from beam_jobs.preprocess import run
+        from genbatch.stages.preprocess import pipeline_argv, shard_numbers
 
-        plan = run(["--run-dir", self.run_dir, *self.beam_args])
-        return [s["shard"] for s in plan["shards"]]
+        return shard_numbers(run(pipeline_argv(self.run_dir, self.beam_args)))
 
 
 class QualityGateOperator(_RunDirOperator):
@@ -72,15 +72,12 @@ class PublishOperator(_RunDirOperator):
     """
 
     def execute(self, context: Any) -> str:
-        from genbatch.run.layout import RunLayout
-        from genbatch.stages.publish import publish
+        from genbatch.stages.publish import publish, published_event
 
-        manifest = publish(self.run_dir)
-        uri = RunLayout(self.run_dir).manifest
+        event = published_event(self.run_dir, publish(self.run_dir))
         for outlet in self.outlets:
-            context["outlet_events"][outlet].extra = {"run_dir": self.run_dir, "manifest": uri,
-                                                      "run_id": manifest["run_id"]}
-        return uri
+            context["outlet_events"][outlet].extra = event
+        return str(event["manifest"])
 
 
 class CanaryVerdictOperator(_RunDirOperator):
@@ -88,29 +85,6 @@ class CanaryVerdictOperator(_RunDirOperator):
     a failing one removes the candidate alias; either way the verdict goes to the model's audit log."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from genbatch.io import storage
-        from genbatch.quality.canary import canary_path
-        from genbatch.run.state import load_run_state
-        from models.registry import audit, promote, update_aliases
+        from models.promotion import apply_canary_verdict
 
-        state = load_run_state(self.run_dir)
-        if state.canary_model is None:
-            return {"canary": False}
-        verdict = storage.read_json(canary_path(state))
-        spec = state.spec
-        registry, name = spec.model.registry, state.model.name
-        evidence = {"run_id": state.run_id, "canary": verdict}
-        action = "recorded"
-        if spec.canary.auto_promote and verdict["passed"]:
-            promote(registry, name, state.canary_model.version, reason=f"canary passed in run {state.run_id}",
-                    evidence=evidence, expect_production=state.model.version)
-            action = "promoted"
-        elif spec.canary.auto_promote:
-            update_aliases(registry, name, {spec.canary.alias: None},
-                           expect={spec.canary.alias: state.canary_model.version}, event="canary_rollback",
-                           reason=f"canary failed in run {state.run_id}", evidence=evidence)
-            action = "rolled_back"
-        else:
-            audit(registry, name, "canary_verdict", {"version": state.canary_model.version, "passed": verdict["passed"],
-                                                     "evidence": evidence})
-        return {"canary": True, "passed": verdict["passed"], "action": action}
+        return apply_canary_verdict(self.run_dir)

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
 REGISTERED = Asset("genbatch://registry/version-registered")
-
-# Method -> (function name in models.optimize, keyword arguments) with settings that keep quality.
-METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "int8": ("quantize_int8", {}),
-    "prune50": ("prune", {"sparsity": 0.5, "structured": True}),
-    "distill": ("distill", {"steps": 600, "hidden_size": 64, "layers": 2}),
-}
 
 
 class MethodsOperator(BaseOperator):
@@ -37,24 +28,11 @@ class OptimizeVersionOperator(BaseOperator):
         self.method = method
 
     def execute(self, context: Any) -> dict[str, Any]:
-        import models.optimize as optimize
-        from genbatch.errors import SpecError
-        from models.registry import fetch_verified, register_version, resolve, set_alias
+        from models.optimize.variants import build_variant
 
         p = context["params"]
-        if self.method not in METHODS:
-            raise SpecError(f"unknown optimisation {self.method!r}; choose from {sorted(METHODS)}")
-        func_name, kwargs = METHODS[self.method]
-        parent = resolve(p["registry"], p["model"], version=int(p["version"]))
-        with tempfile.TemporaryDirectory(prefix="genbatch-optimize-") as tmp:
-            src = fetch_verified(parent, Path(tmp) / "cache")
-            out = Path(tmp) / "variant"
-            card = getattr(optimize, func_name)(src, out, **kwargs)
-            lineage = {**card["lineage"], "parent_version": parent.version, "optimisation": self.method}
-            mv = register_version(p["registry"], p["model"], out, lineage=lineage,
-                                  metrics={"quality": card["quality"], "size": card["size"]})
-        if p.get("set_candidate_alias"):
-            set_alias(p["registry"], p["model"], "candidate", mv.version, reason=f"{self.method} of v{parent.version}")
-        context["outlet_events"][REGISTERED].extra = {"model": p["model"], "version": mv.version,
+        result = build_variant(p["registry"], p["model"], int(p["version"]), self.method,
+                               set_candidate_alias=bool(p.get("set_candidate_alias")))
+        context["outlet_events"][REGISTERED].extra = {"model": p["model"], "version": result["version"],
                                                       "registry": p["registry"], "method": self.method}
-        return {"version": mv.version, "method": self.method, "size": card["size"], "quality": card["quality"]}
+        return result

@@ -36,7 +36,7 @@ from genbatch.run.layout import RunLayout
 from genbatch.run.spec import RunSpec
 
 if TYPE_CHECKING:
-    from genbatch.run.state import RunState
+    from genbatch.run.state import RunRef, RunState
 
 CURRENCY = "USD"
 
@@ -293,16 +293,16 @@ def read_card(model_uri: str) -> dict[str, Any] | None:
     return dict(card) if isinstance(card, dict) else None
 
 
-def check_ceiling(run_dir: str) -> dict[str, Any]:
+def check_ceiling(run: RunRef) -> dict[str, Any]:
     """After preprocess, before generation: estimate the run's cost; stop it when over ``cost.ceiling_usd``.
 
     Writes ``validation/cost.json`` either way (so the stopped run shows why) and raises
     :class:`CostCeilingExceeded` when the estimate is over the ceiling, or cannot be priced while a
     ceiling is set (fail closed).
     """
-    from genbatch.run.state import load_run_state
+    from genbatch.run.state import as_run_state
 
-    state = load_run_state(run_dir)
+    state = as_run_state(run)
     plan = storage.read_json(state.layout.shard_plan)
     spec = state.spec
     est = estimate(spec, est_cost_units=float(plan["est_cost_total"]), num_shards=state.num_shards,

@@ -35,7 +35,7 @@ from typing import Any
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.records import iter_jsonl, iter_many, reject_files
-from genbatch.run.state import RunState, load_run_state
+from genbatch.run.state import RunRef, RunState, as_run_state
 
 CORE_COUNTS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
 """The count fields ``manifest.json`` records and that must agree with the objects."""
@@ -97,9 +97,9 @@ class _Part:
     ids: list[str]
 
 
-def reconcile(run_dir: str, *, attempt_log: str | Path | None = None, secrets: Sequence[str] = (),
+def reconcile(run: RunRef, *, attempt_log: str | Path | None = None, secrets: Sequence[str] = (),
               check_consumer: bool = True) -> Reconciliation:
-    """Reconcile a run dir (local or ``gs://``); ``problems`` is empty when everything holds.
+    """Reconcile a run (its dir, local or ``gs://``, or its resolved state); ``problems`` is empty when all holds.
 
     ``work_redone`` / ``max_work_redone``: from the workers' attempt records (None when the run has
     none): items of batches an attempt began and never committed, in all and the most one attempt
@@ -110,7 +110,7 @@ def reconcile(run_dir: str, *, attempt_log: str | Path | None = None, secrets: S
     number of items generated more than once and ``max_work_redone_probe`` the most one attempt lost.
     ``secrets``: values that must appear in no object of the run (``secret_leak_count``).
     """
-    state = load_run_state(run_dir)
+    state = as_run_state(run)
     layout: RunLayout = state.layout
     root = layout.root
     report = storage.read_json(layout.validation_report)

@@ -55,7 +55,16 @@ def write_run_state(state: RunState) -> None:
     storage.write_json(state.layout.spec, {**payload, "created_at": dt.datetime.now(dt.UTC).isoformat()})
 
 
+RunRef = RunState | str  # a resolved run, or the URI of its run dir
+
+
+def as_run_state(run: RunRef) -> RunState:
+    """The resolved run: as given, or loaded from ``<run_dir>/spec.json`` (once per call site, not per step)."""
+    return run if isinstance(run, RunState) else load_run_state(run)
+
+
 def load_run_state(run_dir: str) -> RunState:
+    """Read and parse ``spec.json`` of ``run_dir``; ShardInputError when the run was never prepared."""
     layout = RunLayout(run_dir)
     if not storage.exists(layout.spec):
         raise ShardInputError(f"{layout.spec} does not exist: {run_dir} is not a prepared run directory")

@@ -68,9 +68,9 @@ def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[st
     return int(decision["num_shards"]), decision
 
 
-def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
-                triggered_by: str | None = None) -> str:
-    """Validate the spec, pin the model version and write spec.json; returns the run dir URI."""
+def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
+            triggered_by: str | None = None) -> RunState:
+    """Validate the spec, pin the model version and write spec.json; returns the resolved run."""
     spec = parse_spec(spec_data, source="run params")
     confine_spec_paths(spec)
     check_override_allowed(spec, triggered_by)
@@ -87,9 +87,16 @@ def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model
             raise SpecError(f"canary alias {spec.canary.alias!r} points at {model.ref}, the same version as the "
                             "production arm: nothing to compare; point the alias at the candidate version")
     num_shards, auto = resolve_num_shards(spec, model)
-    write_run_state(RunState(run_id=run_id, spec=spec, model=model, layout=layout,
-                             num_shards=num_shards, canary_model=canary))
+    state = RunState(run_id=run_id, spec=spec, model=model, layout=layout, num_shards=num_shards,
+                     canary_model=canary)
+    write_run_state(state)
     if auto is not None:  # how `num_shards: auto` was decided (a retry decides the same and overwrites)
         storage.write_json(layout.path("validation", "auto_shards.json"), auto, overwrite=True)
     log.info("run %s: prepared at %s with model %s", run_id, layout.root, model.ref)
-    return layout.root
+    return state
+
+
+def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
+                triggered_by: str | None = None) -> str:
+    """:func:`prepare`, returning the run dir URI (what the prepare task hands the other tasks)."""
+    return prepare(spec_data, airflow_run_id, resolve_model=resolve_model, triggered_by=triggered_by).layout.root

@@ -18,8 +18,9 @@ from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.plan import cost
 from genbatch.run import fanout
+from genbatch.run.layout import RunLayout
 from genbatch.run.reconcile import reconcile
-from genbatch.run.state import RunState, load_run_state
+from genbatch.run.state import RunRef, RunState, as_run_state
 
 SCHEMA_VERSION = 1
 
@@ -49,7 +50,7 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         raise GenbatchError(f"run {state.run_id}: quality gate did not pass; refusing to publish")
     # Fanned-out ids (sharding.dedupe_identical) get their canonical's record before anything counts.
     fanned_out = fanout.materialise(layout)
-    counts = reconcile(layout.root)
+    counts = reconcile(state)
     if not counts.ok:
         raise GenbatchError(f"run {state.run_id}: counts do not reconcile: {'; '.join(counts.problems)}")
     plan = storage.read_json(layout.shard_plan)
@@ -84,9 +85,9 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     }
 
 
-def publish(run_dir: str) -> dict[str, Any]:
+def publish(run: RunRef) -> dict[str, Any]:
     """Write manifest.json then _SUCCESS; idempotent once committed."""
-    state = load_run_state(run_dir)
+    state = as_run_state(run)
     layout = state.layout
     if storage.exists(layout.success):
         return dict(storage.read_json(layout.manifest))
@@ -95,6 +96,11 @@ def publish(run_dir: str) -> dict[str, Any]:
     manifest = dict(storage.read_json(layout.manifest))
     storage.write_text(layout.success, "")
     return manifest
+
+
+def published_event(run_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``extra`` of the run's publication Asset event: which run to read, and its manifest."""
+    return {"run_dir": run_dir, "manifest": RunLayout(run_dir).manifest, "run_id": manifest["run_id"]}
 
 
 CORE_COUNT_KEYS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
@@ -114,7 +120,7 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     manifest = dict(storage.read_json(layout.manifest))
     shard_manifests = [storage.read_json(layout.shard_manifest(s)) for s in range(state.num_shards)
                        if storage.exists(layout.shard_manifest(s))]
-    counts = reconcile(layout.root)
+    counts = reconcile(state)
     manifest["counts"] = {**(manifest.get("counts") or {}), **{k: getattr(counts, k) for k in CORE_COUNT_KEYS}}
     plan = storage.read_json(layout.shard_plan) if storage.exists(layout.shard_plan) else {}
     preflight_uri = cost.preflight_uri(layout)

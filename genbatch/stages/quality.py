@@ -29,7 +29,7 @@ from genbatch.quality.metrics import TextChecks, exact_duplicates, image_metrics
 from genbatch.run.gates import METRICS, parse_gate
 from genbatch.run.reconcile import Reconciliation, reconcile
 from genbatch.run.records import error_files, iter_jsonl, iter_many, output_files, reject_files
-from genbatch.run.state import RunState, load_run_state
+from genbatch.run.state import RunRef, RunState, as_run_state
 
 __all__ = ["evaluate", "item_metrics", "mentions_all", "quality_gate"]
 
@@ -237,7 +237,7 @@ def evaluate(state: RunState) -> dict[str, Any]:
     from genbatch.quality.expectations import data_docs_html
     from genbatch.quality.report import ReportData, render_report
 
-    counts = reconcile(state.layout.root)
+    counts = reconcile(state)
     table = item_metrics(state)
     frame, numeric = _frames(table.rows)
     run_figures = _run_figures(counts)
@@ -294,9 +294,9 @@ def evaluate(state: RunState) -> dict[str, Any]:
     return summary
 
 
-def quality_gate(run_dir: str) -> dict[str, Any]:
+def quality_gate(run: RunRef) -> dict[str, Any]:
     """Evaluate and raise QualityGateFailed (after writing the report) unless the run may publish."""
-    state = load_run_state(run_dir)
+    state = as_run_state(run)
     summary = evaluate(state)
     if not summary["publishable"]:
         raise QualityGateFailed(summary["failure_message"])
@@ -305,3 +305,19 @@ def quality_gate(run_dir: str) -> dict[str, Any]:
         log.warning("run %s: quality gates failed but publishing under override approved by %s (%s): %s",
                     state.run_id, override["approved_by"], override["reason"], ", ".join(summary["warnings"]))
     return summary
+
+
+def evaluation_result(state: RunState, summary: dict[str, Any], manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """An evaluation run's result (model promotion): per-item metrics, summary metrics, items per compute-s."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(storage.read_bytes(state.layout.quality_metrics)))
+    compute_s = sum(m["timings"]["compute_s"] for m in manifests)
+    generated = sum(m["generated"] for m in manifests)
+    return {
+        "run_dir": state.layout.root,
+        "version": state.model.version,
+        "items": table.to_pydict(),
+        "throughput": generated / compute_s if compute_s else 0.0,
+        "summary_metrics": summary["metrics"],
+    }

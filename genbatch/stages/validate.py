@@ -12,7 +12,7 @@ from genbatch.io import storage
 from genbatch.io.input_rows import detect_format, iter_input_rows
 from genbatch.quality.expectations import InputSchemaError, ValidationOutcome, data_docs_html, validate_rows
 from genbatch.run.records import jsonl_bytes
-from genbatch.run.state import RunState, load_run_state
+from genbatch.run.state import RunRef, RunState, as_run_state
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ def _write_validation(state: RunState, outcome: ValidationOutcome, *, failure: s
     return report
 
 
-def validate_input(run_dir: str) -> dict[str, Any]:
+def validate_input(run: RunRef) -> dict[str, Any]:
     """Run the Great Expectations input suite; quarantine bad rows with their rule.
 
     A table-level failure (no rows, a missing column, too many rejects) stops the run, but
     still writes the report and the rejects so the user can see why.
     """
-    state = load_run_state(run_dir)
+    state = as_run_state(run)
     spec = state.spec
     if not storage.exists(spec.input.uri):
         raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")

@@ -98,3 +98,25 @@ def test_every_dag_file_parses_and_follows_the_policy(parsed: dict) -> None:
         assert info["owners"] == ["genbatch"], dag_id
         assert "genbatch" in info["tags"], dag_id
         assert info["retries_set"], dag_id
+
+
+def test_the_dag_follows_the_core_stage_sequence(parsed: dict) -> None:
+    """The DAG's order comes from genbatch.stages.sequence: each stage's task reaches the next one's."""
+    from genbatch.stages.sequence import STAGE_IDS
+
+    tasks = parsed["tasks"]
+
+    def downstream(task: str) -> set[str]:
+        seen, todo = set(), [task]
+        while todo:
+            for t in tasks[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return seen
+
+    ids = {"generate": ["choose_backend", "generate_local", "generate_kubernetes"]}
+    for before, after in zip(STAGE_IDS, STAGE_IDS[1:], strict=False):
+        for first in ids.get(before, [before]):
+            assert set(ids.get(after, [after])) <= downstream(first), (before, after)
+    assert set(tasks) == {t for s in STAGE_IDS for t in ids.get(s, [s])} | {"canary_verdict"}
