@@ -90,7 +90,7 @@ IN_PROCESS_RUNNER_FLAGS = ("--runner=FnApiRunner", "--runner=fnapirunner")
 
 def preprocess_tmp(layout: RunLayout) -> str:
     """Temp prefix of this stage (record files, sorted runs, the plan arrays); deleted at commit."""
-    return layout.path("_tmp", "preprocess")
+    return layout.preprocess_tmp
 
 
 def dest_uri(layout: RunLayout, num_shards: int, dest: str) -> str:
@@ -293,7 +293,7 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
     deleted = delete_prefix(preprocess_tmp(layout))
     if not storage.is_gcs(layout.root):  # the emptied local parent too (GCS has no directories)
         with contextlib.suppress(OSError):
-            storage.local_path(layout.path("_tmp")).rmdir()
+            storage.local_path(layout.preprocess_tmp).parent.rmdir()
     log.info("preprocess of %s: deleted %s temp objects", layout.root, deleted)
     if raw is not None:
         commit_input(layout, raw, summaries or [])

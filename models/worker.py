@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from genbatch.errors import GenbatchError, ShardInputError, StorageError
 from genbatch.io import storage
 from genbatch.ops import logs
 from genbatch.run.items import ITEM_FIELDS, canary_arm
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import PART_NAME_RE, RunLayout
 from genbatch.run.model_ref import ModelVersion
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunState, load_run_state
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 AUTO_BATCH = {"text": (16, 64), "image": (4, 16)}  # (start, cap) per task on one device
 IMAGE_WRITERS = 4  # threads encoding and writing a batch's PNGs; the part file still goes last
 WINDOW_BATCHES = 8
-_PART_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")
 POS_KEY = "_pos"  # the item's position in the shard file: sorts first, so resume reads it cheaply
 _POS_PREFIX = '{"_pos": '
 STALE_TEMP_S = 3600.0
@@ -174,7 +172,7 @@ def committed_parts(layout: RunLayout, shard: int) -> tuple[Positions, dict[int,
     done = Positions()
     next_part: dict[int, int] = {}
     for uri in storage.list_uris(layout.outputs_dir(shard)):
-        match = _PART_RE.match(uri.rsplit("/", 1)[-1])
+        match = PART_NAME_RE.match(uri.rsplit("/", 1)[-1])
         if not match:
             continue
         rank, part = int(match.group(2)), int(match.group(3))

@@ -50,7 +50,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import ERASURES_DIR, RunLayout, is_record_part, is_rejects_part
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunState, load_run_state
 
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 ERASED = "[erased]"
 RULE_ERASED = "erased"
 ERASURE_STAGE = "erasure"
-RECORDS_DIR = "_erasures"
 ENV_SALT = "GENBATCH_ERASURE_SALT"
 MIN_NEEDLE = 4  # shorter ids/prompts are erased but not byte-searched (they occur everywhere)
 _MISSING = object()
@@ -189,7 +188,7 @@ def refresh_shard_manifests(state: RunState, changes: Changes) -> None:
         manifest = storage.read_json(uri)
         parts = []
         for part in storage.list_uris(layout.outputs_dir(shard)):
-            if part.rsplit("/", 1)[-1].startswith("part-"):
+            if is_record_part(part, ("part",)):
                 data = storage.read_bytes(part)
                 parts.append({"path": rel(layout, part), "records": data.count(b"\n"),
                               "sha256": hashlib.sha256(data).hexdigest()})
@@ -347,7 +346,7 @@ def _tombstoned(layout: RunLayout) -> tuple[set[int], list[str]]:
     indexes: set[int] = set()
     ids: list[str] = []
     for uri in storage.list_uris(layout.rejects_dir):
-        if uri.rsplit("/", 1)[-1].startswith(f"part-{ERASURE_STAGE}-"):
+        if is_rejects_part(uri, ERASURE_STAGE):
             for rec in read_jsonl(uri):
                 indexes.add(int(rec["index"]))
                 if rec.get("erasure_id") not in ids:
@@ -430,16 +429,15 @@ def _rewrite(state: RunState, hits: Hits, changes: Changes) -> dict[str, int]:
                   changes)
     preprocess_rejects = 0
     for uri in storage.list_uris(layout.rejects_dir):
-        if uri.rsplit("/", 1)[-1].startswith(f"part-{ERASURE_STAGE}-"):
+        if is_rejects_part(uri, ERASURE_STAGE):
             continue
         dropped = rewrite_jsonl(layout, uri, lambda r: None if hits.hit(r.get("index"), r.get("id")) else r, changes)
-        if uri.rsplit("/", 1)[-1].startswith("part-preprocess-"):
+        if is_rejects_part(uri, "preprocess"):
             preprocess_rejects += len(dropped)
     images = 0
     for shard in range(state.num_shards):
         for uri in _shard_files(layout, shard):
-            name = uri.rsplit("/", 1)[-1]
-            if name.startswith(("part-", "errors-")) and name.endswith(".jsonl"):
+            if is_record_part(uri):
                 for rec in rewrite_jsonl(layout, uri, lambda r: None if hits.hit(r.get("row_index"), r.get("id")) else r,
                                          changes, delete_if_empty=True):
                     if rec.get("image_path"):
@@ -475,14 +473,14 @@ def _reevaluate(state: RunState, hits: Hits, changes: Changes) -> bool | None:
         summary = evaluate(state)
     except Exception as exc:  # noqa: BLE001 - fall back to scrubbing; the record says so
         log.warning("run %s: quality re-evaluation after erasure failed (%s); scrubbing instead", state.run_id, exc)
-        for uri in storage.list_uris(layout.path("quality")) + [layout.report_html]:
+        for uri in storage.list_uris(layout.quality_dir) + [layout.report_html]:
             if storage.exists(uri) and not uri.endswith(".parquet"):
                 scrub_document(layout, uri, hits.needles, changes)
         if storage.exists(layout.quality_metrics):
             storage.delete(layout.quality_metrics)
             changes.deleted.add(rel(layout, layout.quality_metrics))
         return None
-    for uri in storage.list_uris(layout.path("quality")) + [layout.report_html]:
+    for uri in storage.list_uris(layout.quality_dir) + [layout.report_html]:
         if storage.exists(uri):
             changes.rewritten.add(rel(layout, uri))
     return bool(summary["passed"])
@@ -513,7 +511,7 @@ def erase_run(run_dir: str, subject: Subject, erasure_id: str, *, now: dt.dateti
     # 2. Tombstones first: a crash after this leaves rows in two places, which the next erase finishes.
     if new_rows:
         part = sum(1 for u in storage.list_uris(layout.rejects_dir)
-                   if u.rsplit("/", 1)[-1].startswith(f"part-{ERASURE_STAGE}-"))
+                   if is_rejects_part(u, ERASURE_STAGE))
         uri = layout.rejects_part(ERASURE_STAGE, part)
         storage.write_bytes(uri, jsonl_bytes({"index": i, "rule": RULE_ERASED, "erasure_id": erasure_id,
                                          "reason": f"erased at the data subject's request ({erasure_id})"}
@@ -521,7 +519,7 @@ def erase_run(run_dir: str, subject: Subject, erasure_id: str, *, now: dt.dateti
         changes.rewritten.add(rel(layout, uri))
     # 3. The record sets; 4. the derived documents outside quality/.
     out.update(_rewrite(state, hits, changes))
-    for uri in storage.list_uris(layout.path("validation")):
+    for uri in storage.list_uris(layout.validation_dir):
         scrub_document(layout, uri, hits.needles, changes)
     # 5. manifest.json consistent before quality re-reads the run, quality again, manifest again (with a
     #    note for this erasure and for any earlier one that stopped before recording itself).
@@ -601,7 +599,7 @@ def erase(roots: Sequence[str], subject: Subject, *, now: dt.datetime | None = N
     }
     if not dry_run:
         for root in roots:
-            uri = storage.join(root, RECORDS_DIR, f"{erasure_id}.json")
+            uri = storage.join(root, ERASURES_DIR, f"{erasure_id}.json")
             storage.write_json(uri, record)
             record.setdefault("record_uris", []).append(uri)
     return record

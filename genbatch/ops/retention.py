@@ -39,16 +39,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genbatch.errors import SpecError
 from genbatch.io import storage
 from genbatch.ops.erasure import ERASURE_STAGE, Changes, find_run_dirs, refresh_plan, rel, rewrite_jsonl
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import INPUT_DOCS, RETENTION_DIR, RunLayout, is_rejects_part
 from genbatch.run.state import load_run_state
 
 log = logging.getLogger(__name__)
 
 ENV_POLICY = "GENBATCH_RETENTION"
-RECORDS_DIR = "_retention"
 SHARD_ITEM_KEEP = ("id", "row_index", "seed", "est_tokens", "est_cost")
 VALIDATION_KEEP = ("run_id", "input", "rows", "rejects_by_rule", "failure")
-INPUT_DOCS = ("validation/accepted.jsonl", "validation/data_docs.html", "report.html")
 
 
 class RetentionPolicy(BaseModel):
@@ -142,7 +140,7 @@ def _strip_rejects(layout: RunLayout, now: dt.datetime, changes: Changes) -> Non
         return {k: rec[k] for k in keep if k in rec}
 
     for uri in storage.list_uris(layout.rejects_dir):
-        if not uri.rsplit("/", 1)[-1].startswith(f"part-{ERASURE_STAGE}-"):
+        if not is_rejects_part(uri, ERASURE_STAGE):
             rewrite_jsonl(layout, uri, skeleton, changes)
     report = storage.read_json(layout.validation_report)
     report["retention"] = {**(report.get("retention") or {}), "rejects_stripped_at": now.isoformat()}
@@ -203,7 +201,7 @@ def apply(root_uri: str, policy: RetentionPolicy, now: dt.datetime | None = None
         if dry_run:
             actions.append(entry)
             continue
-        storage.write_json(storage.join(root_uri, RECORDS_DIR, stamp, f"{run_id}.json"),
+        storage.write_json(storage.join(root_uri, RETENTION_DIR, stamp, f"{run_id}.json"),
                            {**entry, "status": "started", "at": now.isoformat(),
                             "objects": len(storage.list_uris(run_dir))}, overwrite=True)
         entry.update(apply_run(run_dir, due, now))
@@ -212,7 +210,7 @@ def apply(root_uri: str, policy: RetentionPolicy, now: dt.datetime | None = None
     record = {"applied_at": now.isoformat(), "root": root_uri, "policy": policy.model_dump(mode="json"),
               "dry_run": dry_run, "runs": actions}
     if not dry_run:
-        uri = storage.join(root_uri, RECORDS_DIR, f"{stamp}.json")
+        uri = storage.join(root_uri, RETENTION_DIR, f"{stamp}.json")
         storage.write_json(uri, record, overwrite=True)
         record["record_uri"] = uri
     return record

@@ -83,7 +83,7 @@ class CostCeilingExceeded(GenbatchError):
 def preflight_uri(layout: RunLayout) -> str:
     """``validation/cost.json``: the estimate the ceiling was checked against (a pre-generation check, so it
     lives with the other checks' reports under ``validation/``)."""
-    return layout.path("validation", "cost.json")
+    return layout.cost_preflight
 
 
 def _round(value: float | None, digits: int = 9) -> float | None:

@@ -17,7 +17,7 @@ from genbatch.run.state import RunState
 
 
 def canary_path(state: RunState) -> str:
-    return state.layout.path("quality", "canary.json")
+    return state.layout.canary_verdict
 
 
 def evaluate_canary(state: RunState, items: Any) -> dict[str, Any] | None:

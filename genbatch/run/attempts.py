@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -17,11 +16,10 @@ from typing import Any
 
 from genbatch.errors import StorageError
 from genbatch.io import storage
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import ATTEMPT_RECORD_RE, RunLayout
 
 log = logging.getLogger(__name__)
 
-RECORD_RE = re.compile(r"^attempts/shard-(\d{5})/r(\d{2})-(\d{8}T\d{12}Z-[0-9a-f]{8})(\.end\.json|\.batches\.jsonl|\.json)$")
 _KIND = {".json": "start", ".end.json": "end", ".batches.jsonl": "batches"}
 END_STATES = ("done", "sigterm", "error", "unknown")
 
@@ -83,7 +81,7 @@ def summarise(root: str, listing: Iterable[str], num_shards: int) -> list[Attemp
     present = {storage.join(root, rel) for rel in listing}  # full URIs, as the layout names parts
     files: dict[tuple[int, int, str], dict[str, str]] = {}
     for rel in listing:
-        m = RECORD_RE.match(rel)
+        m = ATTEMPT_RECORD_RE.match(rel)
         if m and int(m.group(1)) < num_shards:
             files.setdefault((int(m.group(1)), int(m.group(2)), m.group(3)), {})[_KIND[m.group(4)]] = rel
     attempts: list[tuple[Attempt, dict[str, Any] | None, dict[str, Any] | None]] = []

@@ -1,17 +1,54 @@
-"""The run layout (DESIGN.md §3): the one module that knows where a run's objects live.
+"""The run layout (DESIGN.md §3): the one module that knows where a run's objects live and how they are named.
 
-Every name derives from (run_id, shard, part), so a retried task rewrites the same objects
-and create-only writes make the retry idempotent.
+Every name derives from (run_id, shard, part), so a retried task rewrites the same objects and
+create-only writes make the retry idempotent. The patterns below match those names relative to the
+run root, for code that lists a run dir (reconcile, the consumer reader, the worker's resume scan).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from genbatch.io.storage import join
 
+# Names relative to the run root.
+SPEC, MANIFEST, SUCCESS, REPORT = "spec.json", "manifest.json", "_SUCCESS", "report.html"
+SHARD_PLAN, SHARD_FANOUT = "shards/_plan.json", "shards/_fanout.jsonl"
+ROOT_FILES = frozenset({SPEC, MANIFEST, SUCCESS, REPORT})
+STAGE_DIRS = ("validation/", "quality/")  # report artefacts of those stages: any file in them is theirs
+ERASURES_DIR, RETENTION_DIR = "_erasures", "_retention"  # records `genbatch erase` and retention keep at a root
+OPERATOR_DIRS = (f"{ERASURES_DIR}/", f"{RETENTION_DIR}/")
+ATTEMPTS_DIR = "attempts/"
+REJECTS_PART_PREFIX = "rejects/part-"
+INPUT_DOCS = ("validation/accepted.jsonl", "validation/data_docs.html", REPORT)  # carry input text
+
+# Patterns of the names, relative to the run root unless said otherwise.
+SHARD_INPUT_RE = re.compile(r"^shards/shard-(\d{5})-of-(\d{5})\.jsonl$")
+SHARD_FILE_RE = re.compile(r"^outputs/shard-(\d{5})/(.+)$")  # any file of a shard's outputs
+IN_SHARD_RE = re.compile(  # relative to the shard's outputs dir: part, errors, metrics, manifest, image
+    r"^(?:(part|errors)-r\d{2}-\d{5}\.jsonl|metrics-r\d{2}\.prom|_manifest\.json|images/([^/]+)\.png)$")
+PART_NAME_RE = re.compile(r"^(part|errors)-r(\d+)-(\d+)\.jsonl$")  # a file name: kind, rank, part number
+OUTPUT_PART_RE = re.compile(r"^outputs/shard-\d+/part-[^/]+\.jsonl$")  # output records, not images or metrics
+SHARD_DIR_RE = re.compile(r"shard-(\d+)/")  # searched in a path: the shard a file belongs to
+ERRORS_FILE_RE = re.compile(r"^errors/shard-(\d{5})\.jsonl$")
+ATTEMPT_RECORD_RE = re.compile(
+    r"^attempts/shard-(\d{5})/r(\d{2})-(\d{8}T\d{12}Z-[0-9a-f]{8})(\.end\.json|\.batches\.jsonl|\.json)$")
+
+
+def is_rejects_part(uri: str, stage: str | None = None) -> bool:
+    """Whether ``uri`` names a rejects part (``rejects/part-<stage>-NNNNN.jsonl``), of ``stage`` when given."""
+    return uri.rsplit("/", 1)[-1].startswith(f"part-{stage}-" if stage else "part-")
+
+
+def is_record_part(uri: str, kinds: tuple[str, ...] = ("part", "errors")) -> bool:
+    """Whether ``uri`` names a committed batch of a shard: output records (``part``) or error records."""
+    match = PART_NAME_RE.match(uri.rsplit("/", 1)[-1])
+    return match is not None and match.group(1) in kinds
+
 
 def shard_name(shard: int, num_shards: int) -> str:
+    """``shard-00001-of-00004``: the name of a shard's input file."""
     return f"shard-{shard:05d}-of-{num_shards:05d}"
 
 
@@ -23,15 +60,46 @@ class RunLayout:
 
     @classmethod
     def for_run(cls, output_uri: str, run_id: str) -> RunLayout:
+        """The layout of run ``run_id`` under ``output_uri``."""
         return cls(join(output_uri, run_id))
 
     def path(self, *parts: str) -> str:
+        """A URI under the run root."""
         return join(self.root, *parts)
+
+    def rel(self, uri: str) -> str:
+        """``uri`` relative to the run root (what the patterns above match)."""
+        return uri[len(self.root):].lstrip("/")
 
     # -- run level ------------------------------------------------------------------
     @property
     def spec(self) -> str:
-        return self.path("spec.json")
+        """The resolved spec (genbatch.run.state), written once by prepare."""
+        return self.path(SPEC)
+
+    @property
+    def validation_dir(self) -> str:
+        return self.path("validation")
+
+    @property
+    def validation_docs(self) -> str:
+        """Great Expectations Data Docs of the input suite."""
+        return self.path("validation", "data_docs.html")
+
+    @property
+    def auto_shards(self) -> str:
+        """How ``num_shards: auto`` was decided."""
+        return self.path("validation", "auto_shards.json")
+
+    @property
+    def cost_preflight(self) -> str:
+        """The cost estimate made before generation (cost_check)."""
+        return self.path("validation", "cost.json")
+
+    @property
+    def preprocess_tmp(self) -> str:
+        """Beam's scratch space, removed when preprocessing commits."""
+        return self.path("_tmp", "preprocess")
 
     @property
     def validation_report(self) -> str:
@@ -56,12 +124,12 @@ class RunLayout:
     @property
     def shard_plan(self) -> str:
         """Summary of the sharding (counts, estimated cost per shard, balance)."""
-        return self.path("shards", "_plan.json")
+        return self.path(SHARD_PLAN)
 
     @property
     def shard_fanout(self) -> str:
         """``sharding.dedupe_identical``: one line per fanned-out row, with the row it is generated as."""
-        return self.path("shards", "_fanout.jsonl")
+        return self.path(SHARD_FANOUT)
 
     def shard_input(self, shard: int, num_shards: int) -> str:
         return self.path("shards", f"{shard_name(shard, num_shards)}.jsonl")
@@ -105,8 +173,22 @@ class RunLayout:
 
     # -- quality and publication -----------------------------------------------------
     @property
+    def quality_dir(self) -> str:
+        return self.path("quality")
+
+    @property
     def quality_metrics(self) -> str:
         return self.path("quality", "metrics.parquet")
+
+    @property
+    def quality_docs(self) -> str:
+        """Great Expectations Data Docs of the quality gates."""
+        return self.path("quality", "data_docs.html")
+
+    @property
+    def canary_verdict(self) -> str:
+        """The canary's A/B verdict (genbatch.quality.canary)."""
+        return self.path("quality", "canary.json")
 
     @property
     def quality_summary(self) -> str:
@@ -114,12 +196,13 @@ class RunLayout:
 
     @property
     def report_html(self) -> str:
-        return self.path("report.html")
+        return self.path(REPORT)
 
     @property
     def manifest(self) -> str:
-        return self.path("manifest.json")
+        return self.path(MANIFEST)
 
     @property
     def success(self) -> str:
-        return self.path("_SUCCESS")
+        """Written last: consumers wait for it."""
+        return self.path(SUCCESS)

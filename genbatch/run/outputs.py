@@ -17,19 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import OUTPUT_PART_RE, RunLayout
 
 log = logging.getLogger(__name__)
 
-# outputs/shard-00000/part-r00-00000.jsonl (layout.output_part); images and metrics are not records.
-OUTPUT_PART = re.compile(r"^outputs/shard-\d+/part-[^/]+\.jsonl$")
 
 
 class OutputIntegrityError(GenbatchError):
@@ -69,7 +66,7 @@ def wait_published(uri: str, *, wait_s: float = 0, poll_s: float = 2,
 
 def output_parts(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest's file entries that hold output records, in a stable order."""
-    return sorted((f for f in manifest.get("files", []) if OUTPUT_PART.match(f["path"])), key=lambda f: f["path"])
+    return sorted((f for f in manifest.get("files", []) if OUTPUT_PART_RE.match(f["path"])), key=lambda f: f["path"])
 
 
 def _verified_part(layout: RunLayout, entry: dict[str, Any]) -> bytes:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,21 +32,29 @@ from pathlib import Path
 from typing import Any
 
 from genbatch.io import storage
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import (
+    ATTEMPT_RECORD_RE,
+    ATTEMPTS_DIR,
+    ERRORS_FILE_RE,
+    IN_SHARD_RE,
+    MANIFEST,
+    OPERATOR_DIRS,
+    REJECTS_PART_PREFIX,
+    ROOT_FILES,
+    SHARD_FANOUT,
+    SHARD_FILE_RE,
+    SHARD_INPUT_RE,
+    SHARD_PLAN,
+    STAGE_DIRS,
+    SUCCESS,
+    RunLayout,
+)
 from genbatch.run.records import iter_jsonl, iter_many, reject_files
 from genbatch.run.state import RunRef, RunState, as_run_state
 
 CORE_COUNTS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
 """The count fields ``manifest.json`` records and that must agree with the objects."""
 
-_SHARD_INPUT = re.compile(r"^shards/shard-(\d{5})-of-(\d{5})\.jsonl$")
-_SHARD_FILE = re.compile(r"^outputs/shard-(\d{5})/(.+)$")
-_IN_SHARD = re.compile(r"^(?:(part|errors)-r\d{2}-\d{5}\.jsonl|metrics-r\d{2}\.prom|_manifest\.json|images/([^/]+)\.png)$")
-_ERRORS_FILE = re.compile(r"^errors/shard-(\d{5})\.jsonl$")
-_ROOT_FILES = frozenset({"spec.json", "manifest.json", "_SUCCESS", "report.html"})
-_STAGE_DIRS = ("validation/", "quality/")  # report artefacts of those stages: any file is theirs
-_OPERATOR_DIRS = ("_erasures/", "_retention/")  # records `genbatch erase` / retention keep at a root
-_ATTEMPTS_DIR = "attempts/"  # per-attempt records of the workers (models/attempts.py)
 _MAX_LISTED = 5
 
 
@@ -158,7 +165,7 @@ def reconcile(run: RunRef, *, attempt_log: str | Path | None = None, secrets: Se
         items_lost=len(missing_rows) + len(lost_ids),
         items_duplicated=len(doubled_rows) + sum(c - 1 for c in finished.values() if c > 1),
         problems=problems,
-        published="_SUCCESS" in present,
+        published=SUCCESS in present,
     )
 
     # 2. Orphans, 3. shard manifests, 4. manifest.json and _SUCCESS, 5. what a consumer sees.
@@ -202,10 +209,10 @@ def _read_parts(root: str, listing: list[str], num_shards: int) -> list[_Part]:
     """Every committed part/errors object of every shard in range, read once."""
     parts = []
     for rel in listing:
-        m = _SHARD_FILE.match(rel)
+        m = SHARD_FILE_RE.match(rel)
         if not m or int(m.group(1)) >= num_shards:
             continue
-        inner = _IN_SHARD.match(m.group(2))
+        inner = IN_SHARD_RE.match(m.group(2))
         if not inner or not inner.group(1):
             continue
         data = storage.read_bytes(storage.join(root, rel))
@@ -240,7 +247,7 @@ def _add_fanout(layout: RunLayout, present: set[str], parts: list[_Part], accept
     canonical's shard has no copies yet (before publish), as its canonical did. Updates in place."""
     from genbatch.run.fanout import fanout_errors, fanout_part, read_fanout
 
-    entries = read_fanout(layout) if "shards/_fanout.jsonl" in present else []
+    entries = read_fanout(layout) if SHARD_FANOUT in present else []
     materialised: set[int] = set()
     for shard in sorted({int(e["shard"]) for e in entries}):
         for uri, kind in ((fanout_part(layout, shard), "part"), (fanout_errors(layout, shard), "errors")):
@@ -275,40 +282,38 @@ def _orphans(state: RunState, listing: list[str], parts: list[_Part]) -> list[st
     for p in parts:
         if p.kind == "part":
             output_ids.setdefault(p.shard, set()).update(p.ids)
-    plan_committed = "shards/_plan.json" in listing
+    plan_committed = SHARD_PLAN in listing
     fanout_rels = {p.rel for p in parts if p.shard == _FANOUT_SHARD}
     orphans = []
     for rel in listing:
         if rel in fanout_rels:
             continue
-        if rel in _ROOT_FILES or rel.startswith(_STAGE_DIRS + _OPERATOR_DIRS) or rel.startswith("rejects/part-"):
+        if rel in ROOT_FILES or rel.startswith(STAGE_DIRS + OPERATOR_DIRS) or rel.startswith(REJECTS_PART_PREFIX):
             continue
         if rel.startswith("_tmp/"):
             if plan_committed:
                 orphans.append(rel)  # preprocess deletes its temp objects before writing the plan
             continue
-        if rel in ("shards/_plan.json", "shards/_fanout.jsonl"):
+        if rel in (SHARD_PLAN, SHARD_FANOUT):
             continue
-        if rel.startswith(_ATTEMPTS_DIR):
-            from genbatch.run.attempts import RECORD_RE
-
-            m = RECORD_RE.match(rel)
+        if rel.startswith(ATTEMPTS_DIR):
+            m = ATTEMPT_RECORD_RE.match(rel)
             if m is None or int(m.group(1)) >= n:
                 orphans.append(rel)
             continue
-        m = _SHARD_INPUT.match(rel)
+        m = SHARD_INPUT_RE.match(rel)
         if m:
             if int(m.group(2)) != n or int(m.group(1)) >= n:
                 orphans.append(rel)
             continue
-        m = _ERRORS_FILE.match(rel)
+        m = ERRORS_FILE_RE.match(rel)
         if m:
             if int(m.group(1)) >= n:
                 orphans.append(rel)
             continue
-        m = _SHARD_FILE.match(rel)
+        m = SHARD_FILE_RE.match(rel)
         if m and int(m.group(1)) < n:
-            inner = _IN_SHARD.match(m.group(2))
+            inner = IN_SHARD_RE.match(m.group(2))
             if inner is None:
                 orphans.append(rel)
             elif inner.group(2) is not None and inner.group(2) not in output_ids.get(int(m.group(1)), set()):
@@ -362,7 +367,7 @@ def _check_shard_manifests(state: RunState, present: set[str], parts: list[_Part
 def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation, problems: list[str]) -> int:
     """manifest.json against the counts and every object; returns how many file entries it checked."""
     layout = state.layout
-    has_manifest, has_success = "manifest.json" in listing, "_SUCCESS" in listing
+    has_manifest, has_success = MANIFEST in listing, SUCCESS in listing
     if has_success and not has_manifest:
         problems.append("_SUCCESS exists but manifest.json does not: consumers cannot read this run")
     if not has_manifest:
@@ -398,8 +403,8 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
     # Attempt records are the workers' bookkeeping, never outputs: one written after manifest.json (a
     # worker that was still running) is reported in ``attempts.after_publish``, not as an orphan; any
     # output object it wrote is.
-    unlisted = [rel for rel in listing if rel not in files and rel not in ("manifest.json", "_SUCCESS")
-                and not rel.startswith(_OPERATOR_DIRS + (_ATTEMPTS_DIR,))]
+    unlisted = [rel for rel in listing if rel not in files and rel not in (MANIFEST, SUCCESS)
+                and not rel.startswith(OPERATOR_DIRS + (ATTEMPTS_DIR,))]
     if unlisted:
         problems.append(f"{len(unlisted)} objects are not in manifest.json (written after publishing?): {unlisted[:_MAX_LISTED]}")
         rec.orphans.extend(r for r in unlisted if r not in rec.orphans)
@@ -470,7 +475,7 @@ def work_redone(attempt_log: str | Path) -> tuple[int, int]:
 
 def _attempt_figures(state: RunState, listing: list[str], rec: Reconciliation) -> None:
     """work_redone and the attempts summary from the workers' records (models/attempts.py)."""
-    records = [rel for rel in listing if rel.startswith(_ATTEMPTS_DIR)]
+    records = [rel for rel in listing if rel.startswith(ATTEMPTS_DIR)]
     if not records:
         return
     from genbatch.run.attempts import figures, summarise
@@ -479,7 +484,7 @@ def _attempt_figures(state: RunState, listing: list[str], rec: Reconciliation) -
                                 state.num_shards))
     rec.work_redone, rec.max_work_redone = summary.pop("work_redone"), summary.pop("max_work_redone")
     listed: set[str] = set()
-    if "manifest.json" in listing:
+    if MANIFEST in listing:
         listed = {str(f.get("path")) for f in storage.read_json(state.layout.manifest).get("files", [])}
         summary["after_publish"] = sum(1 for r in records if r not in listed)
     rec.attempts = summary

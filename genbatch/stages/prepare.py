@@ -91,7 +91,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
                      canary_model=canary)
     write_run_state(state)
     if auto is not None:  # how `num_shards: auto` was decided (a retry decides the same and overwrites)
-        storage.write_json(layout.path("validation", "auto_shards.json"), auto, overwrite=True)
+        storage.write_json(layout.auto_shards, auto, overwrite=True)
     log.info("run %s: prepared at %s with model %s", run_id, layout.root, model.ref)
     return state
 

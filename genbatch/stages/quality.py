@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from genbatch.io import storage
 from genbatch.quality.gates import evaluate_gates, failure_message
 from genbatch.quality.metrics import TextChecks, exact_duplicates, image_metrics, mentions_all, near_duplicates, text_metrics
 from genbatch.run.gates import METRICS, parse_gate
+from genbatch.run.layout import SHARD_DIR_RE
 from genbatch.run.reconcile import Reconciliation, reconcile
 from genbatch.run.records import error_files, iter_jsonl, iter_many, output_files, reject_files
 from genbatch.run.state import RunRef, RunState, as_run_state
@@ -35,7 +35,6 @@ __all__ = ["evaluate", "item_metrics", "mentions_all", "quality_gate"]
 
 log = logging.getLogger(__name__)
 
-_SHARD_RE = re.compile(r"shard-(\d+)/")
 BOOL_COLUMNS = (
     "empty", "nonempty", "duplicate", "truncated", "repetition_loop", "adherent", "mentions_attributes",
     "blocklisted", "has_pii", "size_ok", "size_mismatch", "nan", "black", "uniform", "near_duplicate",
@@ -68,7 +67,7 @@ def _shard_items(state: RunState) -> dict[str, dict[str, Any]]:
 
 def _output_records(state: RunState) -> Iterator[tuple[int, dict[str, Any]]]:
     for uri in output_files(state.layout, state.num_shards):
-        match = _SHARD_RE.search(uri[len(state.layout.root):])
+        match = SHARD_DIR_RE.search(uri[len(state.layout.root):])
         shard = int(match.group(1)) if match else -1
         for rec in iter_jsonl(uri):
             yield shard, rec
@@ -283,7 +282,7 @@ def evaluate(state: RunState) -> dict[str, Any]:
     storage.write_bytes(layout.quality_metrics, buf.getvalue(), overwrite=True)
     storage.write_json(layout.quality_summary, summary, overwrite=True)
     if gx_results:
-        storage.write_text(layout.path("quality", "data_docs.html"), data_docs_html(gx_results), overwrite=True,
+        storage.write_text(layout.quality_docs, data_docs_html(gx_results), overwrite=True,
                            content_type=HTML)
     report = ReportData(
         summary=summary, items=frame, prompts=table.prompts, outputs=table.outputs, images=table.images,

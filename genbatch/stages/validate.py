@@ -56,13 +56,13 @@ def validate_input(run: RunRef) -> dict[str, Any]:
     except InputSchemaError as exc:
         if exc.outcome is not None:
             _write_validation(state, exc.outcome, failure=str(exc))
-            storage.write_text(state.layout.path("validation", "data_docs.html"),
+            storage.write_text(state.layout.validation_docs,
                                data_docs_html(exc.outcome.gx_results), overwrite=True,
                                content_type="text/html; charset=utf-8")
         raise
     report = _write_validation(state, outcome, failure=None)
     # GX Data Docs beside the JSON results (overwrite: a retried task renders the same results).
-    storage.write_text(state.layout.path("validation", "data_docs.html"), data_docs_html(outcome.gx_results),
+    storage.write_text(state.layout.validation_docs, data_docs_html(outcome.gx_results),
                        overwrite=True, content_type="text/html; charset=utf-8")
     log.info("run %s: validated %s rows, %s rejected", state.run_id, report["rows"]["input"], report["rows"]["rejected"])
     return dict(report["rows"])
