@@ -52,6 +52,7 @@ def _summary(run_dir: str, state: str, tasks: dict[str, str], wall_s: float) -> 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``genbatch run``: validate the spec, run the batch_generation DAG in embedded Airflow, print a summary; 0 if published."""
     from genbatch.run.spec import load_spec
 
     spec = load_spec(args.spec)  # fail before any work, listing every bad field
@@ -78,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_spec(args: argparse.Namespace) -> int:
+    """``genbatch check-spec``: validate a spec file and print its resolved form (defaults filled in) as JSON."""
     from genbatch.run.spec import load_spec
 
     print(json.dumps(load_spec(args.spec).to_json_dict(), indent=2))
@@ -85,6 +87,7 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_spec_schema(_: argparse.Namespace) -> int:
+    """``genbatch spec-schema``: print the RunSpec JSON schema (refs inlined, as the Airflow form uses it)."""
     from genbatch.run.spec import json_schema
 
     print(json.dumps(json_schema(), indent=2))
@@ -92,6 +95,7 @@ def cmd_spec_schema(_: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    """``genbatch reconcile``: print the run's reconciliation as JSON; exit 1 when any check fails."""
     from genbatch.run.reconcile import reconcile
 
     result = reconcile(args.run_dir, secrets=args.secret or ())
@@ -100,11 +104,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_init(args: argparse.Namespace) -> int:
+    """``genbatch registry-init``: register the bundled models into ``--registry`` and print the result."""
     print(json.dumps(seed_registry(args.registry)))
     return 0
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
+    """``genbatch cost``: cost of the published runs under the URIs (JSON, or ``--table``); exit 1 when there are none."""
     from genbatch.plan.cost import format_table, summarise
 
     summary = summarise(args.uris)
@@ -116,6 +122,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    """``genbatch erase``: erase the subject from all runs under the roots, print the record; exit 1: residue, 3: runs skipped."""
     from genbatch.ops.erasure import Subject, erase
 
     subject = Subject.parse(ident=args.id, match=args.match)

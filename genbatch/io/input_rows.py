@@ -4,20 +4,7 @@ A broken row becomes a :class:`RawRow` with ``parse_error`` set, so validation c
 rule and the counts still reconcile (``input = accepted + rejected``). Only a file that cannot be
 read at all (unknown format, not Parquet, UTF-16) raises :class:`~genbatch.errors.ShardInputError`.
 
-Format decisions, so every reader hands validation the same shapes:
-
-* Blank lines (JSONL) and rows whose cells are all empty (CSV) are not rows: skipped, not counted.
-* ``RawRow.index`` is the 0-based number of the row among the non-blank rows; ``RawRow.line`` is
-  the 1-based physical line where the row starts (JSONL, CSV), for humans hunting it down.
-* A UTF-8 BOM at the start of the file is dropped; CRLF line ends are accepted.
-* Raw NUL bytes, invalid UTF-8 and lone surrogates (``"\\ud800"`` escapes) make that row a parse
-  error: they mean a corrupt or mis-encoded file, and they would crash UTF-8 writers later.
-* CSV values are strings. Empty cells mean "not given" (the key is left out). A ``seed`` made only
-  of digits (optionally signed) becomes an ``int``, and a ``params`` cell holding a JSON object
-  becomes a ``dict``, so CSV rows meet the same contract as JSONL rows; anything else stays a
-  string and validation rejects it with a reason.
-* Parquet map columns become dicts, and ``None`` fields of struct values are dropped (a struct
-  column forces every key onto every row).
+Format decisions (blank rows, row numbering, encodings, CSV and Parquet values): docs/internals.md#genbatchioinput_rows
 """
 
 from __future__ import annotations

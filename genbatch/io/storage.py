@@ -210,6 +210,7 @@ def _sha256_stream(stream: IO[bytes]) -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a local file, read in chunks so a large file (model weights) is never held in memory whole."""
     with path.open("rb") as f:
         return _sha256_stream(f)
 

@@ -1,16 +1,12 @@
 """Failure alerts: one Slack-compatible JSON POST to a webhook per failed task.
 
 The payload is what an on-call person needs and nothing else: DAG, run, task (and map index),
-try number, a one-paragraph exception summary and the log URL. Slack's incoming webhooks read
-``text``; any other receiver reads the same facts from the top-level fields. Secrets stay out:
-the summary goes through :func:`genbatch.ops.logs.redact` (secret-looking environment values) before
-it leaves, the Airflow side adds Airflow's own masker (operators/alerts.py), and the webhook URL
-(which carries its token) is never logged, only its host.
+try number, a one-paragraph exception summary and the log URL. Secrets stay out: the summary is
+redacted and the webhook URL (which carries its token) is never logged. Posting is best effort:
+an alert that cannot be delivered is logged and dropped, never raised. No Airflow import here
+(DESIGN.md): operators/alerts.py turns the task context into a :class:`FailureAlert`.
 
-Posting is best effort with a short timeout: an alert that cannot be delivered is logged and
-dropped, never raised, so it can neither fail nor slow a task's failure handling.
-No Airflow import here (DESIGN.md): operators/alerts.py turns the task context into a
-:class:`FailureAlert`.
+Details: docs/internals.md#genbatchopsalerts
 """
 
 from __future__ import annotations
@@ -44,6 +40,7 @@ class FailureAlert:
     log_url: str | None
 
     def payload(self) -> dict[str, object]:
+        """The webhook body: a Slack ``text`` (task, run, try, exception, log link) plus every field at the top level."""
         task = self.task_id if self.map_index < 0 else f"{self.task_id}[{self.map_index}]"
         text = (f":red_circle: *{self.dag_id}.{task}* failed (run `{self.run_id}`, try {self.try_number})\n"
                 f"```{self.exception}```")

@@ -3,36 +3,12 @@
     genbatch erase --id ID ROOT_URI...             every row whose ``id`` is ID
     genbatch erase --match FIELD=VALUE ROOT_URI... every row whose FIELD (dotted: attributes.email) is VALUE
 
-Per run (a directory with ``spec.json`` directly under a root, or the root itself):
+Per run: find the subject's rows, account for them with one ``erased`` tombstone reject per row index (so
+:func:`genbatch.run.reconcile.reconcile` still passes), rewrite every object that held them, scrub the derived
+documents, re-evaluate quality and rewrite ``manifest.json``, then verify that no object still holds the subject.
+One erasure record per root (``<root>/_erasures/<erasure_id>.json``) keeps only a salted hash and counts.
 
-1. Find the subject: input rows in ``validation/accepted.jsonl`` and the shard files, rejects (parsed rows;
-   a raw line the validator could not parse matches when it contains the value), output and error records
-   (by id, row index, or the field in their passthrough ``metadata``). Their ids, row indexes and prompts
-   are what gets erased.
-2. Account for the erased rows: one tombstone reject per erased row index,
-   ``{"index": i, "rule": "erased", "erasure_id": ...}`` in ``rejects/part-erasure-NNNNN.jsonl`` — no id,
-   no row. So ``input = accepted + rejected`` and "every row index in exactly one place" still hold and
-   :func:`genbatch.run.reconcile.reconcile` passes unchanged; ``rejects_by_rule`` shows ``erased``.
-3. Rewrite every object that held the subject (``overwrite=True``): accepted rows, shard files and the
-   plan's per-shard items/bytes/sha256/cost, ``_fanout.jsonl``, rejects, output parts (an emptied part is
-   deleted), per-batch and merged error files; delete the subject's images; rewrite each shard manifest's
-   ``parts``/``generated``/``errored``.
-4. Scrub the derived documents (Great Expectations results and Data Docs under ``validation/``): a string
-   holding the subject's id or prompt becomes ``[erased]``; an HTML page that still holds it is deleted.
-5. Re-evaluate quality (``quality/*``, ``report.html`` rendered again without the subject) and rewrite
-   ``manifest.json``: counts, shard entries, cost figures, every file's bytes and sha256, and an
-   ``erasures`` entry. ``_SUCCESS`` stays: consumers read the rewritten manifest.
-6. Verify: no object of the run contains the subject's id or prompt (raw, JSON- or HTML-escaped).
-
-Then one erasure record per root, ``<root>/_erasures/<erasure_id>.json``, without the personal data: the
-subject is a salted sha256 (salt from ``GENBATCH_ERASURE_SALT``, kept secret by the operator, so a later
-request can be matched to the record; without it an unrecorded random salt), and per run only counts.
-
-Limits (see docs/operations-team.md): runs with a shard still generating are skipped unless
-``include_incomplete`` (rewriting a shard under a live worker would shift its resume positions); the
-source input file named in ``spec.input.uri`` is not modified (the record lists it); bucket soft-delete
-and object versioning keep erased bytes recoverable until their own retention ends; ids shorter than
-4 characters are erased but cannot be byte-verified.
+The steps, the erasure record and the limits: docs/internals.md#genbatchopserasure
 """
 
 from __future__ import annotations
@@ -99,6 +75,7 @@ class Subject:
 
     @classmethod
     def parse(cls, *, ident: str | None = None, match: str | None = None) -> Subject:
+        """The subject from the CLI's ``--id ID`` or ``--match FIELD=VALUE`` (exactly one); ErasureError when malformed."""
         if (ident is None) == (match is None):
             raise ErasureError("give exactly one of --id ID or --match FIELD=VALUE")
         if ident is not None:
@@ -128,6 +105,7 @@ class Subject:
         return _equal(_get(record.get("metadata") or {}, self.field), self.value)
 
     def hashed(self, salt: bytes) -> str:
+        """Salted sha256 of field and value: what the erasure record keeps instead of the personal data."""
         return hashlib.sha256(salt + b"\0" + self.field.encode() + b"\0" + self.value.encode()).hexdigest()
 
 
@@ -135,10 +113,12 @@ class Subject:
 
 
 def read_jsonl(uri: str) -> list[dict[str, Any]]:
+    """Every record of a JSONL object, blank lines skipped."""
     return [json.loads(line) for line in storage.iter_lines(uri) if line.strip()]
 
 
 def rel(layout: RunLayout, uri: str) -> str:
+    """``uri`` relative to the run root: how changed, deleted and residual objects are named in records."""
     return uri[len(layout.root):].lstrip("/")
 
 
@@ -150,6 +130,7 @@ class Changes:
     deleted: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict[str, int]:
+        """Counts of objects rewritten (and not deleted afterwards) and deleted, for the erasure or retention record."""
         return {"objects_rewritten": len(self.rewritten - self.deleted), "objects_deleted": len(self.deleted)}
 
 
@@ -242,10 +223,13 @@ def _variants(needle: str) -> set[bytes]:
 
 @dataclass
 class Needles:
+    """The subject's ids and prompts: the strings searched for, and scrubbed, in a run's objects."""
+
     ids: set[str] = field(default_factory=set)
     prompts: set[str] = field(default_factory=set)
 
     def add_row(self, row: Any) -> None:
+        """Collect the id, prompt and negative_prompt of a parsed row (raw, unparsed rows add nothing)."""
         if isinstance(row, dict):
             for key in ("prompt", "negative_prompt"):
                 if isinstance(row.get(key), str):
@@ -264,6 +248,7 @@ class Needles:
         return out
 
     def strings(self) -> list[str]:
+        """The ids and prompts (also stripped) long enough to search for, longest first, for scrubbing JSON strings."""
         return sorted({v for v in self.ids | self.prompts | {p.strip() for p in self.prompts} if len(v.strip()) >= MIN_NEEDLE},
                       key=len, reverse=True)
 
@@ -321,11 +306,14 @@ def residuals(layout: RunLayout, needles: Needles) -> dict[str, list[str]]:
 
 @dataclass
 class Hits:
+    """What :func:`find` found of the subject in one run: its row indexes, its ids and the strings to verify against."""
+
     indexes: set[int] = field(default_factory=set)
     ids: set[str] = field(default_factory=set)
     needles: Needles = field(default_factory=Needles)
 
     def add(self, index: Any, ident: Any, row: Any = None) -> None:
+        """Record one row of the subject: its index (an int, not a bool), its id and its id/prompt strings."""
         if isinstance(index, int) and not isinstance(index, bool):
             self.indexes.add(index)
         if isinstance(ident, str):
@@ -334,6 +322,7 @@ class Hits:
         self.needles.add_row(row)
 
     def hit(self, index: Any, ident: Any) -> bool:
+        """Whether a record belongs to the subject, by row index or by id."""
         return (isinstance(index, int) and index in self.indexes) or (isinstance(ident, str) and ident in self.ids)
 
 

@@ -4,21 +4,11 @@
     GENBATCH_LOG_FORMAT=text   "time level logger: message" lines (the default elsewhere)
     GENBATCH_LOG_LEVEL=DEBUG   the level (default: INFO for the worker, WARNING for the CLI)
 
-Every JSON line has ``timestamp`` (UTC, ISO 8601), ``severity``, ``logger`` and ``message`` (the
-names Cloud Logging and most log shippers read), then the context bound with :func:`bind`
-(``run_id``, ``shard``, ``rank`` in the worker) and the fields a call passes with ``extra=``
-(``item_ids`` and ``part`` on batch commits and item errors), and ``exception`` with the
-traceback when there is one. structlog's ``ProcessorFormatter`` renders the standard library's
-records, so modules keep using ``logging.getLogger(__name__)``.
+JSON lines carry ``timestamp``, ``severity``, ``logger`` and ``message``, the context bound with :func:`bind`
+and the ``extra=`` fields; modules keep using ``logging.getLogger(__name__)``. The values of secret-looking
+environment variables are replaced by ``***`` in both formats.
 
-In JSON mode, what would print around the log (progress bars, ``warnings``, the model libraries'
-own handlers) is kept off stderr or routed through it: ``TQDM_DISABLE`` and
-``HF_HUB_DISABLE_PROGRESS_BARS`` default to 1, ``TRANSFORMERS_VERBOSITY`` and ``DIFFUSERS_VERBOSITY``
-to ``error`` (those libraries print with handlers of their own), and Python warnings are logged.
-
-Secrets never reach a line: the values of secret-looking environment variables (names holding
-TOKEN, SECRET, PASSWORD, ... as :mod:`genbatch.stages.generate` keeps from the worker) are replaced by
-``***`` in both formats, in the message and in every field.
+Fields, JSON-mode output of other libraries, redaction: docs/internals.md#genbatchopslogs
 """
 
 from __future__ import annotations
@@ -105,6 +95,7 @@ class RedactingTextFormatter(logging.Formatter):
     """The classic text line, with secret values replaced."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The standard text line, then :func:`redact` so secret environment values never reach it."""
         return redact(super().format(record))
 
 
@@ -175,6 +166,7 @@ def bind(**fields: Any) -> None:
 
 
 def clear() -> None:
+    """Drop the context bound with :func:`bind` (for this thread/task)."""
     structlog.contextvars.clear_contextvars()
 
 

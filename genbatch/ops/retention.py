@@ -1,29 +1,12 @@
 """Retention: delete run data past its age, by category, and record what was deleted.
 
 The policy is deployment configuration, not part of a run spec: ``GENBATCH_RETENTION`` holds either the
-path (local or ``gs://``) of a YAML/JSON file or the YAML itself::
+path (local or ``gs://``) of a YAML/JSON file or the YAML itself (``roots`` and ``inputs_days``,
+``rejects_days``, ``outputs_days``; a missing key keeps that category forever). :func:`apply` deletes or
+strips each expired category per run, so outputs stay readable and ``reconcile`` still passes, and
+records what it did under ``<root>/_retention/``.
 
-    roots: [gs://BUCKET/runs]    # where runs live (the retention DAG maps over these)
-    inputs_days: 30              # copies of input rows: validation/accepted.jsonl, shard items, GX values
-    rejects_days: 30             # rejected rows
-    outputs_days: 365            # everything else: the whole run is deleted
-
-A missing key keeps that category forever. A run's age is counted from ``spec.json``'s ``created_at``
-(inputs, rejects) and from ``manifest.json``'s ``published_at`` when published (outputs).
-
-:func:`apply` per run, oldest category first:
-
-- **outputs expired**: every object of the run is deleted — ``_SUCCESS`` first (consumers stop reading),
-  ``manifest.json`` next, ``spec.json`` last (so a run half deleted by a crash is found again next time).
-- **inputs expired**: ``validation/accepted.jsonl``, the Data Docs pages and ``report.html`` (they show
-  prompts) are deleted; shard files keep only ``{id, row_index, seed, est_tokens, est_cost}`` per item and
-  ``validation/input.json`` only its counts. So outputs stay readable and ``reconcile`` still passes.
-- **rejects expired**: reject records keep only ``{index, rule}`` (and an erasure tombstone's id).
-- the manifest of a published run is rewritten (files, checksums) with a ``retention`` entry.
-
-Every apply writes ``<root>/_retention/<now>.json`` — per run the categories, object counts and bytes it
-deleted or rewrote (no object names: image names are item ids) — and, before touching a run,
-``<root>/_retention/<now>/<run_id>.json`` with what it is about to do.
+Policy format and what each category removes: docs/internals.md#genbatchopsretention
 """
 
 from __future__ import annotations
@@ -168,6 +151,7 @@ def plan_run(run_dir: str, policy: RetentionPolicy, now: dt.datetime) -> list[st
 
 
 def apply_run(run_dir: str, due: list[str], now: dt.datetime) -> dict[str, Any]:
+    """Apply the due categories to one run: delete it whole, or strip inputs/rejects and rewrite its manifest; returns counts."""
     layout = RunLayout(run_dir)
     if due == ["outputs"]:
         return _delete_run(layout)

@@ -1,16 +1,11 @@
 """``sharding.num_shards: auto``: how many shards (one pod each) a run gets.
 
 :func:`decide_num_shards` is the decision, a pure function. :func:`auto_num_shards` feeds it at prepare
-time, when the preprocess cost model has not run yet, so the input's cost is *estimated* from the file:
+time, when the preprocess cost model has not run yet, so the input's cost is *estimated* from the file
+(its row count and a cost per row). The preprocess stage later computes the exact cost
+(``shards/_plan.json``) and the cost ceiling is checked against that, not against this estimate.
 
-- rows: JSONL counts non-blank lines, CSV counts lines less the header (a quoted newline inside a cell
-  counts twice), Parquet reads the row count from the footer;
-- cost per row: images ``steps × height × width`` of the spec (exact unless rows override params);
-  text ``min(average row bytes, input.max_prompt_chars) / 4`` prompt tokens (the whole row counts, not
-  just its prompt, so this errs high) ``+ generation.max_new_tokens``.
-
-The preprocess stage later computes the exact cost (``shards/_plan.json``) and the cost ceiling is checked
-against that, not against this estimate.
+How rows and cost per row are estimated: docs/internals.md#genbatchplanautoscale
 """
 
 from __future__ import annotations
@@ -75,17 +70,20 @@ def decide_num_shards(total_cost_units: float, throughput_units_per_s: float, ta
 
 @dataclass(frozen=True)
 class InputEstimate:
+    """An input file's row count, size and estimated cost per row, measured before preprocessing."""
+
     rows: int
     bytes: int
     cost_per_row: float
 
     @property
     def total_cost_units(self) -> float:
+        """Estimated cost units of the whole input: rows × cost per row."""
         return self.rows * self.cost_per_row
 
 
 def count_rows(uri: str, fmt: str) -> int:
-    """Rows of an input file without parsing them (see the module docstring for the approximations)."""
+    """Rows of an input file without parsing them (the approximations: docs/internals.md#genbatchplanautoscale)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 

@@ -1,26 +1,12 @@
 """Cost accounting: device-seconds and USD per shard and run, the pre-generation cost ceiling, ``genbatch cost``.
 
-Units (one definition each):
+Units: device-seconds (a shard's wall time × the devices it held, committing attempt only), cost units (the
+preprocess cost model), throughput (cost units one device processes per compute second) and USD (device- and
+node-hours × hourly prices, :data:`DEFAULT_PRICES` merged with the spec's ``cost.price_table``).
+Nothing here ever fails a run for want of a price (``usd: null`` and a note), except where the spec sets
+``cost.ceiling_usd``: then the ceiling check fails closed, before generation.
 
-- **device-seconds** of a shard: its wall time × the devices it held (``timings.wall_s × len(devices)`` of
-  the shard manifest). That is what a GPU pod is billed for: model load and idle time included.
-  Compute device-seconds (``timings.compute_s``, summed over the shard's device processes) are reported
-  beside it. Only the attempt that committed the shard is counted: time a killed or preempted earlier
-  attempt spent is not in any manifest, so the figure is a lower bound after retries.
-- **cost units**: the preprocess cost model (:func:`genbatch.run.items.estimate_cost`): prompt + new tokens
-  for text, steps × pixels for images; ``shards/_plan.json`` has the run's total.
-- **throughput**: cost units one device processes per (compute) second. A model version's measured
-  figure comes from its registry card (``metrics.throughput_cost_units_per_s``: a number, or a mapping
-  accelerator → number); a published run reports the figure it measured as
-  ``cost_estimate.cost_units_per_device_s``, which is what to put on the next version's card. Without
-  one, the spec's ``cost.throughput_per_device_s``, else :data:`DEFAULT_THROUGHPUT` (deliberately low,
-  so an estimate errs towards "too expensive").
-- **USD**: device-hours × the accelerator's hourly price + node-hours × the node type's hourly price
-  (on-demand or spot), from :data:`DEFAULT_PRICES` merged with the spec's ``cost.price_table``.
-
-Nothing here ever fails a run for want of a price: an unknown accelerator gives ``usd: null`` and a
-note naming the price-table key to add, except where the spec sets ``cost.ceiling_usd`` (then the
-ceiling check fails closed, before generation).
+The units, one definition each: docs/internals.md#genbatchplancost
 """
 
 from __future__ import annotations
@@ -108,11 +94,13 @@ class Price:
     note: str | None = None
 
     def usd(self, device_s: float, node_s: float) -> float | None:
+        """USD for the device- and node-seconds at these rates; None when the accelerator has no price."""
         if self.usd_per_device_hour is None:
             return None
         return device_s / 3600.0 * self.usd_per_device_hour + node_s / 3600.0 * self.usd_per_node_hour
 
     def to_json(self) -> dict[str, Any]:
+        """The rates and the missing-price note, as recorded in the cost preflight and run figures."""
         return {"accelerator": self.accelerator, "node_type": self.node_type, "spot": self.spot,
                 "usd_per_device_hour": self.usd_per_device_hour, "usd_per_node_hour": self.usd_per_node_hour,
                 "note": self.note}
@@ -153,6 +141,7 @@ def accelerator_for(spec: RunSpec, devices: Sequence[str] = ()) -> str:
 
 
 def resolve_price(spec: RunSpec, accelerator: str) -> Price:
+    """The run's hourly rates (spot or on-demand) for ``accelerator`` and ``cost.node_type``; a note names a missing key."""
     table = price_table(spec)
     rate = "spot" if spec.cost.spot else "on_demand"
     notes = []

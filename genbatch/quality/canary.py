@@ -17,6 +17,7 @@ from genbatch.run.state import RunState
 
 
 def canary_path(state: RunState) -> str:
+    """Where the run's canary verdict is written (``quality/canary.json``); promotion reads it from there."""
     return state.layout.canary_verdict
 
 

@@ -1,18 +1,12 @@
 """The input contract (DESIGN §3) as a Great Expectations suite, and the row verdicts it yields.
 
-Why GX and a derived frame: input rows are nested JSON of any shape, which a dataframe cannot hold
-faithfully, so each row is summarised in Python into plain check columns (type tags, the id and
-prompt strings, the seed's bit length, one row per ``params`` key) and the rules are expressed as GX
-expectations on those columns. Every verdict comes from the GX result: a row is rejected because an
-expectation listed its index as unexpected, never because Python decided on its own. Python only
-writes the human reason for a verdict GX already gave.
+Each row is summarised in Python into plain check columns and the rules are GX expectations on those
+columns: every verdict comes from the GX result. Each bad row ends as exactly one :class:`Reject`, for the
+first rule it breaks in :data:`RULES` order; every row ends either accepted or rejected. Uniqueness of ``id``
+is not checked here (the Beam preprocessing stage dedupes). Table-level failures raise
+:class:`InputSchemaError`, which stops the run.
 
-Each bad row ends as exactly one :class:`Reject`, for the first rule it breaks in :data:`RULES`
-order; every row ends either accepted or rejected. Optional fields set to ``null`` count as absent.
-Uniqueness of ``id`` is not checked here: the Beam preprocessing stage dedupes.
-
-Table-level failures (no rows, ``id``/``prompt`` column missing everywhere, nothing parseable, too
-many rejects) raise :class:`InputSchemaError`, which stops the run.
+Why GX and a derived frame, and the table-level failures: docs/internals.md#genbatchqualityexpectations
 """
 
 from __future__ import annotations

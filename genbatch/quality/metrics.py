@@ -2,15 +2,9 @@
 
 Nothing here reads storage or knows the run layout: :mod:`genbatch.stages.quality` feeds it records, and
 a unit test (or a Beam DoFn, for a large run) can call the same functions on records it built.
+Text: :func:`text_metrics`; images: :func:`image_metrics` and :func:`near_duplicates`.
 
-Text (:func:`text_metrics`): empty/whitespace-only, length in tokens and words, repetition
-(distinct-n and repeated n-gram loops), truncation (``new_tokens`` reached ``max_new_tokens``),
-prompt adherence (the item's ``attributes`` values, ``expect_keywords`` and ``expect_patterns`` all
-appear), blocklist hits and PII patterns (e-mail, phone, card numbers that pass the Luhn check).
-
-Images (:func:`image_metrics`, :func:`near_duplicates`): NaN/black/uniform images, size as
-requested, brightness and contrast, a 64-bit difference hash for near-duplicates, and the prompt
-adherence hook — for the tiny zoo, the dominant colour against the colour word in the prompt.
+What each metric measures: docs/internals.md#genbatchqualitymetrics
 """
 
 from __future__ import annotations
@@ -182,7 +176,7 @@ def text_metrics(
     metadata: Mapping[str, Any] | None = None,
     checks: TextChecks = TextChecks(),  # noqa: B008 - frozen, shared default is safe
 ) -> dict[str, Any]:
-    """The per-item metrics of one text output (see the module docstring)."""
+    """The per-item metrics of one text output (see docs/internals.md#genbatchqualitymetrics)."""
     words = [w.lower() for w in WORD_RE.findall(text)]
     repeats = max_consecutive_repeats(words)
     char_loop = CHAR_RUN_RE.search(text) is not None
@@ -327,6 +321,7 @@ def image_metrics(
 
 
 def hamming(a: str, b: str) -> int:
+    """Number of differing bits between two hex image hashes: the near-duplicate distance."""
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 

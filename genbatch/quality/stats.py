@@ -22,4 +22,5 @@ def bootstrap_diff(a: list[float], b: list[float], *, seed: int = 0, resamples: 
 
 
 def mean(values: list[float]) -> float:
+    """Arithmetic mean; NaN for an empty list, so an empty arm shows as missing instead of raising."""
     return sum(values) / len(values) if values else float("nan")

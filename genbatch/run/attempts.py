@@ -47,6 +47,7 @@ class Attempt:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """Every field, as a JSON-ready dict."""
         return asdict(self)
 
 

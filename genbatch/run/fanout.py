@@ -1,23 +1,11 @@
 """Fan-out of identical items (``sharding.dedupe_identical``): generated once, published for every id.
 
-The preprocess stage writes ``shards/_fanout.jsonl``: one line per fanned-out row,
-``{id, row_index, canonical_id, canonical_row_index, shard, metadata}``, where the canonical row is
-the first row (lowest row index) with the same normalised prompt, negative_prompt, params and
-seed, and ``shard`` is the shard that generates it.
+The preprocess stage writes ``shards/_fanout.jsonl`` (one line per fanned-out row, naming its canonical row
+and the shard that generates it). At publish time :func:`materialise` gives every fanned-out id its
+canonical's result in the canonical's shard dir (``part-fanout.jsonl``, ``errors-fanout.jsonl``), written
+create-only with deterministic bytes, so a retried publish rewrites identical objects.
 
-At publish time (:func:`materialise`, called by :func:`genbatch.stages.publish.publish` before the
-manifest is built) every fanned-out id gets its canonical's result, in the canonical's shard dir:
-
-* ``outputs/shard-K/part-fanout.jsonl``: a copy of the canonical output record with the row's own
-  ``id``, ``row_index`` and ``metadata``, plus ``fanout_of`` (the canonical id). Image records
-  keep the canonical's ``image_path``: the copy references the same PNG object (no second image is
-  written; an image is immutable once its part commits);
-* ``outputs/shard-K/errors-fanout.jsonl``: the same for rows whose canonical failed generation.
-
-Both are written create-only with deterministic bytes (sorted by row index), so a retried publish
-rewrites identical objects. Consumers read the output part through the manifest like any other
-(``genbatch.run.outputs.read``); :func:`genbatch.run.reconcile.reconcile` counts fanned-out rows as
-accepted and their copies as generated/errored (before publish, by their canonical's fate).
+Record formats, consumers and reconcile: docs/internals.md#genbatchrunfanout
 """
 
 from __future__ import annotations

@@ -74,12 +74,15 @@ GATE_RE = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(<=|>=|==|<|>)\s*([-+]?(?:\d+\.?\
 
 @dataclass(frozen=True)
 class Gate:
+    """One quality gate, ``METRIC OP THRESHOLD``, as parsed by :func:`parse_gate`."""
+
     metric: str
     op: str
     threshold: float
 
     @property
     def text(self) -> str:
+        """The gate written back as text, e.g. ``empty_rate <= 0.01``."""
         return f"{self.metric} {self.op} {self.threshold:g}"
 
 
@@ -98,6 +101,7 @@ def parse_gate(expression: str) -> Gate:
 
 
 def compare(value: float, op: str, threshold: float) -> bool:
+    """Whether ``value OP threshold`` holds, for an ``op`` in :data:`OPS`."""
     return {
         "<=": value <= threshold, ">=": value >= threshold, "==": value == threshold,
         "<": value < threshold, ">": value > threshold,

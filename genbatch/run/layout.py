@@ -79,6 +79,7 @@ class RunLayout:
 
     @property
     def validation_dir(self) -> str:
+        """Directory of input validation's objects (report, accepted rows, Data Docs) and the prepare-time decisions."""
         return self.path("validation")
 
     @property
@@ -103,6 +104,7 @@ class RunLayout:
 
     @property
     def validation_report(self) -> str:
+        """The input validation report (counts; retention records there what it stripped)."""
         return self.path("validation", "input.json")
 
     @property
@@ -112,13 +114,16 @@ class RunLayout:
 
     @property
     def rejects_dir(self) -> str:
+        """Directory of the reject parts of every stage."""
         return self.path("rejects")
 
     def rejects_part(self, stage: str, part: int = 0) -> str:
+        """A reject part written by ``stage`` (``validate``, ``preprocess``, erasure tombstones)."""
         return self.path("rejects", f"part-{stage}-{part:05d}.jsonl")
 
     @property
     def shards_dir(self) -> str:
+        """Directory of the shard input files, the shard plan and the fan-out list."""
         return self.path("shards")
 
     @property
@@ -132,10 +137,12 @@ class RunLayout:
         return self.path(SHARD_FANOUT)
 
     def shard_input(self, shard: int, num_shards: int) -> str:
+        """The items of one shard as preprocessing wrote them (one JSON object a line)."""
         return self.path("shards", f"{shard_name(shard, num_shards)}.jsonl")
 
     # -- per shard outputs ---------------------------------------------------------
     def outputs_dir(self, shard: int) -> str:
+        """Directory of one shard's output and error parts, images, worker metrics and shard manifest."""
         return self.path("outputs", f"shard-{shard:05d}")
 
     def output_part(self, shard: int, part: int, rank: int = 0) -> str:
@@ -151,6 +158,7 @@ class RunLayout:
         return join(self.outputs_dir(shard), f"metrics-r{rank:02d}.prom")
 
     def image_path(self, shard: int, item_id: str) -> str:
+        """The PNG of one image item, in its shard's outputs dir, named by the item id."""
         return join(self.outputs_dir(shard), "images", f"{item_id}.png")
 
     def shard_manifest(self, shard: int) -> str:
@@ -158,6 +166,7 @@ class RunLayout:
         return join(self.outputs_dir(shard), "_manifest.json")
 
     def errors_file(self, shard: int) -> str:
+        """One shard's error records, merged from its per-batch error parts when the shard commits."""
         return self.path("errors", f"shard-{shard:05d}.jsonl")
 
     # -- per-attempt records (models/attempts.py) -------------------------------------
@@ -174,10 +183,12 @@ class RunLayout:
     # -- quality and publication -----------------------------------------------------
     @property
     def quality_dir(self) -> str:
+        """Directory of the quality stage's objects (metrics, summary, Data Docs, canary verdict)."""
         return self.path("quality")
 
     @property
     def quality_metrics(self) -> str:
+        """Per-item quality metrics, one row per output."""
         return self.path("quality", "metrics.parquet")
 
     @property
@@ -192,14 +203,17 @@ class RunLayout:
 
     @property
     def quality_summary(self) -> str:
+        """Run-level quality metrics and gate verdicts; publish reads from it whether the run may publish."""
         return self.path("quality", "summary.json")
 
     @property
     def report_html(self) -> str:
+        """The run's human-readable quality report."""
         return self.path(REPORT)
 
     @property
     def manifest(self) -> str:
+        """``manifest.json``, written by publish: counts, shards, quality, cost and every file's bytes and sha256."""
         return self.path(MANIFEST)
 
     @property

@@ -15,4 +15,5 @@ class ModelVersion:
 
     @property
     def ref(self) -> str:
+        """``name@version``: how verdicts, summaries and logs name the version."""
         return f"{self.name}@{self.version}"

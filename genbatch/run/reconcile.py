@@ -2,23 +2,11 @@
 
 Counts must satisfy ``input = accepted + rejected`` and ``accepted = generated + errored``;
 every input row index appears exactly once across accepted items and rejects, and every
-accepted id exactly once across outputs and errors.
+accepted id exactly once across outputs and errors. Beyond the counts it checks what an operator
+needs after an incident (``genbatch reconcile URI``): orphan objects, every manifest against the
+objects, consumer partial reads, work redone and, optionally, secret leaks.
 
-Beyond the counts it checks what an operator needs after an incident (``genbatch reconcile URI``):
-
-* orphan objects: anything under the run dir that the run layout does not account for (a part of
-  a shard that does not exist, an image without an output record, preprocess temp objects left
-  after the plan was committed, a part written after its shard committed, an object written after
-  publishing). Hidden temp files of in-flight local writes are ignored, as listings ignore them;
-* every manifest against the objects: each shard manifest's ``parts`` (records, sha256),
-  ``generated`` and ``errored``; ``manifest.json``'s counts, shard entries and file list (bytes,
-  sha256), and ``_SUCCESS`` never without ``manifest.json``;
-* consumer_partial_reads: what :func:`genbatch.run.outputs.read` hands a consumer right now must be
-  nothing before ``_SUCCESS`` and exactly the committed output records after it;
-* work_redone from the per-attempt records the worker keeps (``attempts/shard-K/``, see
-  :mod:`models.attempts`): the items of a batch an attempt had in flight and never committed;
-  optionally the same figure from a test probe's attempt log (``work_redone_probe``), and
-  secret_leak_count (objects containing any of the given secret values).
+The checks beyond the counts: docs/internals.md#genbatchrunreconcile
 """
 
 from __future__ import annotations
@@ -60,6 +48,8 @@ _MAX_LISTED = 5
 
 @dataclass
 class Reconciliation:
+    """What :func:`reconcile` found: the core counts, the problems, and the incident checks' figures."""
+
     input: int
     accepted: int
     rejected: int
@@ -81,6 +71,7 @@ class Reconciliation:
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found."""
         return not self.problems
 
     def counts(self) -> dict[str, int]:
@@ -88,6 +79,7 @@ class Reconciliation:
         return {k: int(getattr(self, k)) for k in CORE_COUNTS}
 
     def to_json(self) -> dict[str, Any]:
+        """Every field plus ``ok``, as ``genbatch reconcile`` prints it."""
         return {**asdict(self), "ok": self.ok}
 
 

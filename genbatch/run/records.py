@@ -16,6 +16,7 @@ def jsonl_bytes(records: Iterable[dict[str, Any]]) -> bytes:
 
 
 def iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
+    """The records of one JSONL object, lazily, blank lines skipped."""
     for line in storage.iter_lines(uri):
         if line.strip():
             yield json.loads(line)
@@ -29,17 +30,21 @@ def _files(prefix: str, name_prefix: str) -> list[str]:
 
 
 def reject_files(layout: RunLayout) -> list[str]:
+    """The run's reject parts (``rejects/part-*.jsonl``), of every stage."""
     return _files(layout.rejects_dir, "part-")
 
 
 def output_files(layout: RunLayout, num_shards: int) -> list[str]:
+    """The output parts of every shard (``part-*.jsonl``, fan-out copies included; error parts are not)."""
     return [u for s in range(num_shards) for u in _files(layout.outputs_dir(s), "part-")]
 
 
 def error_files(layout: RunLayout, num_shards: int) -> list[str]:
+    """The merged per-shard error files that exist (``errors/shard-K.jsonl``)."""
     return [layout.errors_file(s) for s in range(num_shards) if storage.exists(layout.errors_file(s))]
 
 
 def iter_many(uris: list[str]) -> Iterator[dict[str, Any]]:
+    """The records of several JSONL objects, one object after the other."""
     for uri in uris:
         yield from iter_jsonl(uri)

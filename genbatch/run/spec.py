@@ -29,6 +29,8 @@ class _Section(BaseModel):
 
 
 class InputSpec(_Section):
+    """Where the input rows are, their format, and the limits that stop a run before generation."""
+
     uri: str = Field(description="JSONL, CSV or Parquet file, local path or gs:// URI.")
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     max_prompt_chars: int = Field(4000, ge=1, le=100_000)
@@ -41,6 +43,8 @@ class InputSpec(_Section):
 
 
 class ModelSpec(_Section):
+    """The registered model to run, pinned by exactly one of alias or version, and its precision."""
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     alias: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     version: int | None = Field(None, ge=1)
@@ -55,6 +59,8 @@ class ModelSpec(_Section):
 
 
 class GenerationSpec(_Section):
+    """Decoding (text) and diffusion (image) parameters, and the run seed that item seeds derive from."""
+
     max_new_tokens: int = Field(48, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -91,6 +97,8 @@ NumShards = Annotated[
 
 
 class ShardingSpec(_Section):
+    """How many shards (one pod each) or auto, the targets auto sizing aims for, and dedupe of identical items."""
+
     num_shards: NumShards = Field(
         4, description="shards (one mapped task / pod each), or 'auto': derived at prepare time from the input's "
         "estimated cost, the model version's throughput, target_wall_s and gpu_quota (see docs/operations-team.md)",
@@ -154,11 +162,15 @@ class ExecutionSpec(_Section):
 
 
 class QualityOverride(_Section):
+    """An approved exception that publishes a run despite failed gates: why, and who approved it."""
+
     reason: str = Field(min_length=10, description="why publishing despite failed gates is acceptable")
     approved_by: str = Field(min_length=2, pattern=r"\S", description="who approved it (name or e-mail)")
 
 
 class QualitySpec(_Section):
+    """The quality gates' thresholds, extra gates, and the settings of the text and image metrics."""
+
     min_success_rate: float = Field(0.99, ge=0.0, le=1.0, description="generated / accepted")
     max_reject_rate: float = Field(0.2, ge=0.0, le=1.0, description="rejected / input")
     min_nonempty_rate: float = Field(0.99, ge=0.0, le=1.0)
@@ -266,6 +278,8 @@ class CostSpec(_Section):
 
 
 class OutputSpec(_Section):
+    """Where the run writes: under <uri>/<run_id>/."""
+
     uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
 
 
@@ -292,6 +306,7 @@ class RunSpec(_Section):
         return self
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready data: what spec.json records and the DAG receives as params."""
         return self.model_dump(mode="json")
 
     def params_hash(self) -> str:

@@ -19,6 +19,8 @@ from genbatch.run.spec import RunSpec, parse_spec
 
 @dataclass(frozen=True)
 class RunState:
+    """A resolved run, as spec.json holds it: spec, pinned model version(s), layout and shard count."""
+
     run_id: str
     spec: RunSpec
     model: ModelVersion
@@ -28,9 +30,11 @@ class RunState:
 
     @property
     def params_hash(self) -> str:
+        """The spec's generation-parameter hash (:meth:`RunSpec.params_hash`)."""
         return self.spec.params_hash()
 
     def to_json(self) -> dict[str, Any]:
+        """The spec.json document: spec, pinned model(s), shard count, params hash and code version."""
         return {
             "run_id": self.run_id,
             "spec": self.spec.to_json_dict(),

@@ -3,22 +3,12 @@
 One function (``worker_command``) builds the command for both backends, so a pod and a
 local process for the same shard run exactly the same thing.
 
-The task that launches the worker can itself be killed (SIGKILL of the Airflow task process, a
-lost worker node's task rescheduled) and retried while its worker still runs. Two guards keep a
-retry from running a second worker on the same shard next to an orphaned one:
+A killed and retried launcher never leaves two workers generating one shard on this host: the worker dies
+with its launcher (``PR_SET_PDEATHSIG``), and a lease file per (run dir, shard) lets the next launch stop a
+worker whose launcher is gone or wait for one whose launcher is alive. Across hosts the create-only part
+files keep any overlap safe.
 
-* the worker dies with its launcher: on Linux the child asks the kernel (``prctl(PR_SET_PDEATHSIG)``)
-  for SIGTERM when the launching thread exits, by whatever means; the worker then finishes the batch
-  in flight, commits it and exits 143 (a worker that has not started a batch yet generates none);
-* a lease file per (run dir, shard) on this host (``$GENBATCH_LEASE_DIR``, default
-  ``<tmp>/genbatch-leases``) names the running worker (pid and kernel start time, so a reused pid
-  is never mistaken for it) and its launcher. The next launch for the shard first stops a worker
-  whose launcher is gone (SIGTERM, ``$GENBATCH_STALE_WORKER_GRACE_S`` seconds (default 120) to commit
-  its batch, then SIGKILL) and waits for one whose launcher is alive (a duplicate task: killing its
-  worker would fail it), so the two never generate at once.
-
-Across hosts neither guard applies; the create-only part files still make any overlap safe (one
-writer of each part wins, see DESIGN.md §4).
+The two guards: docs/internals.md#genbatchstagesgenerate
 """
 
 from __future__ import annotations
@@ -163,12 +153,14 @@ def _running(pid: int | None, ticks: int | None) -> bool:
 
 
 def lease_path(run_dir: str, shard: int) -> Path:
+    """The lease file of (run dir, shard) on this host, under ``$GENBATCH_LEASE_DIR`` (default ``<tmp>/genbatch-leases``)."""
     base = Path(os.environ.get(ENV_LEASE_DIR) or Path(tempfile.gettempdir()) / "genbatch-leases")
     key = hashlib.sha256(f"{run_dir.rstrip('/')}\0{shard}".encode()).hexdigest()[:32]
     return base / f"{key}.json"
 
 
 def read_lease(run_dir: str, shard: int) -> dict[str, Any] | None:
+    """The lease of (run dir, shard) on this host, or None when there is none or it cannot be read."""
     try:
         value = json.loads(lease_path(run_dir, shard).read_text())
     except (OSError, ValueError):

@@ -38,6 +38,7 @@ def _file_entries(state: RunState) -> list[dict[str, Any]]:
 
 
 def build_manifest(state: RunState) -> dict[str, Any]:
+    """``manifest.json``'s content, refused unless every shard committed, quality passed and counts reconcile."""
     layout = state.layout
     shard_manifests = []
     for shard in range(state.num_shards):
