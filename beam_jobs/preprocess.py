@@ -34,7 +34,6 @@ Memory stays flat with input size: the input is read twice and never grouped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import uuid
@@ -291,9 +290,7 @@ def commit(_: Any, layout: RunLayout, num_shards: int, settings: PlanSettings, i
     if settings.dedupe_identical:
         _checked(layout, num_shards, FANOUT, merged, stats["fanned_out"])
     deleted = delete_prefix(preprocess_tmp(layout))
-    if not storage.is_gcs(layout.root):  # the emptied local parent too (GCS has no directories)
-        with contextlib.suppress(OSError):
-            storage.local_path(layout.preprocess_tmp).parent.rmdir()
+    storage.remove_empty_dirs(layout.tmp_dir)  # the emptied parent too
     log.info("preprocess of %s: deleted %s temp objects", layout.root, deleted)
     if raw is not None:
         commit_input(layout, raw, summaries or [])

@@ -16,7 +16,6 @@ number of runs. Retried bundles leave orphan runs under the temp prefix that no 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import tempfile
@@ -126,12 +125,5 @@ def delete_prefix(prefix: str) -> int:
     uris = storage.list_uris(prefix)
     for uri in uris:
         storage.delete(uri)
-    if not storage.is_gcs(prefix):  # local: drop the emptied directories too
-        root = storage.local_path(prefix)
-        if root.is_dir():
-            for directory in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                root.rmdir()
+    storage.remove_empty_dirs(prefix)
     return len(uris)

@@ -89,13 +89,7 @@ def _delete_run(layout: RunLayout) -> dict[str, Any]:
     size = _bytes(ordered)
     for uri in ordered:
         storage.delete(uri)
-    if not storage.is_gcs(layout.root):  # empty local directories too (GCS has none)
-        root = storage.local_path(layout.root)
-        for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            if not any(path.iterdir()):
-                path.rmdir()
-        if root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
+    storage.remove_empty_dirs(layout.root)
     return {"category": "outputs", "action": "run_deleted", "objects_deleted": len(ordered), "bytes_deleted": size}
 
 

@@ -98,9 +98,14 @@ class RunLayout:
         return self.path("validation", "cost.json")
 
     @property
+    def tmp_dir(self) -> str:
+        """Scratch space of the stages, empty once they commit."""
+        return self.path("_tmp")
+
+    @property
     def preprocess_tmp(self) -> str:
         """Beam's scratch space, removed when preprocessing commits."""
-        return self.path("_tmp", "preprocess")
+        return join(self.tmp_dir, "preprocess")
 
     @property
     def validation_report(self) -> str:

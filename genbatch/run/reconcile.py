@@ -184,19 +184,6 @@ def _rel(root: str, uri: str) -> str:
     return uri[len(root):].lstrip("/")
 
 
-def _digest(uri: str) -> tuple[int, str]:
-    """(bytes, sha256) of an object, streamed for local files."""
-    if not storage.is_gcs(uri):
-        digest, size = hashlib.sha256(), 0
-        with storage.local_path(uri).open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-                size += len(chunk)
-        return size, digest.hexdigest()
-    data = storage.read_bytes(uri)
-    return len(data), hashlib.sha256(data).hexdigest()
-
-
 def _read_parts(root: str, listing: list[str], num_shards: int) -> list[_Part]:
     """Every committed part/errors object of every shard in range, read once."""
     parts = []
@@ -388,7 +375,7 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
         if rel not in present:
             problems.append(f"manifest.json lists {rel}, which does not exist")
             continue
-        size, sha = _digest(layout.path(rel))
+        size, sha = storage.digest(layout.path(rel))
         if size != files[rel].get("bytes") or sha != files[rel].get("sha256"):
             problems.append(f"{rel} does not match manifest.json ({size} bytes sha256 {sha[:12]}…, listed "
                             f"{files[rel].get('bytes')} bytes sha256 {str(files[rel].get('sha256'))[:12]}…)")

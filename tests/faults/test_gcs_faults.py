@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from genbatch.errors import StorageError
-from genbatch.io import storage
+from genbatch.io import gcs, storage
 from genbatch.run.reconcile import reconcile
 from tests.fault_proxy import ClientObserver, FaultProxy, Rule, expected_observation
 from tests.faults._support import (
@@ -287,7 +287,7 @@ def test_a_create_only_write_delivered_late_meets_its_retry_and_changes_nothing(
         else:
             assert held.late_status == 200, writes
             assert seen.count("412") == 1, "the retry must meet the late write and resolve it by checksum"
-        blob = storage._client().bucket(bucket).get_blob(held.object)
+        blob = gcs.client().bucket(bucket).get_blob(held.object)
         assert len(listed) == 1 and blob is not None, listed
         assert (blob.metadata or {}).get("sha256") == hashlib.sha256(stored).hexdigest(), "content and metadata differ"
         assert rec.ok and rec.items_lost == 0 and rec.items_duplicated == 0 and rec.orphans == [], rec.to_json()

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from devstack.gcs_emulator import GcsEmulator
-from genbatch.io import storage
+from genbatch.io import gcs, storage
 from tests.fault_proxy import ClientObserver, FaultProxy, Rule, expected_observation
 from tests.faults._support import Figures, record
 
@@ -88,7 +88,7 @@ def test_resumable_uploads_complete_exactly_once_through_transient_faults(
         completed = [r for r in proxied_gcs.requests if r.method == "PUT" and r.outcome == "forwarded 200"]
         sessions = [r for r in proxied_gcs.requests if r.method == "POST" and "uploadType=resumable" in r.target]
         stored = storage.read_bytes(uri)
-        blob = storage._client().bucket(bucket).get_blob(name)
+        blob = gcs.client().bucket(bucket).get_blob(name)
         listed = storage.list_uris(f"gs://{bucket}/rep-{rep}")
         record(Figures("gcs-resumable", injected=sum(injected.values()), observed=sum(seen.observed().values()),
                        seconds=round(elapsed, 2),

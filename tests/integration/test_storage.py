@@ -14,7 +14,7 @@ import pytest
 
 from devstack.gcs_emulator import GcsEmulator
 from genbatch.errors import ObjectConflictError, StorageError
-from genbatch.io import storage
+from genbatch.io import gcs, storage
 
 pytestmark = pytest.mark.integration
 
@@ -211,7 +211,7 @@ def test_missing_bucket_fails_fast_with_storage_error(
 def test_emulator_enforces_generation_precondition(gcs_emulator: GcsEmulator) -> None:
     from google.api_core.exceptions import PreconditionFailed
 
-    bucket = storage._client().bucket(gcs_emulator.create_bucket("genbatch-precondition"))
+    bucket = gcs.client().bucket(gcs_emulator.create_bucket("genbatch-precondition"))
     bucket.blob("k").upload_from_string(b"1", if_generation_match=0)
     with pytest.raises(PreconditionFailed):
         bucket.blob("k").upload_from_string(b"2", if_generation_match=0)
@@ -224,12 +224,12 @@ def test_gcs_object_carries_sha256_and_foreign_objects_compare_by_content(
 ) -> None:
     uri = f"gs://{gcs_bucket}/a/b.txt"
     storage.write_text(uri, "hello")
-    blob = storage._client().bucket(gcs_bucket).get_blob("a/b.txt")
+    blob = gcs.client().bucket(gcs_bucket).get_blob("a/b.txt")
     assert blob is not None
     assert blob.metadata == {"sha256": hashlib.sha256(b"hello").hexdigest()}
 
     # An object written by another tool has no sha256 metadata: compare by downloading.
-    storage._client().bucket(gcs_bucket).blob("foreign.txt").upload_from_string(b"theirs")
+    gcs.client().bucket(gcs_bucket).blob("foreign.txt").upload_from_string(b"theirs")
     storage.write_bytes(f"gs://{gcs_bucket}/foreign.txt", b"theirs")
     with pytest.raises(ObjectConflictError):
         storage.write_bytes(f"gs://{gcs_bucket}/foreign.txt", b"ours")
