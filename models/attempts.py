@@ -4,7 +4,7 @@ Every start of a worker on a shard (one process per device rank) is an *attempt*
 objects under ``attempts/shard-K/`` (:meth:`genbatch.run.layout.RunLayout.attempt_record`): a start
 record, the batch in flight, and an end record (absent when the attempt was killed). Reading them
 back, and the work-redone figure, is :mod:`genbatch.run.attempts`; the format is in
-docs/reliability.md. Records are best effort: a failed write is logged and never replaces the error
+docs/internals.md. Records are best effort: a failed write is logged and never replaces the error
 that matters.
 """
 

@@ -1,7 +1,7 @@
 """Per-attempt records, the reading side: which worker attempts ran on each shard and the work redone.
 
 The worker writes the records (``models/attempts.py``); reconcile reads them back here. An attempt's
-work redone is the items of the one batch it had in flight and never committed (docs/reliability.md
+work redone is the items of the one batch it had in flight and never committed (docs/internals.md
 has the record format and the rules).
 """
 
