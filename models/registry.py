@@ -20,12 +20,11 @@ from typing import Any
 from genbatch.errors import GenbatchError, ModelIntegrityError, SpecError
 from genbatch.io import storage
 from genbatch.io.storage import sha256_file
-from genbatch.run.model_ref import ModelVersion
+from genbatch.run.model_ref import CARD, ModelVersion, card_uri
 
 log = logging.getLogger(__name__)
 
 REFUSED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-CARD = "card.json"
 
 
 
@@ -63,7 +62,8 @@ def read_aliases(registry: str, name: str) -> dict[str, int]:
 
 
 def read_card(mv: ModelVersion) -> dict[str, Any]:
-    uri = storage.join(mv.uri, CARD)
+    """The version's card; ModelIntegrityError when it is missing (the version was never committed)."""
+    uri = card_uri(mv.uri)
     if not storage.exists(uri):
         raise ModelIntegrityError(f"{mv.ref}: {uri} is missing; the version was never committed")
     card: dict[str, Any] = storage.read_json(uri)

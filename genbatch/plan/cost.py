@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
+from genbatch.run.model_ref import read_card_if_any
 from genbatch.run.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -273,15 +274,6 @@ def figures_for_run(state: RunState) -> dict[str, Any] | None:
     return run_figures(state.spec, shards, est_cost_units=plan.get("est_cost_total"), preflight=preflight)
 
 
-def read_card(model_uri: str) -> dict[str, Any] | None:
-    """The registry card of a model version, or None when it cannot be read (estimates fall back)."""
-    try:
-        card = storage.read_json(storage.join(model_uri, "card.json"))
-    except (GenbatchError, ValueError):
-        return None
-    return dict(card) if isinstance(card, dict) else None
-
-
 def check_ceiling(run: RunRef) -> dict[str, Any]:
     """After preprocess, before generation: estimate the run's cost; stop it when over ``cost.ceiling_usd``.
 
@@ -295,7 +287,7 @@ def check_ceiling(run: RunRef) -> dict[str, Any]:
     plan = storage.read_json(state.layout.shard_plan)
     spec = state.spec
     est = estimate(spec, est_cost_units=float(plan["est_cost_total"]), num_shards=state.num_shards,
-                   card=read_card(state.model.uri))
+                   card=read_card_if_any(state.model.uri))
     ceiling = spec.cost.ceiling_usd
     est["within_ceiling"] = None if ceiling is None or est["usd"] is None else est["usd"] <= ceiling
     storage.write_json(preflight_uri(state.layout), est, overwrite=True)

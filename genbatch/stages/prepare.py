@@ -62,9 +62,9 @@ def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[st
     if spec.sharding.num_shards != "auto":
         return spec.sharding.num_shards, None
     from genbatch.plan.autoscale import auto_num_shards
-    from genbatch.plan.cost import read_card
+    from genbatch.run.model_ref import read_card_if_any
 
-    decision = auto_num_shards(spec, read_card(model.uri))
+    decision = auto_num_shards(spec, read_card_if_any(model.uri))
     return int(decision["num_shards"]), decision
 
 

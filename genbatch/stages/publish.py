@@ -37,6 +37,29 @@ def _file_entries(state: RunState) -> list[dict[str, Any]]:
     return entries
 
 
+def _cost_figures(state: RunState, shard_manifests: list[dict[str, Any]], est_cost_units: Any) -> dict[str, Any]:
+    """The run's cost figures from its shard manifests, the plan's estimate and the preflight (if any)."""
+    preflight_uri = cost.preflight_uri(state.layout)
+    preflight = storage.read_json(preflight_uri) if storage.exists(preflight_uri) else None
+    return cost.run_figures(state.spec, shard_manifests, est_cost_units=est_cost_units, preflight=preflight)
+
+
+def _shard_entries(shard_manifests: list[dict[str, Any]], figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``shards`` entry of manifest.json per committed shard: counts, timings, devices and cost."""
+    per_shard = {f["shard"]: f for f in figures["shards"]}
+    return [{"shard": m["shard"], "generated": m["generated"], "errored": m["errored"], "timings": m["timings"],
+             "devices": m.get("devices"), **{k: per_shard[m["shard"]][k] for k in ("device_s", "items_per_device_s", "usd")}}
+            for m in shard_manifests]
+
+
+def _gate_entries(quality: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: g.get(k) for k in ("gate", "value", "passed")} for g in quality.get("gates", [])]
+
+
+def _throughput(generated: int, compute_s: float) -> float | None:
+    return round(generated / compute_s, 3) if compute_s else None
+
+
 def build_manifest(state: RunState) -> dict[str, Any]:
     """``manifest.json``'s content, refused unless every shard committed, quality passed and counts reconcile."""
     layout = state.layout
@@ -57,10 +80,7 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     plan = storage.read_json(layout.shard_plan)
     compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
     load_s = sum(m["timings"]["model_load_s"] for m in shard_manifests)
-    preflight_uri = cost.preflight_uri(layout)
-    preflight = storage.read_json(preflight_uri) if storage.exists(preflight_uri) else None
-    figures = cost.run_figures(state.spec, shard_manifests, est_cost_units=plan["est_cost_total"], preflight=preflight)
-    per_shard = {f["shard"]: f for f in figures["shards"]}
+    figures = _cost_figures(state, shard_manifests, plan["est_cost_total"])
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": state.run_id,
@@ -69,15 +89,11 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         "params_hash": state.params_hash,
         "counts": counts.counts(),
         **({"fanned_out": fanned_out} if state.spec.sharding.dedupe_identical else {}),
-        "shards": [{"shard": m["shard"], "generated": m["generated"], "errored": m["errored"],
-                    "timings": m["timings"], "devices": m.get("devices"),
-                    **{k: per_shard[m["shard"]][k] for k in ("device_s", "items_per_device_s", "usd")}}
-                   for m in shard_manifests],
-        "quality": {"passed": quality["passed"], "metrics": quality["metrics"],
-                    "gates": [{k: g.get(k) for k in ("gate", "value", "passed")} for g in quality.get("gates", [])],
+        "shards": _shard_entries(shard_manifests, figures),
+        "quality": {"passed": quality["passed"], "metrics": quality["metrics"], "gates": _gate_entries(quality),
                     "override": quality.get("override") if (quality.get("override") or {}).get("applied") else None},
         "timings": {"compute_s": round(compute_s, 3), "model_load_s": round(load_s, 3),
-                    "throughput_items_per_compute_s": round(counts.generated / compute_s, 3) if compute_s else None},
+                    "throughput_items_per_compute_s": _throughput(counts.generated, compute_s)},
         # device_seconds: compute + model load (kept for older readers); device_s: wall x devices (billed).
         "cost_estimate": {"device_seconds": round(compute_s + load_s, 3), "makespan_ratio": plan["makespan_ratio"],
                           **{k: v for k, v in figures.items() if k != "shards"}},
@@ -124,27 +140,18 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     counts = reconcile(state)
     manifest["counts"] = {**(manifest.get("counts") or {}), **{k: getattr(counts, k) for k in CORE_COUNT_KEYS}}
     plan = storage.read_json(layout.shard_plan) if storage.exists(layout.shard_plan) else {}
-    preflight_uri = cost.preflight_uri(layout)
-    preflight = storage.read_json(preflight_uri) if storage.exists(preflight_uri) else None
-    figures = cost.run_figures(state.spec, shard_manifests, est_cost_units=plan.get("est_cost_total"),
-                               preflight=preflight)
-    per_shard = {f["shard"]: f for f in figures["shards"]}
+    figures = _cost_figures(state, shard_manifests, plan.get("est_cost_total"))
     old_shards = {e.get("shard"): e for e in manifest.get("shards") or []}
-    manifest["shards"] = [{**old_shards.get(m["shard"], {}), "shard": m["shard"], "generated": m["generated"],
-                           "errored": m["errored"], "timings": m["timings"], "devices": m.get("devices"),
-                           **{k: per_shard[m["shard"]][k] for k in ("device_s", "items_per_device_s", "usd")}}
-                          for m in shard_manifests]
+    manifest["shards"] = [{**old_shards.get(e["shard"], {}), **e} for e in _shard_entries(shard_manifests, figures)]
     manifest["cost_estimate"] = {**(manifest.get("cost_estimate") or {}),
                                  **{k: v for k, v in figures.items() if k != "shards"}}
     compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
     if isinstance(manifest.get("timings"), dict) and compute_s:
-        manifest["timings"] = {**manifest["timings"],
-                               "throughput_items_per_compute_s": round(counts.generated / compute_s, 3)}
+        manifest["timings"] = {**manifest["timings"], "throughput_items_per_compute_s": _throughput(counts.generated, compute_s)}
     if storage.exists(layout.quality_summary) and isinstance(manifest.get("quality"), dict):
         quality = storage.read_json(layout.quality_summary)
         manifest["quality"] = {**manifest["quality"], "passed": quality["passed"], "metrics": quality["metrics"],
-                               "gates": [{k: g.get(k) for k in ("gate", "value", "passed")}
-                                         for g in quality.get("gates", [])]}
+                               "gates": _gate_entries(quality)}
     for key, entry in notes:
         manifest[key] = [*(manifest.get(key) or []), entry]
     manifest["files"] = _file_entries(state)

@@ -14,8 +14,9 @@ training corpus, while every single attribute value does.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterator
+
+from genbatch.quality.metrics import mentions_all as mentions_every_value
 
 ATTRIBUTE_KEYS: tuple[str, ...] = ("colour", "material", "item")
 
@@ -94,13 +95,9 @@ def describe(attributes: dict[str, str], rng: random.Random) -> str:
     )
 
 
-def _word_re(value: str) -> re.Pattern[str]:
-    return re.compile(r"(?<![a-z0-9])" + re.escape(value.lower()) + r"(?![a-z0-9])", re.IGNORECASE)
-
-
 def mentions(text: str, value: str) -> bool:
-    """Whether ``value`` occurs in ``text`` as a whole word, case-insensitively."""
-    return bool(value.strip()) and _word_re(value.strip()).search(text) is not None
+    """Whether ``value`` occurs in ``text`` as a whole word, case-insensitively (the quality metric's rule)."""
+    return bool(value.strip()) and mentions_every_value(text, {"value": value.strip()})
 
 
 def mentions_all(text: str, attributes: dict[str, str]) -> bool:
