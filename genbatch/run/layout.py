@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import overload
 
 from genbatch.io.storage import join
 
@@ -52,6 +53,22 @@ def shard_name(shard: int, num_shards: int) -> str:
     return f"shard-{shard:05d}-of-{num_shards:05d}"
 
 
+class _RunPath:
+    """A fixed path under the run root, read as an attribute of a :class:`RunLayout`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    @overload
+    def __get__(self, layout: None, owner: type[RunLayout]) -> _RunPath: ...
+
+    @overload
+    def __get__(self, layout: RunLayout, owner: type[RunLayout] | None = None) -> str: ...
+
+    def __get__(self, layout: RunLayout | None, owner: type[RunLayout] | None = None) -> str | _RunPath:
+        return self if layout is None else layout.path(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of one run, rooted at ``<output>/<run_id>``."""
@@ -71,81 +88,38 @@ class RunLayout:
         """``uri`` relative to the run root (what the patterns above match)."""
         return uri[len(self.root):].lstrip("/")
 
-    # -- run level ------------------------------------------------------------------
-    @property
-    def spec(self) -> str:
-        """The resolved spec (genbatch.run.state), written once by prepare."""
-        return self.path(SPEC)
+    # -- fixed paths: attribute = parts under the run root ------------------------------
+    spec = _RunPath(SPEC)  # the resolved spec (genbatch.run.state), written once by prepare
+    validation_dir = _RunPath("validation")  # input validation's objects and the prepare-time decisions
+    validation_report = _RunPath("validation", "input.json")  # counts; retention records what it stripped
+    validation_accepted = _RunPath("validation", "accepted.jsonl")  # rows that passed, the Beam stage's input
+    validation_docs = _RunPath("validation", "data_docs.html")  # GX Data Docs of the input suite
+    auto_shards = _RunPath("validation", "auto_shards.json")  # how `num_shards: auto` was decided
+    cost_preflight = _RunPath("validation", "cost.json")  # the estimate cost_check made before generation
+    tmp_dir = _RunPath("_tmp")  # scratch space of the stages, empty once they commit
+    preprocess_tmp = _RunPath("_tmp", "preprocess")  # Beam's scratch space
+    rejects_dir = _RunPath("rejects")  # the reject parts of every stage
+    shards_dir = _RunPath("shards")  # shard input files, the plan and the fan-out list
+    shard_plan = _RunPath(SHARD_PLAN)  # counts, estimated cost per shard, balance
+    shard_fanout = _RunPath(SHARD_FANOUT)  # sharding.dedupe_identical: each fanned-out row and its canonical
+    quality_dir = _RunPath("quality")  # metrics, summary, Data Docs, canary verdict
+    quality_metrics = _RunPath("quality", "metrics.parquet")  # per-item metrics, one row per output
+    quality_summary = _RunPath("quality", "summary.json")  # run-level metrics and gate verdicts
+    quality_docs = _RunPath("quality", "data_docs.html")  # GX Data Docs of the quality gates
+    canary_verdict = _RunPath("quality", "canary.json")  # the canary's A/B verdict
+    report_html = _RunPath(REPORT)  # the human-readable quality report
+    manifest = _RunPath(MANIFEST)  # written by publish: counts, shards, quality, cost, every file's sha256
+    success = _RunPath(SUCCESS)  # written last: consumers wait for it
 
-    @property
-    def validation_dir(self) -> str:
-        """Directory of input validation's objects (report, accepted rows, Data Docs) and the prepare-time decisions."""
-        return self.path("validation")
-
-    @property
-    def validation_docs(self) -> str:
-        """Great Expectations Data Docs of the input suite."""
-        return self.path("validation", "data_docs.html")
-
-    @property
-    def auto_shards(self) -> str:
-        """How ``num_shards: auto`` was decided."""
-        return self.path("validation", "auto_shards.json")
-
-    @property
-    def cost_preflight(self) -> str:
-        """The cost estimate made before generation (cost_check)."""
-        return self.path("validation", "cost.json")
-
-    @property
-    def tmp_dir(self) -> str:
-        """Scratch space of the stages, empty once they commit."""
-        return self.path("_tmp")
-
-    @property
-    def preprocess_tmp(self) -> str:
-        """Beam's scratch space, removed when preprocessing commits."""
-        return join(self.tmp_dir, "preprocess")
-
-    @property
-    def validation_report(self) -> str:
-        """The input validation report (counts; retention records there what it stripped)."""
-        return self.path("validation", "input.json")
-
-    @property
-    def validation_accepted(self) -> str:
-        """Rows that passed validation, the input of the Beam stage (one JSON object a line)."""
-        return self.path("validation", "accepted.jsonl")
-
-    @property
-    def rejects_dir(self) -> str:
-        """Directory of the reject parts of every stage."""
-        return self.path("rejects")
-
+    # -- names with a shard, part or stage in them ------------------------------------
     def rejects_part(self, stage: str, part: int = 0) -> str:
         """A reject part written by ``stage`` (``validate``, ``preprocess``, erasure tombstones)."""
         return self.path("rejects", f"part-{stage}-{part:05d}.jsonl")
-
-    @property
-    def shards_dir(self) -> str:
-        """Directory of the shard input files, the shard plan and the fan-out list."""
-        return self.path("shards")
-
-    @property
-    def shard_plan(self) -> str:
-        """Summary of the sharding (counts, estimated cost per shard, balance)."""
-        return self.path(SHARD_PLAN)
-
-    @property
-    def shard_fanout(self) -> str:
-        """``sharding.dedupe_identical``: one line per fanned-out row, with the row it is generated as."""
-        return self.path(SHARD_FANOUT)
 
     def shard_input(self, shard: int, num_shards: int) -> str:
         """The items of one shard as preprocessing wrote them (one JSON object a line)."""
         return self.path("shards", f"{shard_name(shard, num_shards)}.jsonl")
 
-    # -- per shard outputs ---------------------------------------------------------
     def outputs_dir(self, shard: int) -> str:
         """Directory of one shard's output and error parts, images, worker metrics and shard manifest."""
         return self.path("outputs", f"shard-{shard:05d}")
@@ -184,44 +158,3 @@ class RunLayout:
         written when it exits, absent when it was killed) or ``batches`` (the batch in flight)."""
         suffix = {"start": ".json", "end": ".end.json", "batches": ".batches.jsonl"}[kind]
         return join(self.attempts_dir(shard), f"r{rank:02d}-{attempt_id}{suffix}")
-
-    # -- quality and publication -----------------------------------------------------
-    @property
-    def quality_dir(self) -> str:
-        """Directory of the quality stage's objects (metrics, summary, Data Docs, canary verdict)."""
-        return self.path("quality")
-
-    @property
-    def quality_metrics(self) -> str:
-        """Per-item quality metrics, one row per output."""
-        return self.path("quality", "metrics.parquet")
-
-    @property
-    def quality_docs(self) -> str:
-        """Great Expectations Data Docs of the quality gates."""
-        return self.path("quality", "data_docs.html")
-
-    @property
-    def canary_verdict(self) -> str:
-        """The canary's A/B verdict (genbatch.quality.canary)."""
-        return self.path("quality", "canary.json")
-
-    @property
-    def quality_summary(self) -> str:
-        """Run-level quality metrics and gate verdicts; publish reads from it whether the run may publish."""
-        return self.path("quality", "summary.json")
-
-    @property
-    def report_html(self) -> str:
-        """The run's human-readable quality report."""
-        return self.path(REPORT)
-
-    @property
-    def manifest(self) -> str:
-        """``manifest.json``, written by publish: counts, shards, quality, cost and every file's bytes and sha256."""
-        return self.path(MANIFEST)
-
-    @property
-    def success(self) -> str:
-        """Written last: consumers wait for it."""
-        return self.path(SUCCESS)
