@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 from genbatch.errors import ModelIntegrityError
 from genbatch.io import storage
+from genbatch.run.model_ref import card_uri
 
 log = logging.getLogger(__name__)
 
 TokenMode = Literal["auto", "tokenizer", "estimate"]
 TOKEN_MODES: tuple[str, ...] = ("auto", "tokenizer", "estimate")
-CARD = "card.json"
 TOKENIZER_FILES = frozenset(
     {
         "tokenizer.json",
@@ -96,7 +96,7 @@ def tokenizer_subdir(task: str) -> str:
 
 
 def _card(model_uri: str) -> dict[str, Any] | None:
-    uri = storage.join(model_uri, CARD)
+    uri = card_uri(model_uri)
     if not storage.exists(uri):
         return None
     card: dict[str, Any] = storage.read_json(uri)

@@ -26,7 +26,8 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import ERASURES_DIR, RunLayout, is_record_part, is_rejects_part
+from genbatch.run.layout import ERASURES_DIR, SPEC, RunLayout, is_record_part, is_rejects_part
+from genbatch.run.layout import find_run_dirs as layout_find_run_dirs
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunState, load_run_state
 
@@ -542,16 +543,7 @@ def erase_run(run_dir: str, subject: Subject, erasure_id: str, *, now: dt.dateti
 
 def find_run_dirs(root: str) -> list[str]:
     """Run dirs (``spec.json`` directly below) under a root; the root itself when it is a run dir."""
-    layout = RunLayout(root.rstrip("/") or root)
-    if storage.exists(layout.spec):
-        return [layout.root]
-    base = layout.root
-    runs = []
-    for uri in storage.list_uris(base):
-        name = rel(layout, uri)
-        if name.count("/") == 1 and name.endswith("/spec.json") and not name.startswith(("_", ".")):
-            runs.append(storage.join(base, name.split("/", 1)[0]))
-    return sorted(runs)
+    return layout_find_run_dirs(root, SPEC, depth=1, skip_hidden=True)
 
 
 def _salt() -> tuple[bytes, str]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import RunLayout
+from genbatch.run.layout import MANIFEST, RunLayout, find_run_dirs
 from genbatch.run.model_ref import read_card_if_any
 from genbatch.run.spec import RunSpec
 
@@ -315,13 +315,7 @@ def check_ceiling(run: RunRef) -> dict[str, Any]:
 
 def find_runs(uris: Iterable[str]) -> list[str]:
     """Published run dirs: each URI is a run dir (has manifest.json) or a prefix holding runs."""
-    found: list[str] = []
-    for uri in uris:
-        layout = RunLayout(uri.rstrip("/") if uri != "/" else uri)
-        if storage.exists(layout.manifest):
-            found.append(layout.root)
-            continue
-        found += [u[: -len("/manifest.json")] for u in storage.list_uris(uri) if u.endswith("/manifest.json")]
+    found = [run_dir for uri in uris for run_dir in find_run_dirs(uri, MANIFEST)]
     return sorted(dict.fromkeys(found))
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import overload
 
+from genbatch.io import storage
 from genbatch.io.storage import join
 
 # Names relative to the run root.
@@ -46,6 +47,24 @@ def is_record_part(uri: str, kinds: tuple[str, ...] = ("part", "errors")) -> boo
     """Whether ``uri`` names a committed batch of a shard: output records (``part``) or error records."""
     match = PART_NAME_RE.match(uri.rsplit("/", 1)[-1])
     return match is not None and match.group(1) in kinds
+
+
+def find_run_dirs(prefix: str, marker: str = SPEC, *, depth: int | None = None, skip_hidden: bool = False) -> list[str]:
+    """Run dirs under ``prefix``, found by their ``marker`` (``spec.json``: every run; ``manifest.json``: the
+    published ones); ``prefix`` itself when it is one. ``depth``: only run dirs that many levels down;
+    ``skip_hidden``: not under a folder named ``_*`` or ``.*`` (operator records, temp space)."""
+    root = prefix.rstrip("/") or prefix
+    if storage.exists(join(root, marker)):
+        return [root]
+    runs = []
+    for uri in storage.list_uris(root):
+        parent, _, leaf = uri[len(root):].strip("/").rpartition("/")
+        if leaf != marker or not parent or (depth is not None and parent.count("/") + 1 != depth):
+            continue
+        if skip_hidden and any(part.startswith(("_", ".")) for part in parent.split("/")):
+            continue
+        runs.append(join(root, parent))
+    return sorted(runs)
 
 
 def shard_name(shard: int, num_shards: int) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import OUTPUT_PART_RE, RunLayout
+from genbatch.run.layout import MANIFEST, OUTPUT_PART_RE, SUCCESS, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ class RunNotPublishedError(GenbatchError, TimeoutError):
 def run_dir_of(uri: str) -> str:
     """Accept a run dir or its ``manifest.json`` / ``_SUCCESS`` URI; return the run dir."""
     stripped = uri.rstrip("/")
-    for name in ("/manifest.json", "/_SUCCESS"):
-        if stripped.endswith(name):
-            return stripped[: -len(name)]
+    for name in (MANIFEST, SUCCESS):
+        if stripped.endswith("/" + name):
+            return stripped[: -len(name) - 1]
     return stripped
 
 
