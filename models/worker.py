@@ -33,7 +33,7 @@ from genbatch.run.items import ITEM_FIELDS, canary_arm
 from genbatch.run.layout import PART_NAME_RE, RunLayout
 from genbatch.run.model_ref import ModelVersion
 from genbatch.run.records import jsonl_bytes
-from genbatch.run.state import RunState, load_run_state
+from genbatch.run.state import RunRef, RunState, as_run_state
 from models.attempts import AttemptRecorder, NoRecord
 from models.batching import windows
 from models.metrics import WorkerMetrics
@@ -378,10 +378,10 @@ def _load(state: RunState, device: str, model: ModelVersion | None = None) -> An
                            precision=state.spec.model.precision, device=device)
 
 
-def run_subshard(run_dir: str, shard: int, rank: int, world: int, device: str, runner: Any = None,
+def run_subshard(run: RunRef, shard: int, rank: int, world: int, device: str, runner: Any = None,
                  candidate_runner: Any = None) -> dict[str, Any]:
-    """One device's share of a shard: items at positions ≡ rank (mod world)."""
-    state = load_run_state(run_dir)
+    """One device's share of a shard: items at positions ≡ rank (mod world); ``run``: its state or run dir."""
+    state = as_run_state(run)
     layout = state.layout
     removed = storage.remove_stale_temp_files(layout.outputs_dir(shard), older_than_s=STALE_TEMP_S)
     if removed:
@@ -458,11 +458,12 @@ def _run_devices(run_dir: str, shard: int, devices: list[str]) -> list[dict[str,
     return sorted(stats, key=lambda s: s["rank"])
 
 
-def run_shard(run_dir: str, shard: int, *, devices: list[str] | None = None, device: str | None = None,
+def run_shard(run: RunRef, shard: int, *, devices: list[str] | None = None, device: str | None = None,
               runner: Any = None) -> dict[str, Any]:
-    """Generate one shard; safe to call again after a crash or on a finished shard."""
+    """Generate one shard of ``run`` (its state or run dir); safe to call again after a crash or on a finished shard."""
     t_start = time.perf_counter()
-    state = load_run_state(run_dir)
+    state = as_run_state(run)
+    run_dir = state.layout.root
     layout = state.layout
     devices = devices or ([device] if device else None) or state.spec.execution.devices or default_devices()
     if not 0 <= shard < state.num_shards:
@@ -474,7 +475,7 @@ def run_shard(run_dir: str, shard: int, *, devices: list[str] | None = None, dev
         raise ShardInputError(f"shard input {layout.shard_input(shard, state.num_shards)} does not exist; "
                               "run the preprocess stage first")
     if len(devices) == 1 or runner is not None:
-        ranks = [run_subshard(run_dir, shard, 0, 1, devices[0], runner)]
+        ranks = [run_subshard(state, shard, 0, 1, devices[0], runner)]
     else:
         ranks = _run_devices(run_dir, shard, devices)
     errors = merge_errors(layout, shard)

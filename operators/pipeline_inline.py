@@ -21,7 +21,7 @@ def run_pipeline_inline(spec_data: dict[str, Any], run_id: str) -> dict[str, Any
 
     handoffs = Handoffs(
         preprocess=lambda state: shard_numbers(preprocess(pipeline_argv(state.layout.root))),
-        generate=lambda state, shard: run_shard(state.layout.root, shard, devices=["cpu"]),
+        generate=lambda state, shard: run_shard(state, shard, devices=["cpu"]),
     )
     done = run_sequence({**spec_data, "run_id": run_id}, run_id, resolve_model=resolve_for_spec, handoffs=handoffs,
                         evaluation=True)
