@@ -303,10 +303,19 @@ def _direct(spec: dict[str, Any], out: Path) -> None:
         times[key] = time.perf_counter() - t0
 
     trigger = time.perf_counter()
+    from genbatch.run.layout import RunLayout
+    from genbatch.run.state import load_run_state
     from genbatch.stages.sequence import Handoffs, run_sequence
 
-    def task_timer(key: str) -> contextlib.AbstractContextManager[None]:
-        return timed(key.replace("generate[", f"{GENERATE}[") if key.startswith("generate[") else key)
+    run_dir = RunLayout.for_run(spec["output"]["uri"], spec["run_id"]).root
+
+    @contextlib.contextmanager
+    def task_timer(key: str) -> Iterator[None]:
+        if key.startswith("generate[") and "choose_backend" not in times:
+            with timed("choose_backend"):  # the branch task between cost_check and the shards reads the spec
+                load_run_state(run_dir).spec.execution.backend  # noqa: B018
+        with timed(key.replace("generate[", f"{GENERATE}[") if key.startswith("generate[") else key):
+            yield
 
     # Imported where first used, so each import is timed inside the stage that pays for it.
     def resolve(spec: Any) -> Any:
@@ -326,12 +335,10 @@ def _direct(spec: dict[str, Any], out: Path) -> None:
         return run_worker_process(state.layout.root, shard)
 
     handoffs = Handoffs(preprocess=preprocess, generate=generate)
-    with timed("choose_backend"):  # DAG-only bookkeeping: what the branch task reads
-        pass
     done = run_sequence(spec, spec["run_id"], resolve_model=resolve, handoffs=handoffs, timer=task_timer)
-    run_dir, shards = done.resolved.layout.root, done.shards
+    shards = done.shards
     with timed("canary_verdict"):
-        done.resolved.canary_model  # noqa: B018 - no canary arm in this spec: the verdict is a no-op
+        load_run_state(run_dir).canary_model  # noqa: B018 - no canary arm in this spec: the verdict is a no-op
     wall = time.perf_counter() - trigger
     out.write_text(json.dumps({"tasks": times, "wall_s": wall, "workers": worker_timings(run_dir, len(shards))}))
 

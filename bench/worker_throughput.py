@@ -379,7 +379,7 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
 
     # deterministic proxies from the batches genbatch actually committed (last repetition)
     batches = committed_batches(genbatch.last_run_dir)
-    by_id = {it["id"]: n for it, n in zip(genbatch.run.items, lengths, strict=True)}
+    by_id = {it["id"]: n for it, n in zip(genbatch.items, lengths, strict=True)}
     formed = [[by_id[r["id"]] for r in batch] for batch in batches]
     sizes = [len(b) for b in formed]
     wasted = sum(max(r["new_tokens"] for r in b) - r["new_tokens"] for b in batches for r in b)
@@ -388,7 +388,7 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
     # what stopping at EOS would change: the same batches, greedy, without min_new_tokens
     runner.fixed_output_length = False
     runner.work = dict.fromkeys(runner.work, 0)
-    item_of = {it["id"]: it for it in genbatch.run.items}
+    item_of = {it["id"]: it for it in genbatch.items}
     natural_steps = needed = 0
     for batch in batches:
         items = [Item(id=r["id"], prompt=item_of[r["id"]]["prompt"], seed=r["seed"], params={}, negative_prompt=None,

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -89,6 +89,21 @@ class Backend(Protocol):
     def remove_empty_dirs(self, prefix: str) -> None:
         """Remove directories left empty under ``prefix`` (and ``prefix`` itself when empty)."""
         ...
+
+
+@contextlib.contextmanager
+def os_errors(uri: str, op: str, *, read: bool = False) -> Iterator[None]:
+    """Turn OS failures into StorageError naming the URI (ObjectNotFoundError for a missing file on reads)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        if read:
+            raise ObjectNotFoundError(f"{op} {uri}: no such file") from e
+        raise StorageError(f"{op} {uri} failed: {e.strerror}") from e
+    except OSError as e:
+        raise StorageError(f"{op} {uri} failed: {e.strerror or e}") from e
 
 
 def sha256_stream(stream: IO[bytes]) -> str:

@@ -25,6 +25,7 @@ from genbatch.io.backend import (
     conflict,
     dumps_json,
     is_helper_file,
+    os_errors,
     sha256_file,
     sha256_stream,
 )
@@ -110,34 +111,31 @@ def gcs_errors(uri: str, op: str, *, read: bool = False) -> Iterator[None]:
     from google.resumable_media import common as rm_common
     from requests import exceptions as req_exc
 
-    try:
-        yield
-    except StorageError:
-        raise
-    except gexc.NotFound as e:
-        if read:
-            raise ObjectNotFoundError(f"{op} {uri}: no such object (HTTP 404)") from e
-        raise StorageError(f"{op} {uri} failed: HTTP 404 {e.message}; check that the bucket exists") from e
-    except gexc.GoogleAPICallError as e:
-        raise StorageError(f"{op} {uri} failed: HTTP {e.code} {e.message}") from e
-    except gexc.RetryError as e:
-        raise StorageError(
-            f"{op} {uri} failed: retries exhausted ({e.cause!r}); raise {ENV_RETRY_DEADLINE} "
-            "if the service is slow, or check connectivity"
-        ) from e
-    except rm_common.DataCorruption as e:
-        raise StorageError(f"{op} {uri} failed: checksum mismatch in transfer") from e
-    except rm_common.InvalidResponse as e:
-        status = getattr(e.response, "status_code", "?")
-        raise StorageError(f"{op} {uri} failed: HTTP {status}") from e
-    except (req_exc.RequestException, auth_exc.GoogleAuthError) as e:
-        raise StorageError(f"{op} {uri} failed: {type(e).__name__}") from e
-    except FileNotFoundError as e:
-        if read:
-            raise ObjectNotFoundError(f"{op} {uri}: no such file") from e
-        raise StorageError(f"{op} {uri} failed: {e.strerror}") from e
-    except OSError as e:
-        raise StorageError(f"{op} {uri} failed: {e.strerror or e}") from e
+    # OS errors (a local source file of an upload, say) fall through to os_errors, after the transport
+    # errors below: requests' exceptions are OSErrors too and must keep their own message.
+    with os_errors(uri, op, read=read):
+        try:
+            yield
+        except StorageError:
+            raise
+        except gexc.NotFound as e:
+            if read:
+                raise ObjectNotFoundError(f"{op} {uri}: no such object (HTTP 404)") from e
+            raise StorageError(f"{op} {uri} failed: HTTP 404 {e.message}; check that the bucket exists") from e
+        except gexc.GoogleAPICallError as e:
+            raise StorageError(f"{op} {uri} failed: HTTP {e.code} {e.message}") from e
+        except gexc.RetryError as e:
+            raise StorageError(
+                f"{op} {uri} failed: retries exhausted ({e.cause!r}); raise {ENV_RETRY_DEADLINE} "
+                "if the service is slow, or check connectivity"
+            ) from e
+        except rm_common.DataCorruption as e:
+            raise StorageError(f"{op} {uri} failed: checksum mismatch in transfer") from e
+        except rm_common.InvalidResponse as e:
+            status = getattr(e.response, "status_code", "?")
+            raise StorageError(f"{op} {uri} failed: HTTP {status}") from e
+        except (req_exc.RequestException, auth_exc.GoogleAuthError) as e:
+            raise StorageError(f"{op} {uri} failed: {type(e).__name__}") from e
 
 
 def _stored_sha256(blob: Blob) -> str:

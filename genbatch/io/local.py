@@ -23,10 +23,10 @@ from genbatch.io.backend import (
     LOCK_SUFFIX,
     READ_CHUNK,
     TMP_RE,
-    ObjectNotFoundError,
     conflict,
     dumps_json,
     is_helper_file,
+    os_errors,
     sha256_file,
 )
 from genbatch.io.uris import FILE_SCHEME, local_path
@@ -34,21 +34,6 @@ from genbatch.io.uris import FILE_SCHEME, local_path
 logger = logging.getLogger("genbatch.io.storage")
 
 _LOCK_TIMEOUT_S = 60.0
-
-
-@contextlib.contextmanager
-def os_errors(uri: str, op: str, *, read: bool = False) -> Iterator[None]:
-    """Turn OS failures into StorageError naming the URI (ObjectNotFoundError for a missing file on reads)."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except FileNotFoundError as e:
-        if read:
-            raise ObjectNotFoundError(f"{op} {uri}: no such file") from e
-        raise StorageError(f"{op} {uri} failed: {e.strerror}") from e
-    except OSError as e:
-        raise StorageError(f"{op} {uri} failed: {e.strerror or e}") from e
 
 
 def fsync_dir(path: Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import ERASURES_DIR, SPEC, RunLayout, is_record_part, is_rejects_part
+from genbatch.run.layout import ERASURES_DIR, SPEC, RunLayout, is_batch_part, is_record_part, is_rejects_part
 from genbatch.run.layout import find_run_dirs as layout_find_run_dirs
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunState, load_run_state
@@ -170,7 +170,7 @@ def refresh_shard_manifests(state: RunState, changes: Changes) -> None:
         manifest = storage.read_json(uri)
         parts = []
         for part in storage.list_uris(layout.outputs_dir(shard)):
-            if is_record_part(part, ("part",)):
+            if is_batch_part(part):
                 data = storage.read_bytes(part)
                 parts.append({"path": rel(layout, part), "records": data.count(b"\n"),
                               "sha256": hashlib.sha256(data).hexdigest()})

@@ -14,7 +14,7 @@ from typing import Any
 from genbatch.run.gates import METRICS, Gate, compare
 
 EXAMPLES_PER_GATE = 5
-SUITE_NAME = "genbatch.stages.quality"
+SUITE_NAME = "genbatch.quality"
 
 
 def _bounds(gate: Gate) -> dict[str, Any]:

@@ -295,7 +295,7 @@ def _gates_section(data: ReportData) -> str:
     metrics = data.summary["metrics"]
     mtable = _table(["metric", "value"], [[k, v] for k, v in metrics.items()], cls="metrics")
     return (f"<h2 id='gates'>Quality gates</h2>{table}<p class='muted'>Checked as the Great Expectations "
-            f"suite <code>genbatch.stages.quality</code> on <code>quality/metrics.parquet</code> "
+            f"suite <code>genbatch.quality</code> on <code>quality/metrics.parquet</code> "
             f"(Data Docs: <code>quality/data_docs.html</code>).</p><h2 id='metrics'>Metrics</h2>{mtable}")
 
 

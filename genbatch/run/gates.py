@@ -2,7 +2,7 @@
 
 The catalogue :data:`METRICS` names every aggregate a gate may use and how it is computed from the
 per-item metrics table (a column mean, sum, min or max) or from the run's counts. Each gate becomes one
-Great Expectations expectation on that table (:mod:`genbatch.stages.quality.gates`).
+Great Expectations expectation on that table (:mod:`genbatch.quality.gates`).
 
 This module imports only the standard library at load time: the spec imports it to validate gate
 expressions, and DAG files import the spec.

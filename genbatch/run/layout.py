@@ -44,9 +44,10 @@ def is_rejects_part(uri: str, stage: str | None = None) -> bool:
 
 
 def is_record_part(uri: str, kinds: tuple[str, ...] = ("part", "errors")) -> bool:
-    """Whether ``uri`` names a committed batch of a shard: output records (``part``) or error records."""
-    match = PART_NAME_RE.match(uri.rsplit("/", 1)[-1])
-    return match is not None and match.group(1) in kinds
+    """Whether ``uri`` names a JSONL file of a shard's records: a committed batch (``part-rRR-NNNNN.jsonl``,
+    ``errors-...``) or the fan-out copies (``part-fanout.jsonl``, ``errors-fanout.jsonl``), of ``kinds``."""
+    name = uri.rsplit("/", 1)[-1]
+    return name.startswith(tuple(f"{kind}-" for kind in kinds)) and name.endswith(".jsonl")
 
 
 def find_run_dirs(prefix: str, marker: str = SPEC, *, depth: int | None = None, skip_hidden: bool = False) -> list[str]:
@@ -56,15 +57,26 @@ def find_run_dirs(prefix: str, marker: str = SPEC, *, depth: int | None = None, 
     root = prefix.rstrip("/") or prefix
     if storage.exists(join(root, marker)):
         return [root]
+    listed_root = join(root)  # the root as listings spell it (a local ./runs is listed as runs/...)
     runs = []
     for uri in storage.list_uris(root):
-        parent, _, leaf = uri[len(root):].strip("/").rpartition("/")
-        if leaf != marker or not parent or (depth is not None and parent.count("/") + 1 != depth):
+        if not uri.endswith("/" + marker):
+            continue
+        run_dir = uri[: -len(marker) - 1]
+        parent = run_dir[len(listed_root):].strip("/")
+        if not parent or (depth is not None and parent.count("/") + 1 != depth):
             continue
         if skip_hidden and any(part.startswith(("_", ".")) for part in parent.split("/")):
             continue
-        runs.append(join(root, parent))
+        runs.append(run_dir)
     return sorted(runs)
+
+
+def is_batch_part(uri: str) -> bool:
+    """Whether ``uri`` names an output batch the worker committed (``part-rRR-NNNNN.jsonl``): what a shard
+    manifest lists, unlike the fan-out copies publish adds beside them."""
+    match = PART_NAME_RE.match(uri.rsplit("/", 1)[-1])
+    return match is not None and match.group(1) == "part"
 
 
 def shard_name(shard: int, num_shards: int) -> str:

@@ -76,13 +76,8 @@ def _untimed(_: str) -> Iterator[None]:
 def run_sequence(spec_data: dict[str, Any], run_id: str, *, resolve_model: Callable[[RunSpec], ModelVersion],
                  handoffs: Handoffs, evaluation: bool = False, timer: Timer = _untimed) -> SequenceRun:
     """Run every stage in order in this process (``evaluation``: only the evaluation stages, and quality
-    without failing on its gates); ``timer(task_id)`` wraps each stage, ``generate[K]`` each shard."""
-    from genbatch.stages.cost_check import check_cost_ceiling
-    from genbatch.stages.prepare import prepare
-    from genbatch.stages.publish import publish
-    from genbatch.stages.quality import evaluate, quality_gate
-    from genbatch.stages.validate import validate_input
-
+    without failing on its gates); ``timer(task_id)`` wraps each stage, ``generate[K]`` each shard.
+    Each stage's module is imported inside its timer, as a task process would pay for it."""
     done = SequenceRun()
     for stage in STAGES:
         if evaluation and not stage.evaluation:
@@ -97,17 +92,27 @@ def run_sequence(spec_data: dict[str, Any], run_id: str, *, resolve_model: Calla
             continue
         with timer(stage.task_id):
             if stage.task_id == "prepare_run":
+                from genbatch.stages.prepare import prepare
+
                 done.state = prepare(spec_data, run_id, resolve_model=resolve_model)
                 result: Any = done.state.layout.root
             elif stage.task_id == "validate_input":
+                from genbatch.stages.validate import validate_input
+
                 result = validate_input(done.resolved)
             elif stage.task_id == "preprocess":
                 result = done.shards = handoffs.preprocess(done.resolved)
             elif stage.task_id == "cost_check":
+                from genbatch.stages.cost_check import check_cost_ceiling
+
                 result = check_cost_ceiling(done.resolved)
             elif stage.task_id == "quality_gate":
+                from genbatch.stages.quality import evaluate, quality_gate
+
                 result = evaluate(done.resolved) if evaluation else quality_gate(done.resolved)
             elif stage.task_id == "publish":
+                from genbatch.stages.publish import publish
+
                 result = publish(done.resolved)
             else:  # a stage added to STAGES without a step here
                 raise NotImplementedError(f"stage {stage.task_id!r} has no in-process step")

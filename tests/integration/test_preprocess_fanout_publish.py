@@ -47,7 +47,8 @@ def _rows() -> list[dict[str, Any]]:
     return rows
 
 
-def test_identical_items_are_generated_once_and_published_for_every_id(tmp_path: Path) -> None:
+def _published_dedupe_run(tmp_path: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """A published run with ``dedupe_identical`` (3 fanned-out ids): run dir, input rows, manifest."""
     rows = _rows()
     input_path = tmp_path / "input.jsonl"
     input_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -63,7 +64,6 @@ def test_identical_items_are_generated_once_and_published_for_every_id(tmp_path:
         "output": {"uri": str(tmp_path / "runs")},
     }
     run_dir = prepare_run(spec, "fanout-run", resolve_model=resolve_for_spec)
-    layout = RunLayout(run_dir)
     validate_input(run_dir)
     plan = preprocess(["--run-dir", run_dir])
     assert plan["rows"] == {"accepted": 11, "sharded": 7, "rejected": 1, "fanned_out": 3}
@@ -73,7 +73,12 @@ def test_identical_items_are_generated_once_and_published_for_every_id(tmp_path:
     before = reconcile(run_dir)  # before publish: fanned-out ids count as their canonical did
     assert before.ok, before.problems
     quality_gate(run_dir)
-    manifest = publish(run_dir)
+    return run_dir, rows, publish(run_dir)
+
+
+def test_identical_items_are_generated_once_and_published_for_every_id(tmp_path: Path) -> None:
+    run_dir, rows, manifest = _published_dedupe_run(tmp_path)
+    layout = RunLayout(run_dir)
 
     # Generated once: the shard parts hold each distinct item once, and no fanned-out id.
     generated = Counter(r["id"] for s in range(NUM_SHARDS) for p in storage.read_json(layout.shard_manifest(s))["parts"]
@@ -105,3 +110,20 @@ def test_identical_items_are_generated_once_and_published_for_every_id(tmp_path:
     assert after.ok, after.problems
     assert after.counts() == counts and after.orphans == [] and after.consumer_partial_reads == 0
     assert publish(run_dir) == manifest  # idempotent once committed
+
+
+def test_erasing_a_fanned_out_id_removes_its_copy(tmp_path: Path) -> None:
+    """The subject's row was a fanned-out duplicate: its copy in ``part-fanout.jsonl`` goes too."""
+    from genbatch.ops.erasure import Subject, erase
+
+    run_dir, _rows_, _manifest = _published_dedupe_run(tmp_path)
+    copies = [uri for uri in storage.list_uris(run_dir) if uri.endswith("/part-fanout.jsonl")]
+    assert any(b'"dup-a1"' in storage.read_bytes(c) for c in copies)  # the copy is there first
+
+    record = erase([str(tmp_path / "runs")], Subject.parse(ident="dup-a1"))
+    assert record["residual_runs"] == [], record
+    left = {uri: data for uri in storage.list_uris(run_dir) if b"dup-a1" in (data := storage.read_bytes(uri))}
+    assert left == {}, sorted(left)
+    assert "dup-a1" not in {r["id"] for r in read(run_dir)}
+    after = reconcile(run_dir)
+    assert after.ok, after.problems
