@@ -26,7 +26,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import ERASURES_DIR, SPEC, RunLayout, is_batch_part, is_record_part, is_rejects_part
+from genbatch.run.layout import SPEC, RunLayout, erasure_record, is_batch_part, is_record_part, is_rejects_part
 from genbatch.run.layout import find_run_dirs as layout_find_run_dirs
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunState, load_run_state
@@ -580,7 +580,7 @@ def erase(roots: Sequence[str], subject: Subject, *, now: dt.datetime | None = N
     }
     if not dry_run:
         for root in roots:
-            uri = storage.join(root, ERASURES_DIR, f"{erasure_id}.json")
+            uri = erasure_record(root, erasure_id)
             storage.write_json(uri, record)
             record.setdefault("record_uris", []).append(uri)
     return record

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genbatch.errors import SpecError
 from genbatch.io import storage
 from genbatch.ops.erasure import ERASURE_STAGE, Changes, find_run_dirs, refresh_plan, rel, rewrite_jsonl
-from genbatch.run.layout import INPUT_DOCS, RETENTION_DIR, RunLayout, is_rejects_part
+from genbatch.run.layout import INPUT_DOCS, RunLayout, is_rejects_part, retention_record
 from genbatch.run.state import load_run_state
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def apply(root_uri: str, policy: RetentionPolicy, now: dt.datetime | None = None
         if dry_run:
             actions.append(entry)
             continue
-        storage.write_json(storage.join(root_uri, RETENTION_DIR, stamp, f"{run_id}.json"),
+        storage.write_json(retention_record(root_uri, stamp, run_id),
                            {**entry, "status": "started", "at": now.isoformat(),
                             "objects": len(storage.list_uris(run_dir))}, overwrite=True)
         entry.update(apply_run(run_dir, due, now))
@@ -188,7 +188,7 @@ def apply(root_uri: str, policy: RetentionPolicy, now: dt.datetime | None = None
     record = {"applied_at": now.isoformat(), "root": root_uri, "policy": policy.model_dump(mode="json"),
               "dry_run": dry_run, "runs": actions}
     if not dry_run:
-        uri = storage.join(root_uri, RETENTION_DIR, f"{stamp}.json")
+        uri = retention_record(root_uri, stamp)
         storage.write_json(uri, record, overwrite=True)
         record["record_uri"] = uri
     return record

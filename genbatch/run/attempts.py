@@ -16,11 +16,11 @@ from typing import Any
 
 from genbatch.errors import StorageError
 from genbatch.io import storage
-from genbatch.run.layout import ATTEMPT_RECORD_RE, RunLayout
+from genbatch.run.layout import ATTEMPT_RECORD_RE, ATTEMPT_SUFFIXES, RunLayout
 
 log = logging.getLogger(__name__)
 
-_KIND = {".json": "start", ".end.json": "end", ".batches.jsonl": "batches"}
+_KIND = {suffix: kind for kind, suffix in ATTEMPT_SUFFIXES.items()}
 END_STATES = ("done", "sigterm", "error", "unknown")
 
 

@@ -21,20 +21,6 @@ from genbatch.run.records import iter_jsonl, jsonl_bytes
 
 log = logging.getLogger(__name__)
 
-FANOUT_PART = "part-fanout.jsonl"
-FANOUT_ERRORS = "errors-fanout.jsonl"
-
-
-def fanout_part(layout: RunLayout, shard: int) -> str:
-    """Output records of the rows fanned out from shard ``shard``'s canonical items."""
-    return storage.join(layout.outputs_dir(shard), FANOUT_PART)
-
-
-def fanout_errors(layout: RunLayout, shard: int) -> str:
-    """Error records of the rows whose canonical item in shard ``shard`` failed generation."""
-    return storage.join(layout.outputs_dir(shard), FANOUT_ERRORS)
-
-
 def read_fanout(layout: RunLayout) -> list[dict[str, Any]]:
     """The fan-out records of a run ([] when the run does not dedupe or has no identical items)."""
     uri = layout.shard_fanout
@@ -85,9 +71,9 @@ def materialise(layout: RunLayout) -> dict[str, int]:
                     f"{canonical!r} in shard {shard}, which has neither an output nor an error for it; "
                     "rerun that shard's generate task, then publish again")
         if out_lines:
-            storage.write_bytes(fanout_part(layout, shard), jsonl_bytes(out_lines))
+            storage.write_bytes(layout.fanout_part(shard), jsonl_bytes(out_lines))
         if err_lines:
-            storage.write_bytes(fanout_errors(layout, shard), jsonl_bytes(err_lines))
+            storage.write_bytes(layout.fanout_errors(shard), jsonl_bytes(err_lines))
         written["outputs"] += len(out_lines)
         written["errors"] += len(err_lines)
     if by_shard:

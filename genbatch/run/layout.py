@@ -23,6 +23,8 @@ ERASURES_DIR, RETENTION_DIR = "_erasures", "_retention"  # records `genbatch era
 OPERATOR_DIRS = (f"{ERASURES_DIR}/", f"{RETENTION_DIR}/")
 ATTEMPTS_DIR = "attempts/"
 REJECTS_PART_PREFIX = "rejects/part-"
+FANOUT_PART, FANOUT_ERRORS = "part-fanout.jsonl", "errors-fanout.jsonl"  # in a shard's outputs dir
+ATTEMPT_SUFFIXES = {"start": ".json", "end": ".end.json", "batches": ".batches.jsonl"}
 INPUT_DOCS = ("validation/accepted.jsonl", "validation/data_docs.html", REPORT)  # carry input text
 
 # Patterns of the names, relative to the run root unless said otherwise.
@@ -77,6 +79,16 @@ def is_batch_part(uri: str) -> bool:
     manifest lists, unlike the fan-out copies publish adds beside them."""
     match = PART_NAME_RE.match(uri.rsplit("/", 1)[-1])
     return match is not None and match.group(1) == "part"
+
+
+def erasure_record(root: str, erasure_id: str) -> str:
+    """The record `genbatch erase` keeps at a root (counts only, no personal data)."""
+    return join(root, ERASURES_DIR, f"{erasure_id}.json")
+
+
+def retention_record(root: str, stamp: str, run_id: str | None = None) -> str:
+    """What a retention apply did at a root (``<stamp>.json``), or plans for one run (``<stamp>/<run_id>.json``)."""
+    return join(root, RETENTION_DIR, stamp, f"{run_id}.json") if run_id else join(root, RETENTION_DIR, f"{stamp}.json")
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -171,6 +183,14 @@ class RunLayout:
         """The PNG of one image item, in its shard's outputs dir, named by the item id."""
         return join(self.outputs_dir(shard), "images", f"{item_id}.png")
 
+    def fanout_part(self, shard: int) -> str:
+        """``sharding.dedupe_identical``: the fanned-out ids' copies of their canonical's output records."""
+        return join(self.outputs_dir(shard), FANOUT_PART)
+
+    def fanout_errors(self, shard: int) -> str:
+        """The fanned-out ids' copies of their canonical's error records."""
+        return join(self.outputs_dir(shard), FANOUT_ERRORS)
+
     def shard_manifest(self, shard: int) -> str:
         """Written last by the worker: the shard's commit point."""
         return join(self.outputs_dir(shard), "_manifest.json")
@@ -187,5 +207,5 @@ class RunLayout:
     def attempt_record(self, shard: int, rank: int, attempt_id: str, kind: str = "start") -> str:
         """``kind``: ``start`` (create-only, written when the attempt starts), ``end`` (create-only,
         written when it exits, absent when it was killed) or ``batches`` (the batch in flight)."""
-        suffix = {"start": ".json", "end": ".end.json", "batches": ".batches.jsonl"}[kind]
+        suffix = ATTEMPT_SUFFIXES[kind]
         return join(self.attempts_dir(shard), f"r{rank:02d}-{attempt_id}{suffix}")

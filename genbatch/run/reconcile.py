@@ -224,12 +224,12 @@ def _add_fanout(layout: RunLayout, present: set[str], parts: list[_Part], accept
     """``sharding.dedupe_identical``: every fanned-out row (``shards/_fanout.jsonl``) is an accepted
     row, and its id finishes as the copy publish wrote for it (:mod:`genbatch.run.fanout`) or, while its
     canonical's shard has no copies yet (before publish), as its canonical did. Updates in place."""
-    from genbatch.run.fanout import fanout_errors, fanout_part, read_fanout
+    from genbatch.run.fanout import read_fanout
 
     entries = read_fanout(layout) if SHARD_FANOUT in present else []
     materialised: set[int] = set()
     for shard in sorted({int(e["shard"]) for e in entries}):
-        for uri, kind in ((fanout_part(layout, shard), "part"), (fanout_errors(layout, shard), "errors")):
+        for uri, kind in ((layout.fanout_part(shard), "part"), (layout.fanout_errors(shard), "errors")):
             rel = _rel(layout.root, uri)
             if rel not in present:
                 continue

@@ -16,8 +16,8 @@ import pytest
 
 from beam_jobs.preprocess import run as preprocess
 from genbatch.io import storage
-from genbatch.run.fanout import fanout_part, read_fanout
-from genbatch.run.layout import RunLayout
+from genbatch.run.fanout import read_fanout
+from genbatch.run.layout import FANOUT_PART, RunLayout
 from genbatch.run.outputs import read
 from genbatch.run.reconcile import reconcile
 from genbatch.stages.prepare import prepare_run
@@ -99,7 +99,7 @@ def test_identical_items_are_generated_once_and_published_for_every_id(tmp_path:
         assert copy["seed"] == original["seed"] and copy["model_version"] == original["model_version"]
         assert copy["row_index"] == next(i for i, r in enumerate(rows) if r["id"] == dup)
     assert by_id["dup-a1"]["metadata"]["category"] == "other" and by_id["sku-00001"]["metadata"]["category"] != "other"
-    assert storage.exists(fanout_part(layout, fanned["dup-a1"]["shard"]))
+    assert storage.exists(layout.fanout_part(fanned["dup-a1"]["shard"]))
 
     # The manifest counts them, and reconcile holds: nothing lost, nothing doubled, no orphans.
     counts = manifest["counts"]
@@ -117,7 +117,7 @@ def test_erasing_a_fanned_out_id_removes_its_copy(tmp_path: Path) -> None:
     from genbatch.ops.erasure import Subject, erase
 
     run_dir, _rows_, _manifest = _published_dedupe_run(tmp_path)
-    copies = [uri for uri in storage.list_uris(run_dir) if uri.endswith("/part-fanout.jsonl")]
+    copies = [uri for uri in storage.list_uris(run_dir) if uri.endswith("/" + FANOUT_PART)]
     assert any(b'"dup-a1"' in storage.read_bytes(c) for c in copies)  # the copy is there first
 
     record = erase([str(tmp_path / "runs")], Subject.parse(ident="dup-a1"))
