@@ -45,11 +45,11 @@ def is_rejects_part(uri: str, stage: str | None = None) -> bool:
     return uri.rsplit("/", 1)[-1].startswith(f"part-{stage}-" if stage else "part-")
 
 
-def is_record_part(uri: str, kinds: tuple[str, ...] = ("part", "errors")) -> bool:
+def is_record_part(uri: str) -> bool:
     """Whether ``uri`` names a JSONL file of a shard's records: a committed batch (``part-rRR-NNNNN.jsonl``,
-    ``errors-...``) or the fan-out copies (``part-fanout.jsonl``, ``errors-fanout.jsonl``), of ``kinds``."""
+    ``errors-...``) or the fan-out copies (``part-fanout.jsonl``, ``errors-fanout.jsonl``)."""
     name = uri.rsplit("/", 1)[-1]
-    return name.startswith(tuple(f"{kind}-" for kind in kinds)) and name.endswith(".jsonl")
+    return name.startswith(("part-", "errors-")) and name.endswith(".jsonl")
 
 
 def find_run_dirs(prefix: str, marker: str = SPEC, *, depth: int | None = None, skip_hidden: bool = False) -> list[str]:

@@ -82,13 +82,13 @@ def run_sequence(spec_data: dict[str, Any], run_id: str, *, resolve_model: Calla
     for stage in STAGES:
         if evaluation and not stage.evaluation:
             continue
-        if stage.task_id == "generate":
+        if stage.runs_in == "worker":  # one hand-off per shard, each timed on its own
             state = done.resolved
             manifests = []
             for shard in done.shards:
-                with timer(f"generate[{shard}]"):
+                with timer(f"{stage.task_id}[{shard}]"):
                     manifests.append(handoffs.generate(state, shard))
-            done.results["generate"] = manifests
+            done.results[stage.task_id] = manifests
             continue
         with timer(stage.task_id):
             if stage.task_id == "prepare_run":
@@ -100,7 +100,7 @@ def run_sequence(spec_data: dict[str, Any], run_id: str, *, resolve_model: Calla
                 from genbatch.stages.validate import validate_input
 
                 result = validate_input(done.resolved)
-            elif stage.task_id == "preprocess":
+            elif stage.runs_in == "beam":
                 result = done.shards = handoffs.preprocess(done.resolved)
             elif stage.task_id == "cost_check":
                 from genbatch.stages.cost_check import check_cost_ceiling
