@@ -1,8 +1,10 @@
 """Promotion: pin the arms, compare a candidate with production on the golden set, then act on the registry.
 
 The evaluation runs go through the same batch pipeline as any run (``operators.pipeline_inline``);
-this module holds the policy, the comparison with bootstrap confidence intervals, and the registry
-actions (promote, record a rejection, a canary's verdict).
+this module holds the policy, the comparison, and the registry actions (promote, record a rejection,
+a canary's verdict). A metric passes only when the 95% bootstrap bound on the candidate's side is
+within the tolerance: a candidate must be no worse than production *with confidence*, so a mean
+that looks fine on too few or too noisy items is not enough.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from genbatch.errors import SpecError
 from genbatch.io import storage
-from genbatch.quality.stats import bootstrap_diff
+from genbatch.quality.stats import bootstrap_diff, bootstrap_paired_diff
 from models import registry as reg
 
 log = logging.getLogger(__name__)
@@ -51,20 +53,47 @@ class Policy:
                    throughput_floor=float(raw.get("throughput_floor", 0.5)))
 
 
+def _difference_ci(production: dict[str, Any], candidate: dict[str, Any], column: str) -> tuple[float, float, str]:
+    """95% CI of mean(candidate) - mean(production): paired by item id where both arms scored the same
+    items (the golden set), else the arms resampled independently."""
+    def scored(arm: dict[str, Any]) -> dict[Any, float]:
+        ids = arm["items"].get("id")
+        if ids is None:
+            return {}
+        return {i: float(x) for i, x in zip(ids, arm["items"][column], strict=True) if x is not None}
+
+    a, b = scored(production), scored(candidate)
+    common = [i for i in a if i in b]
+    if common:
+        low, high = bootstrap_paired_diff([(a[i], b[i]) for i in common])
+        return low, high, f"paired bootstrap over {len(common)} items"
+    low, high = bootstrap_diff(_values(production, column), _values(candidate, column))
+    return low, high, "independent bootstrap"
+
+
+def _values(arm: dict[str, Any], column: str) -> list[float]:
+    return [float(x) for x in arm["items"][column] if x is not None]
+
+
 def compare(production: dict[str, Any], candidate: dict[str, Any], policy: Policy) -> dict[str, Any]:
-    """Evidence table: each gated metric side by side with the difference and its 95% CI."""
+    """Evidence table: each gated metric side by side with the difference, its 95% CI and the verdict.
+
+    The verdict uses the CI, not the mean: ``worst_case`` is how much worse the candidate may be at
+    95% confidence (the CI's lower bound of the difference for higher-is-better metrics, the upper
+    bound for lower-is-better), and the metric passes when ``worst_case <= tolerance``. An empty arm
+    gives NaN, which fails.
+    """
     rows = []
     for rule in policy.metrics:
-        a = [float(x) for x in production["items"][rule.column] if x is not None]
-        b = [float(x) for x in candidate["items"][rule.column] if x is not None]
+        a, b = _values(production, rule.column), _values(candidate, rule.column)
         mean_a = sum(a) / len(a) if a else float("nan")
         mean_b = sum(b) / len(b) if b else float("nan")
-        diff = mean_b - mean_a
-        low, high = bootstrap_diff(a, b)
-        worse = -diff if rule.higher_is_better else diff
-        rows.append({"metric": rule.column, "production": mean_a, "candidate": mean_b, "difference": diff,
-                     "ci95": [low, high], "tolerance": rule.tolerance, "higher_is_better": rule.higher_is_better,
-                     "passed": bool(worse <= rule.tolerance)})
+        low, high, method = _difference_ci(production, candidate, rule.column)
+        worst_case = -low if rule.higher_is_better else high
+        rows.append({"metric": rule.column, "production": mean_a, "candidate": mean_b, "difference": mean_b - mean_a,
+                     "ci95": [low, high], "ci_method": method, "worst_case": worst_case,
+                     "tolerance": rule.tolerance, "higher_is_better": rule.higher_is_better,
+                     "passed": bool(worst_case <= rule.tolerance)})
     ratio = candidate["throughput"] / production["throughput"] if production["throughput"] else float("inf")
     rows.append({"metric": "throughput_items_per_s", "production": production["throughput"],
                  "candidate": candidate["throughput"], "ratio": ratio, "floor": policy.throughput_floor,
@@ -89,10 +118,12 @@ def decide_and_act(registry: str, name: str, evidence: dict[str, Any]) -> dict[s
 
 
 def evidence_table(evidence: dict[str, Any]) -> str:
-    """A plain-text table for task logs."""
-    lines = [f"{'metric':<28}{'production':>12}{'candidate':>12}  verdict"]
+    """A plain-text table for task logs: means, the CI's worst case that decides, and the verdict."""
+    lines = [f"{'metric':<28}{'production':>12}{'candidate':>12}{'worst case':>12}{'tolerance':>11}  verdict"]
     for r in evidence["rows"]:
-        lines.append(f"{r['metric']:<28}{r['production']:>12.4f}{r['candidate']:>12.4f}  {'PASS' if r['passed'] else 'FAIL'}")
+        worst = f"{r['worst_case']:>12.4f}{r['tolerance']:>11.4f}" if "worst_case" in r else f"{'':>12}{'':>11}"
+        lines.append(f"{r['metric']:<28}{r['production']:>12.4f}{r['candidate']:>12.4f}{worst}  "
+                     f"{'PASS' if r['passed'] else 'FAIL'}")
     return "\n".join(lines)
 
 
