@@ -96,7 +96,6 @@ def test_int8_recipe_round_trips_to_the_in_memory_quantised_model(int8_variant: 
     assert torch.equal(greedy_ids(loaded, tokenizer), greedy_ids(in_memory, tokenizer))
 
 
-@pytest.mark.gpu  # torchao is the GPU path's dependency (extra `gpu`); opt-in like the other GPU checks
 def test_torchao_backend_quantises_linears(tmp_path: Path) -> None:
     card = quantize_int8(PARENT, tmp_path / "q", backend="torchao", eval_rows=ROWS)
     assert card["recipe"]["quantize"]["method"].startswith("torchao.")
