@@ -7,7 +7,9 @@ runs with fresh random injection points (default 5); ``GENBATCH_FAULTS_SEED`` ch
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from devstack.gcs_emulator import GcsEmulator
 from genbatch.io import storage
 from tests.fault_proxy import FaultProxy
 from tests.faults._support import REPEAT_ENV, SEED_ENV
+from tests.faults.enospc import NoCompiler, build_shim
 
 DEFAULT_REPEAT = 5
 DEFAULT_SEED = 20260315
@@ -42,6 +45,17 @@ def faults_repeat(pytestconfig: pytest.Config) -> int:
 @pytest.fixture(scope="session")
 def faults_seed() -> int:
     return int(os.environ.get(SEED_ENV, DEFAULT_SEED))
+
+
+@pytest.fixture(scope="session")
+def enospc_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ENOSPC injector (tests/faults/enospc.c), compiled for this machine; no compiler fails, never skips."""
+    try:
+        return build_shim(tmp_path_factory.mktemp("enospc"))
+    except NoCompiler as exc:
+        pytest.fail(str(exc))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"compiling the ENOSPC injector failed: {exc.stderr}")
 
 
 @pytest.fixture(scope="session")
