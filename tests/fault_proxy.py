@@ -24,7 +24,9 @@ with a probability drawn from a seeded RNG, up to ``max_injections`` times. What
                    server answered it
 
 Every request is logged (method, target, object name, what happened) and every rule counts what
-it matched and injected, so a test can prove a fault was really hit (injected == observed).
+it matched and injected, so a test can prove a fault was really hit (injected == observed). With
+``GENBATCH_FAULTS_INJECT=0`` (``tests/injection.py``, read per request) no rule fires: every request
+is forwarded untouched and every ``injected`` count stays 0.
 Responses are rewritten so links the emulator hands out (media links, upload sessions) point
 back at the proxy, and every later request goes through it too.
 
@@ -52,6 +54,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
+
+from tests.injection import injection_enabled
 
 ACTIONS = ("status", "reset", "stall", "cut", "lost_response", "delay")
 RELEASES = ("after_retry", "before_retry")
@@ -257,10 +261,13 @@ class FaultProxy:
             return [r for r in self.requests if r.object == name]
 
     def _decide(self, method: str, target: str, body: bytes) -> Rule | None:
+        """The rule that fires on this request, if any; with injection off none does (rules still count
+        matches), so a fault test run with ``GENBATCH_FAULTS_INJECT=0`` sees no fault and must fail."""
         chosen = None
+        inject = injection_enabled()  # read per request: a test may switch injection off mid-session
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, target, body) and rule.fires() and chosen is None:
+                if rule.matches(method, target, body) and rule.fires() and inject and chosen is None:
                     chosen = rule
             if chosen is not None:
                 chosen.injected += 1

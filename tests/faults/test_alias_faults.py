@@ -6,9 +6,10 @@ fault per operation at a random one of those requests, every kind once per repea
 succeed once (aliases as intended, exactly one audit record), and the client must have seen
 every injected fault (injected == observed).
 
-A lost or cut response to the conditional *upload* is different: the swap was applied, the
-retry meets 412, and ``compare_and_swap_json`` re-reads and re-runs the update, whose ``expect``
-guard now fails. That is a real bug (see the xfail test); it is kept out of the main test.
+A lost or cut response to the conditional *upload* has its own test: the swap was applied and the
+retry meets 412. Each CAS upload carries a unique write id in its metadata, so
+``compare_and_swap_json`` finds its own write on re-read and the promotion succeeds once. Racing
+swaps under random 503/429 (at least one per repeat) have exactly one winner.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def test_transient_faults_during_alias_swaps_apply_each_swap_once(
     totals: Counter[str] = Counter()
     for rep in range(faults_repeat):
         # Every kind once per repeat, on a random one of the swap's three requests (a lost or cut
-        # answer only on the reads: on the upload it is the bug below), in random order.
+        # answer only on the reads: on the upload it has its own test below), in random order.
         ops = [(k, rng.choice(["metadata", "download", "upload"] if k in WRITE_KINDS else ["metadata", "download"]))
                for k in READ_KINDS]
         rng.shuffle(ops)
@@ -122,22 +123,38 @@ def test_transient_faults_during_alias_swaps_apply_each_swap_once(
 @pytest.mark.parametrize("kind", ["lost_response", "cut"])
 def test_lost_response_to_an_applied_alias_swap_is_success(gcs_registry: str, proxied_gcs: FaultProxy,
                                                            kind: str) -> None:
+    """The swap was applied, its answer lost: the retry meets 412, finds its own write id, succeeds."""
     root = gcs_registry
-    proxied_gcs.add(_rule(kind, "upload", random.Random(1)))
+    rule = proxied_gcs.add(_rule(kind, "upload", random.Random(1)))
     before = _events(root)
-    after = reg.promote(root, "m", 2, reason=f"{kind} on the swap", expect_production=1)
+    t0 = time.monotonic()
+    with ClientObserver() as seen:
+        after = reg.promote(root, "m", 2, reason=f"{kind} on the swap", expect_production=1)
+    injected = proxied_gcs.injected()
+    record(Figures(f"gcs-alias-{kind}", injected=rule.injected, observed=sum(seen.observed().values()),
+                   seconds=round(time.monotonic() - t0, 2), detail={"client_412": seen.count("412")}))
+    assert rule.injected == 1, f"{rule.name} fired {rule.injected} times on {rule.matched} matching requests"
+    assert seen.observed() == expected_observation(injected), (dict(injected), dict(seen.observed()))
+    assert seen.count("412") == 1, "the retry of the applied swap must meet 412"
     assert after["production"] == 2
     assert _events(root) - before == Counter({"promote": 1})
 
 
 def test_racing_alias_swaps_under_faults_have_exactly_one_winner(
         gcs_registry: str, proxied_gcs: FaultProxy, faults_repeat: int, faults_seed: int) -> None:
-    """Four promoters with the same expectation, while 20% of aliases.json requests fail (503/429)."""
+    """Four promoters with the same expectation, while 10-20% of aliases.json requests fail (503/429).
+
+    One 503 on a random one of the first ``contenders`` requests for aliases.json (each promoter makes
+    at least one) makes sure every repeat injects something, whatever the random rules draw."""
     root = gcs_registry
     contenders = 4
     for rep in range(faults_repeat):
         proxied_gcs.clear()
         start = reg.read_aliases(root, "m")["production"]  # before the rules: every fault falls in the race
+        # First in the list, so it is the rule chosen on its occurrence.
+        sure = proxied_gcs.add(Rule("status", path=r"/aliases\.json", status=503,
+                                    nth=(random.Random(faults_seed + 3000 + rep).randint(1, contenders),),
+                                    name="503-sure"))
         for status, seed in ((503, faults_seed + rep), (429, faults_seed + 1000 + rep)):
             proxied_gcs.add(Rule("status", path=r"/aliases\.json", status=status, probability=0.1, seed=seed,
                                  max_injections=6, name=f"{status}-random"))
@@ -176,4 +193,6 @@ def test_racing_alias_swaps_under_faults_have_exactly_one_winner(
         assert len(outcomes) == contenders and len(winners) == 1, outcomes
         assert all(o == "lost" for o in outcomes if not o.startswith("won")), outcomes
         assert reg.read_aliases(root, "m")["production"] == int(winners[0].split(":")[1])
+        assert sure.injected == 1 and sum(injected.values()) > 0, \
+            f"the sure 503 fired {sure.injected} times on {sure.matched} requests; injected {dict(injected)}"
         assert seen.observed() == expected_observation(injected), (dict(injected), dict(seen.observed()))

@@ -1,4 +1,8 @@
-"""The fault proxy on its own, in front of the real fake-gcs-server, driven by the official client."""
+"""The fault proxy on its own, in front of the real fake-gcs-server, driven by the official client.
+
+Each test that adds a rule asserts the rule fired (``injected``) and that the client saw it, so with
+``GENBATCH_FAULTS_INJECT=0`` it fails; the name parser and rule checks inject nothing.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from devstack.gcs_emulator import GcsEmulator
 from genbatch.errors import StorageError
 from genbatch.io import storage
 from tests.fault_proxy import ClientObserver, FaultProxy, Rule, expected_observation, object_name
+from tests.injection import INJECT_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +53,8 @@ def test_each_fault_is_injected_once_observed_once_and_survived(case: str, proxi
         storage.write_bytes(uri, payload)
         assert storage.read_bytes(uri) == payload
         assert storage.exists(uri)
-    assert rule.injected == 1 and rule.hits[0]["object"] == f"obj/{rule.kind}.bin"
+    assert rule.injected == 1, f"{rule.name} fired {rule.injected} times on {rule.matched} matching requests"
+    assert rule.hits[0]["object"] == f"obj/{rule.kind}.bin"
     assert proxied_gcs.injected() == {rule.kind: 1}
     assert seen.observed() == expected_observation(proxied_gcs.injected())
     if rule.action in ("lost_response", "cut") and rule.method == "POST":
@@ -60,9 +66,12 @@ def test_each_fault_is_injected_once_observed_once_and_survived(case: str, proxi
 
 def test_nth_probability_and_cap(proxied_gcs: FaultProxy, gcs_bucket: str) -> None:
     nth = proxied_gcs.add(_up("status", status=503, nth=(2, 3), name="nth"))
-    for i in range(5):
-        storage.write_bytes(f"gs://{gcs_bucket}/n/{i}", b"x")
-    assert nth.injected == 2 and [h["occurrence"] for h in nth.hits] == [2, 3]
+    with ClientObserver() as seen:
+        for i in range(5):
+            storage.write_bytes(f"gs://{gcs_bucket}/n/{i}", b"x")
+    assert nth.injected == 2, f"the nth rule fired {nth.injected} times, not on occurrences 2 and 3"
+    assert [h["occurrence"] for h in nth.hits] == [2, 3]
+    assert seen.observed() == {"http-503": 2}
     # the 2nd upload failed twice (2nd and 3rd matching requests), then succeeded: 7 matches in all
     assert nth.matched == 7
 
@@ -83,16 +92,17 @@ def test_nth_probability_and_cap(proxied_gcs: FaultProxy, gcs_bucket: str) -> No
 def test_non_retryable_403_is_one_request(proxied_gcs: FaultProxy, gcs_bucket: str) -> None:
     rule = proxied_gcs.add(_up("status", status=403, nth=(1,)))
     t0 = time.monotonic()
-    with pytest.raises(StorageError, match="HTTP 403") as info:
+    with ClientObserver() as seen, pytest.raises(StorageError, match="HTTP 403") as info:
         storage.write_bytes(f"gs://{gcs_bucket}/forbidden.bin", b"x")
     assert time.monotonic() - t0 < 5
     assert f"gs://{gcs_bucket}/forbidden.bin" in str(info.value)
     assert rule.injected == 1 and len(proxied_gcs.requests_for("forbidden.bin")) == 1
+    assert seen.count("403") == 1 and len(seen.attempts) == 1
 
 
 def test_cut_sends_exactly_n_bytes_of_the_body(proxied_gcs: FaultProxy, gcs_bucket: str) -> None:
     storage.write_bytes(f"gs://{gcs_bucket}/cut.bin", b"abcdefghij" * 10)
-    proxied_gcs.add(Rule("cut", cut_after=7, nth=(1,), method="GET", path=r"alt=media"))
+    rule = proxied_gcs.add(Rule("cut", cut_after=7, nth=(1,), method="GET", path=r"alt=media"))
     conn = http.client.HTTPConnection(proxied_gcs.host, proxied_gcs.port, timeout=10)
     conn.request("GET", f"/download/storage/v1/b/{gcs_bucket}/o/cut.bin?alt=media")
     resp = conn.getresponse()
@@ -101,6 +111,7 @@ def test_cut_sends_exactly_n_bytes_of_the_body(proxied_gcs: FaultProxy, gcs_buck
         resp.read()
     assert info.value.partial == b"abcdefg"
     conn.close()
+    assert rule.injected == 1
 
 
 def test_links_the_emulator_hands_out_point_back_at_the_proxy(proxied_gcs: FaultProxy, gcs_bucket: str,
@@ -124,7 +135,8 @@ def test_object_names_from_path_query_and_multipart_body() -> None:
 
 
 def test_stop_releases_stalled_connections_quickly(gcs_emulator: GcsEmulator) -> None:
-    proxy = FaultProxy(gcs_emulator.url, rules=[Rule("stall", stall_s=60, nth=(1,))]).start()
+    rule = Rule("stall", stall_s=60, nth=(1,))
+    proxy = FaultProxy(gcs_emulator.url, rules=[rule]).start()
     conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
     conn.request("GET", "/storage/v1/b")
     time.sleep(0.2)
@@ -133,6 +145,23 @@ def test_stop_releases_stalled_connections_quickly(gcs_emulator: GcsEmulator) ->
     with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
         conn.getresponse().read()
     assert time.monotonic() - t0 < 10
+    assert rule.injected == 1
+
+
+def test_the_injection_switch_is_read_per_request(proxied_gcs: FaultProxy, gcs_bucket: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off, a rule that would fire lets the request through untouched (and counts the match); on
+    again, the same proxy injects: the switch every fault test is proved against (no injection)."""
+    rule = proxied_gcs.add(_up("status", status=503, nth=(1, 2)))
+    monkeypatch.setenv(INJECT_ENV, "0")
+    with ClientObserver() as seen:
+        storage.write_bytes(f"gs://{gcs_bucket}/switch/off.bin", b"x")
+    assert (rule.matched, rule.injected, seen.failures) == (1, 0, [])
+    assert [r.outcome for r in proxied_gcs.requests_for("switch/off.bin")] == ["forwarded 200"]
+    monkeypatch.setenv(INJECT_ENV, "1")
+    with ClientObserver() as seen:
+        storage.write_bytes(f"gs://{gcs_bucket}/switch/on.bin", b"x")
+    assert (rule.matched, rule.injected) == (3, 1) and seen.observed() == {"http-503": 1}
 
 
 def test_rules_are_checked() -> None:

@@ -3,7 +3,8 @@
 Each case is a real input file (JSONL, CSV or Parquet; on local disk or gs://) through the real
 stages ``prepare_run`` and ``validate_input``. The run must stop with InputSchemaError whose
 message names the problem, the validation report must record the failure, and no shard or output
-object may exist.
+object may exist. With ``GENBATCH_FAULTS_INJECT=0`` each case writes good rows in the same format
+instead, validation accepts them, and the test fails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from genbatch.stages.prepare import prepare_run
 from genbatch.stages.validate import validate_input
 from models.registry import resolve_for_spec
 from tests.faults._support import Figures, record, text_spec
+from tests.injection import injection_enabled
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,6 +47,12 @@ def _parquet(columns: dict[str, list[Any]]) -> bytes:
 
 
 GOOD = [{"id": f"r{i}", "prompt": f"colour: red | item: scarf {i}\ndescription:"} for i in range(6)]
+# What a case writes with injection off: good rows, in its format.
+GOOD_FILES: dict[str, Callable[[], bytes]] = {
+    "jsonl": lambda: _jsonl(GOOD),
+    "csv": lambda: _csv(["id", "prompt"], [[r["id"], f"scarf {i}"] for i, r in enumerate(GOOD)]),
+    "parquet": lambda: _parquet({"id": [r["id"] for r in GOOD], "prompt": [r["prompt"] for r in GOOD]}),
+}
 
 # (class, label, file suffix, bytes, a phrase the message must contain)
 CASES: list[tuple[str, str, str, Callable[[], bytes], str]] = [
@@ -86,18 +94,23 @@ def test_bad_inputs_stop_at_validation_with_nothing_generated(backend: str, tmp_
     base = str(tmp_path) if backend == "local" else f"gs://{request.getfixturevalue('gcs_bucket')}"
     for n, (cls, label, suffix, make, phrase) in enumerate(CASES):
         input_uri = storage.join(base, "inputs", f"case-{n}.{suffix}")
-        storage.write_bytes(input_uri, make())
+        storage.write_bytes(input_uri, make() if injection_enabled() else GOOD_FILES[suffix]())
+        injected = int(storage.read_bytes(input_uri) == make())  # the bad input is what was stored
         spec = text_spec(input_uri, storage.join(base, "runs"), zoo_registry, run_id=f"bad-{n}")
         t0 = time.monotonic()
         run_dir = prepare_run(spec, spec["run_id"], resolve_model=resolve_for_spec)
-        with pytest.raises(InputSchemaError) as info:
+        message = ""
+        try:
             validate_input(run_dir)
-        message = str(info.value)
+        except InputSchemaError as exc:
+            message = str(exc)
         layout = RunLayout(run_dir)
         generated = storage.list_uris(layout.shards_dir) + storage.list_uris(layout.path("outputs"))
         report = storage.read_json(layout.validation_report) if storage.exists(layout.validation_report) else None
-        record(Figures(f"input-{cls}", injected=1, observed=1, seconds=round(time.monotonic() - t0, 3),
+        observed = int(bool(message))  # validation refused the input
+        record(Figures(f"input-{cls}", injected=injected, observed=observed, seconds=round(time.monotonic() - t0, 3),
                        detail={"case": label, "backend": backend, "message": message[:200]}))
+        assert injected == 1 and observed == injected, f"{label}: bad input stored {injected}, refused {observed}"
         assert phrase in message, f"{label}: {message}"
         assert generated == [], f"{label}: objects were generated after validation failed: {generated}"
         assert report is not None and report["failure"] == message, f"{label}: the report does not record the failure"

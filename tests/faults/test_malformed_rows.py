@@ -8,6 +8,7 @@ runs: ``prepare_run`` → ``validate_input`` (rejects/ written by the stage) and
 file, the Beam preprocess job (duplicate ids) and generation of every accepted row, then
 ``reconcile``. Every malformed row must end as exactly one reject whose rule is the expected one and
 whose reason names the field; every good row exactly once in the outputs; no shard crashes.
+With ``GENBATCH_FAULTS_INJECT=0`` good rows stand where the malformed ones would, so the tests fail.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from genbatch.stages.validate import validate_input
 from models.registry import resolve_for_spec
 from models.worker import run_shard
 from tests.faults._support import EchoRunner, Figures, catalog_rows, record, text_spec
+from tests.injection import injection_enabled
 from tests.unit.test_validation import CORPUS, RULE_FIELD
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -93,7 +95,10 @@ def _check_reason(rule: str, reject: dict[str, Any], label: str) -> None:
 
 def test_corpus_through_the_validate_stage(tmp_path: Path, zoo_registry: str) -> None:
     assert len({label for label, _l, _r in KINDS}) >= 30, "the corpus must hold at least 30 malformed kinds"
-    lines = [line for _label, line, _rule in KINDS] + [line for _label, line in GOOD_KINDS]
+    damage = injection_enabled()  # off: a good row stands where each malformed one would
+    written = [line if damage else _line(id=f"fine-{n}", prompt="a good row") for n, (_l, line, _r) in enumerate(KINDS)]
+    injected = sum(row == line for row, (_label, line, _rule) in zip(written, KINDS, strict=True))
+    lines = written + [line for _label, line in GOOD_KINDS]
     data = b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n"  # a BOM and CRLF line ends, as Windows exports write
     path = tmp_path / "corpus.jsonl"
     path.write_bytes(data)
@@ -104,11 +109,12 @@ def test_corpus_through_the_validate_stage(tmp_path: Path, zoo_registry: str) ->
     counts = validate_input(run_dir)
     by_index = Counter(r["index"] for r in _rejects(run_dir))
     rejects = {r["index"]: r for r in _rejects(run_dir)}
-    record(Figures("malformed-corpus", injected=len(KINDS), observed=len(rejects), seconds=round(time.monotonic() - t0, 2),
+    record(Figures("malformed-corpus", injected=injected, observed=len(rejects), seconds=round(time.monotonic() - t0, 2),
                    detail={"kinds": len(KINDS), "good": len(GOOD_KINDS)}))
+    assert injected == len(KINDS) and len(rejects) == injected, f"{injected} malformed rows written, {len(rejects)} rejects"
     assert counts == {"input": len(lines), "accepted": len(GOOD_KINDS), "rejected": len(KINDS)}
     assert all(c == 1 for c in by_index.values()), "a row ended as more than one reject"
-    for index, (label, _line, rule) in enumerate(KINDS):
+    for index, (label, _row, rule) in enumerate(KINDS):
         assert index in rejects, f"{label}: not rejected"
         assert rejects[index]["rule"] == rule, f"{label}: rule {rejects[index]['rule']}, expected {rule}"
         _check_reason(rule, rejects[index], label)
@@ -122,15 +128,20 @@ def test_ten_thousand_row_mixed_file_every_bad_row_one_reject_nothing_lost(
     rows: list[bytes] = list(good)
     expected: dict[int, tuple[str, str]] = {}
     bad_positions = rng.sample(range(n_rows), 1_000 + n_dupes)
+    damage = injection_enabled()  # off: the good rows stay where the bad ones would go
     for n, pos in enumerate(bad_positions[:1_000]):  # every kind, then random kinds
         label, line, rule = KINDS[n] if n < len(KINDS) else rng.choice(SMALL_KINDS)
-        rows[pos] = line
+        if damage:
+            rows[pos] = line
         expected[pos] = (label, rule)
     dupes = bad_positions[1_000:]
     good_ids = [json.loads(good[p])["id"] for p in range(n_rows) if p not in expected and p not in dupes]
     for pos in dupes:  # a row whose id another good row already has: the preprocess stage rejects one
         original = json.loads(good[pos])
-        rows[pos] = json.dumps({**original, "id": rng.choice(good_ids)}).encode()
+        dupe = json.dumps({**original, "id": rng.choice(good_ids)}).encode()
+        if damage:
+            rows[pos] = dupe
+    injected = sum(rows[p] != good[p] for p in bad_positions)  # malformed and duplicate rows really written
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(rows) + b"\n")
 
@@ -151,8 +162,9 @@ def test_ten_thousand_row_mixed_file_every_bad_row_one_reject_nothing_lost(
     rejects = _rejects(run_dir)
     by_index: Counter[int] = Counter(r["index"] for r in rejects)
     by_rule = Counter(r["rule"] for r in rejects)
-    record(Figures("malformed-10k", injected=len(expected) + n_dupes, observed=len(rejects), lost=rec.items_lost,
+    record(Figures("malformed-10k", injected=injected, observed=len(rejects), lost=rec.items_lost,
                    doubled=rec.items_duplicated, seconds=round(elapsed, 2), detail={"rejects_by_rule": dict(by_rule)}))
+    assert injected == len(expected) + n_dupes and len(rejects) == injected, f"{injected} bad rows, {len(rejects)} rejects"
     assert rec.ok, rec.problems
     assert rec.input == n_rows and rec.rejected == len(expected) + n_dupes
     assert rec.generated == n_rows - len(expected) - n_dupes and rec.errored == 0

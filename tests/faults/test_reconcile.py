@@ -1,7 +1,9 @@
 """reconcile() and ``genbatch reconcile``: each check catches the damage it is for, on a real run.
 
 One small run is made for real (validate, Beam preprocess, generate, quality, publish); each test
-copies it and damages the copy the way an incident would.
+copies it and damages the copy the way an incident would, then asserts reconcile reports each piece
+of damage that was really done (``_damage`` counts it). With ``GENBATCH_FAULTS_INJECT=0`` the copy
+is left intact and those tests fail; the clean, unpublished and not-a-run cases inject nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from genbatch.run.layout import RunLayout
 from genbatch.run.outputs import RunNotPublishedError, read
 from genbatch.run.reconcile import CORE_COUNTS, reconcile
 from tests.faults._support import EchoRunner, catalog_rows, clone_run, finish, prepare, text_spec, write_input
+from tests.injection import injection_enabled
 from tests.worker_harness import worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,6 +46,19 @@ def run(published: tuple[str, str], tmp_path: Path) -> RunLayout:
     dst = tmp_path / "rec"
     shutil.copytree(published[0], dst)
     return RunLayout(str(dst))
+
+
+def _damage(uri: str | Path, data: bytes | None) -> int:
+    """Write ``data`` to the run copy (delete it when None) unless injection is off; 1 if the object
+    changed, so what a test counts as injected is what was really done."""
+    uri = str(uri)
+    before = storage.read_bytes(uri) if storage.exists(uri) else None
+    if injection_enabled():
+        if data is None:
+            storage.delete(uri)
+        else:
+            storage.write_bytes(uri, data, overwrite=True)
+    return int(before != (storage.read_bytes(uri) if storage.exists(uri) else None))
 
 
 def _cli(uri: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -77,7 +93,7 @@ def test_an_unpublished_run_shows_a_consumer_nothing(published: tuple[str, str])
 
 def test_orphans_are_found_and_hidden_temp_files_ignored(run: RunLayout) -> None:
     out0 = Path(run.outputs_dir(0))
-    (out0 / (".part-r00-00099.jsonl.tmp-" + "0" * 32)).write_text("in flight")
+    assert _damage(out0 / (".part-r00-00099.jsonl.tmp-" + "0" * 32), b"in flight") == 1, "no temp file was written"
     assert reconcile(run.root).ok  # a writer's hidden temp file is not an object
     strays = {
         "outputs/shard-00000/notes.txt": b"x",
@@ -87,10 +103,10 @@ def test_orphans_are_found_and_hidden_temp_files_ignored(run: RunLayout) -> None
         "shards/shard-00000-of-00003.jsonl": b"",  # a shard file of another sharding
         "stray.json": b"{}",
     }
-    for rel, data in strays.items():
-        Path(run.path(rel)).parent.mkdir(parents=True, exist_ok=True)
-        Path(run.path(rel)).write_bytes(data)
+    injected = sum(_damage(run.path(rel), data) for rel, data in strays.items())
     rec = reconcile(run.root)
+    observed = len(set(strays) & set(rec.orphans))
+    assert injected == len(strays) and observed == injected, f"{injected} strays written, {observed} found: {rec.orphans}"
     assert not rec.ok and set(strays) <= set(rec.orphans), rec.orphans
     assert any("objects no manifest or layout accounts for" in p for p in rec.problems)
     code, out, _err = _cli(run.root)
@@ -101,18 +117,19 @@ def test_shard_manifest_counts_and_checksums_are_checked(run: RunLayout) -> None
     manifest_path = Path(run.shard_manifest(0))
     m = json.loads(manifest_path.read_text())
     m["generated"] += 1
-    manifest_path.write_text(json.dumps(m))
+    injected = _damage(manifest_path, json.dumps(m).encode())
     rec = reconcile(run.root)
-    assert any("shard 0 manifest says generated=" in p for p in rec.problems), rec.problems
+    observed = sum("shard 0 manifest says generated=" in p for p in rec.problems)
+    assert injected == 1 and observed == injected, f"damage done {injected}, reported {observed}: {rec.problems}"
 
 
 def test_an_altered_part_is_caught_by_shard_manifest_and_manifest_json(run: RunLayout) -> None:
     part = sorted(Path(run.outputs_dir(1)).glob("part-*.jsonl"))[0]
     lines = part.read_text().splitlines(keepends=True)
-    part.write_text("".join(lines[:-1]))  # one record gone
+    injected = _damage(part, "".join(lines[:-1]).encode())  # one record gone
     rec = reconcile(run.root)
     text = " ".join(rec.problems)
-    assert rec.items_lost == 1
+    assert injected == 1 and rec.items_lost == injected, f"parts cut {injected}, items lost {rec.items_lost}"
     assert "shard 1 manifest" in text and "does not match manifest.json" in text
     # The reader refuses the run, but only when it reaches the altered part: outputs.read verifies
     # part by part as it streams, so the records of the parts before it were already handed out.
@@ -122,27 +139,31 @@ def test_an_altered_part_is_caught_by_shard_manifest_and_manifest_json(run: RunL
 
 def test_a_part_written_after_the_shard_committed_is_reported(run: RunLayout) -> None:
     late = Path(run.output_part(0, 99))
-    late.write_text(json.dumps({"_pos": 0, "id": "sku-00000"}) + "\n")
+    injected = _damage(late, (json.dumps({"_pos": 0, "id": "sku-00000"}) + "\n").encode())
     rec = reconcile(run.root)
     text = " ".join(rec.problems)
-    assert rec.items_duplicated == 1
+    assert injected == 1 and rec.items_duplicated == injected, \
+        f"late parts {injected}, items duplicated {rec.items_duplicated}"
     assert "not in the shard 0 manifest" in text and "not in manifest.json" in text
 
 
 def test_success_without_manifest_and_counts_that_disagree(run: RunLayout, published: tuple[str, str]) -> None:
     m = storage.read_json(run.manifest)
     m["counts"]["generated"] = 999
-    Path(run.manifest).write_text(json.dumps(m))
-    assert any("manifest.json counts.generated=999" in p for p in reconcile(run.root).problems)
-    Path(run.manifest).unlink()
+    injected = _damage(run.manifest, json.dumps(m).encode())
+    observed = sum("manifest.json counts.generated=999" in p for p in reconcile(run.root).problems)
+    assert injected == 1 and observed == injected, f"counts altered {injected}, reported {observed}"
+    injected = _damage(run.manifest, None)
     rec = reconcile(run.root)
-    assert any("_SUCCESS exists but manifest.json does not" in p for p in rec.problems)
+    observed = sum("_SUCCESS exists but manifest.json does not" in p for p in rec.problems)
+    assert injected == 1 and observed == injected, f"manifests deleted {injected}, reported {observed}: {rec.problems}"
 
 
 def test_secret_leaks_are_counted(run: RunLayout) -> None:
-    Path(run.path("quality", "leak.txt")).write_text(f"token={SECRET}")
+    injected = _damage(run.path("quality", "leak.txt"), f"token={SECRET}".encode())
     rec = reconcile(run.root, secrets=[SECRET])
-    assert rec.secret_leak_count == 1 and not rec.ok
+    assert injected == 1 and rec.secret_leak_count == injected and not rec.ok, \
+        f"leaks written {injected}, counted {rec.secret_leak_count}"
 
 
 def test_on_gcs_too(published: tuple[str, str], gcs_bucket: str) -> None:
@@ -152,8 +173,9 @@ def test_on_gcs_too(published: tuple[str, str], gcs_bucket: str) -> None:
     rec = reconcile(dst)
     # The manifest's file list was made on local disk; every entry must still match on gs://.
     assert rec.ok, rec.problems
-    storage.write_bytes(storage.join(dst, "outputs", "shard-00000", "junk.bin"), b"x")
-    assert "outputs/shard-00000/junk.bin" in reconcile(dst).orphans
+    injected = _damage(storage.join(dst, "outputs", "shard-00000", "junk.bin"), b"x")
+    observed = reconcile(dst).orphans.count("outputs/shard-00000/junk.bin")
+    assert injected == 1 and observed == injected, f"junk objects written {injected}, orphans found {observed}"
 
 
 def test_cli_on_something_that_is_not_a_run(tmp_path: Path) -> None:

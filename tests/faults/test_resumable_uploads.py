@@ -95,7 +95,8 @@ def test_resumable_uploads_complete_exactly_once_through_transient_faults(
                        detail={"faults": chosen, "bytes": len(data), "sessions_opened": len(sessions),
                                "content_puts": [r.outcome for r in proxied_gcs.requests if r.method == "PUT"],
                                "entry": "write_bytes" if rep % 2 else "upload_file"}))
-        assert all(r.injected == 1 for r in rules), [(r.name, r.injected, r.matched) for r in rules]
+        assert all(r.injected == 1 for r in rules), \
+            f"rules not fired exactly once (name, injected, matched): {[(r.name, r.injected, r.matched) for r in rules]}"
         assert seen.observed() == expected_observation(injected), (dict(injected), dict(seen.observed()))
         assert sessions and all("ifGenerationMatch=0" in r.target for r in sessions), "a create-only upload"
         assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(data).hexdigest(), "the object's bytes differ"

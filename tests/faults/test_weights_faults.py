@@ -6,11 +6,13 @@ flipped at a random offset, or replaced by a pickle whose unpickling would creat
 A stray pickle file next to the weights, and a card that lists one, are refused by name. The
 worker (``run_shard`` with no runner: it fetches and verifies, then loads) must raise
 ModelIntegrityError naming the file, never call the model loader, never unpickle anything, and
-commit nothing.
+commit nothing. ``injected`` counts versions whose stored objects really changed: with
+``GENBATCH_FAULTS_INJECT=0`` no damage is written, the model loads, and the test fails.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import pickle
@@ -28,6 +30,7 @@ from genbatch.run.reconcile import reconcile
 from models import registry as reg
 from models import worker
 from tests.faults._support import Figures, record
+from tests.injection import injection_enabled
 from tests.worker_harness import real_run, write_items
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,32 +56,31 @@ def _register(root: str, tmp: Path) -> Any:
     return reg.register_version(root, "victim", src)
 
 
-def _damage(kind: str, mv: Any, rng: random.Random, marker: Path) -> str:
-    """Damage the stored version in place; returns the file the refusal must name."""
+def _damage(kind: str, mv: Any, rng: random.Random, marker: Path) -> tuple[str, dict[str, bytes]]:
+    """The damaged objects to write over the stored version, and the file the refusal must name."""
     weights_uri = storage.join(mv.uri, WEIGHTS)
+    stray_uri = storage.join(mv.uri, "pytorch_model.bin")
+    bomb = pickle.dumps(_Bomb(marker))
     data = storage.read_bytes(weights_uri)
     if kind == "truncated":
-        storage.write_bytes(weights_uri, data[: rng.randrange(0, len(data))], overwrite=True)
-        return WEIGHTS
+        return WEIGHTS, {weights_uri: data[: rng.randrange(0, len(data))]}
     if kind == "byte_flipped":
         pos = rng.randrange(len(data))
-        storage.write_bytes(weights_uri, data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:], overwrite=True)
-        return WEIGHTS
+        return WEIGHTS, {weights_uri: data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:]}
     if kind == "pickle_substituted":
-        storage.write_bytes(weights_uri, pickle.dumps(_Bomb(marker)), overwrite=True)
-        return WEIGHTS
+        return WEIGHTS, {weights_uri: bomb}
     if kind == "stray_pickle":
-        if storage.is_gcs(mv.uri):  # on GCS only card-listed files are fetched; a stray one is never read
-            storage.write_bytes(storage.join(mv.uri, "pytorch_model.bin"), pickle.dumps(_Bomb(marker)))
-            return "<not fetched>"
-        storage.write_bytes(storage.join(mv.uri, "pytorch_model.bin"), pickle.dumps(_Bomb(marker)))
-        return "pytorch_model.bin"
+        # On GCS only card-listed files are fetched; a stray one is never read.
+        return "<not fetched>" if storage.is_gcs(mv.uri) else "pytorch_model.bin", {stray_uri: bomb}
     card_uri = storage.join(mv.uri, reg.CARD)
     card = storage.read_json(card_uri)
-    storage.write_bytes(storage.join(mv.uri, "pytorch_model.bin"), pickle.dumps(_Bomb(marker)))
     card["files"]["pytorch_model.bin"] = "0" * 64
-    storage.write_json(card_uri, card, overwrite=True)
-    return "pytorch_model.bin"
+    return "pytorch_model.bin", {stray_uri: bomb, card_uri: json.dumps(card).encode()}
+
+
+def _stored(mv: Any) -> dict[str, str]:
+    """sha256 of every stored object of the version: what the damage changed is measured, not assumed."""
+    return {uri: hashlib.sha256(storage.read_bytes(uri)).hexdigest() for uri in storage.list_uris(mv.uri)}
 
 
 @pytest.mark.parametrize("backend", ["local", "gcs"])
@@ -91,7 +93,7 @@ def test_damaged_weights_are_refused_before_the_model_is_built(
 
     def must_not_load(*args: Any, **kwargs: Any) -> Any:
         loads.append(args)
-        pytest.fail("the model was built from damaged weights")
+        pytest.fail("the model was built: the weights were not refused")
 
     monkeypatch.setattr(worker, "load_runner", must_not_load)
     for rep in range(faults_repeat):
@@ -101,30 +103,47 @@ def test_damaged_weights_are_refused_before_the_model_is_built(
             marker = case / "UNPICKLED"
             root = storage.join(base, f"{kind}-{rep}")
             mv = _register(root, case)
-            named = _damage(kind, mv, rng, marker)
+            before = _stored(mv)
+            named, damaged = _damage(kind, mv, rng, marker)
+            if injection_enabled():
+                for uri, data in damaged.items():
+                    storage.write_bytes(uri, data, overwrite=True)
+            changed = sorted(uri for uri, sha in _stored(mv).items() if before.get(uri) != sha)
+            injected = int(bool(changed))  # this version is damaged
             state = real_run(str(case / "out"), mv, root, run_id="weights", generation={"batch_size": 4})
             write_items(state, [{"id": f"i{i}", "prompt": "colour: red\ndescription:", "seed": i, "params": {},
                                  "row_index": i} for i in range(4)])
             t0 = time.monotonic()
             if named == "<not fetched>":
                 # The stray object is never downloaded, so nothing can load it: the run is fine.
-                monkeypatch.setattr(worker, "load_runner", lambda *a, **k: _NoModel())
+                fetched: list[str] = []
+
+                def no_model(task: str, model_dir: Path, fetched: list[str] = fetched, **kwargs: Any) -> _NoModel:
+                    fetched.extend(p.name for p in Path(model_dir).rglob("*"))
+                    return _NoModel()
+
+                monkeypatch.setattr(worker, "load_runner", no_model)
                 worker.run_shard(state.layout.root, 0, device="cpu")
                 monkeypatch.setattr(worker, "load_runner", must_not_load)
                 refused = False
+                # Observed: the stray object is stored in the version, and the worker fetched without it.
+                stray = storage.join(mv.uri, "pytorch_model.bin")
+                observed = int(storage.exists(stray) and bool(fetched) and "pytorch_model.bin" not in fetched)
             else:
                 with pytest.raises(ModelIntegrityError) as info:
                     worker.run_shard(state.layout.root, 0, device="cpu")
-                assert named in str(info.value), str(info.value)
-                refused = True
+                refused = named in str(info.value)
+                observed = int(refused)
+                assert refused, str(info.value)
                 assert storage.list_uris(state.layout.path("outputs")) == [], "a refused model committed outputs"
                 assert reconcile(state.layout.root).items_duplicated == 0
             assert not loads, "the model loader ran on damaged weights"
             assert not marker.exists(), "a pickle was unpickled"
-            record(Figures(f"weights-{kind}", injected=1, observed=int(refused or named == "<not fetched>"),
+            record(Figures(f"weights-{kind}", injected=injected, observed=observed,
                            seconds=round(time.monotonic() - t0, 3),
-                           detail={"backend": backend, "refused": refused, "message": "" if not refused
-                                   else str(info.value)[:160]}))
+                           detail={"backend": backend, "refused": refused, "changed": changed,
+                                   "message": "" if not refused else str(info.value)[:160]}))
+            assert injected == 1 and observed == injected, f"{kind}: damaged {changed}, observed {observed}"
 
 
 class _NoModel:
