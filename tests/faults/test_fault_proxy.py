@@ -114,6 +114,7 @@ def test_cut_sends_exactly_n_bytes_of_the_body(proxied_gcs: FaultProxy, gcs_buck
     assert rule.injected == 1
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_links_the_emulator_hands_out_point_back_at_the_proxy(proxied_gcs: FaultProxy, gcs_bucket: str,
                                                               gcs_emulator: GcsEmulator) -> None:
     storage.write_bytes(f"gs://{gcs_bucket}/linked.bin", b"x")
@@ -125,6 +126,7 @@ def test_links_the_emulator_hands_out_point_back_at_the_proxy(proxied_gcs: Fault
     assert str(gcs_emulator.port) not in json.dumps(meta)
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_object_names_from_path_query_and_multipart_body() -> None:
     assert object_name("GET", "/storage/v1/b/bk/o/a%2Fb.json?alt=json", b"") == "a/b.json"
     assert object_name("GET", "/download/storage/v1/b/bk/o/a%2Fb.json?alt=media", b"") == "a/b.json"
@@ -148,6 +150,7 @@ def test_stop_releases_stalled_connections_quickly(gcs_emulator: GcsEmulator) ->
     assert rule.injected == 1
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_the_injection_switch_is_read_per_request(proxied_gcs: FaultProxy, gcs_bucket: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Off, a rule that would fire lets the request through untouched (and counts the match); on
@@ -164,6 +167,7 @@ def test_the_injection_switch_is_read_per_request(proxied_gcs: FaultProxy, gcs_b
     assert (rule.matched, rule.injected) == (3, 1) and seen.observed() == {"http-503": 1}
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_rules_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown action"):
         Rule("explode", nth=(1,))

@@ -70,6 +70,7 @@ def _cli(uri: str) -> tuple[int, dict[str, Any] | None, str]:
         return proc.returncode, None, proc.stderr
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_a_clean_published_run_reconciles(run: RunLayout) -> None:
     rec = reconcile(run.root, secrets=[SECRET])
     assert rec.ok, rec.problems
@@ -82,6 +83,7 @@ def test_a_clean_published_run_reconciles(run: RunLayout) -> None:
     assert code == 0 and out is not None and out["ok"] is True and out["items_lost"] == 0
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_an_unpublished_run_shows_a_consumer_nothing(published: tuple[str, str]) -> None:
     prepared = published[1]
     with pytest.raises(RunNotPublishedError):
@@ -178,6 +180,7 @@ def test_on_gcs_too(published: tuple[str, str], gcs_bucket: str) -> None:
     assert injected == 1 and observed == injected, f"junk objects written {injected}, orphans found {observed}"
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_cli_on_something_that_is_not_a_run(tmp_path: Path) -> None:
     code, out, err = _cli(str(tmp_path / "nothing"))
     assert code == 2 and out is None and "is not a prepared run directory" in err
