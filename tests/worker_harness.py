@@ -7,10 +7,11 @@ starts Airflow or the preprocess stage: the run dir is what the prepare stage wo
 
 Run as a module (``python -m tests.worker_harness worker --run-dir ... --shard K``) it is the
 real CLI (``genbatch.cli.commands.main``) with one passive probe: when ``GENBATCH_TEST_BATCH_LOG`` is
-set, every ``run_batch`` call on the real runner appends the ids it was handed to that file
-(one ``os.write`` on an O_APPEND fd per call, so a line is either whole or absent after
-SIGKILL). It changes no behaviour; it lets a kill test count the generation work that a
-killed attempt did and never committed.
+set, every ``run_batch`` call on the real runner appends the ids it was handed and its start time
+to that file (one ``os.write`` on an O_APPEND fd per call, so a line is either whole or absent after
+SIGKILL). It changes no behaviour; it lets a kill test count the generation work that a killed
+attempt did and never committed. ``GENBATCH_TEST_GATE`` adds one gate: before its first model call
+the worker creates ``<gate>.ready`` and waits for ``<gate>.go`` (racing workers start generating together).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -160,18 +162,36 @@ def hidden_temp_files(layout: RunLayout, shard: int = 0) -> list[Path]:
 BATCH_LOG_ENV = "GENBATCH_TEST_BATCH_LOG"
 
 
-class _LoggingRunner:
-    """Delegates everything to the real runner; records the ids of each ``run_batch`` call."""
+GATE_ENV = "GENBATCH_TEST_GATE"
+GATE_TIMEOUT_S = 120.0
 
-    def __init__(self, inner: Any, fd: int) -> None:
+
+def pass_gate(gate: str) -> None:
+    """Say ``<gate>.ready``, then wait for ``<gate>.go`` (a missing go after the timeout fails loudly)."""
+    Path(f"{gate}.ready").touch()
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not Path(f"{gate}.go").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{gate}.go never appeared")
+        time.sleep(0.002)
+
+
+class _LoggingRunner:
+    """Delegates everything to the real runner; records the ids and start time of each ``run_batch`` call."""
+
+    def __init__(self, inner: Any, fd: int, gate: str | None = None) -> None:
         self._inner = inner
         self._fd = fd
+        self._gate = gate
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def run_batch(self, items: list[Any]) -> Any:
-        line = json.dumps({"pid": os.getpid(), "ids": [it.id for it in items]}) + "\n"
+        if self._gate is not None:
+            pass_gate(self._gate)
+            self._gate = None
+        line = json.dumps({"pid": os.getpid(), "ids": [it.id for it in items], "t": time.time()}) + "\n"
         os.write(self._fd, line.encode())
         return self._inner.run_batch(items)
 
@@ -199,7 +219,7 @@ def _probe_main(argv: list[str]) -> int:
         real_load = models.worker.load_runner
 
         def load_runner(*args: Any, **kwargs: Any) -> Any:
-            return _LoggingRunner(real_load(*args, **kwargs), fd)
+            return _LoggingRunner(real_load(*args, **kwargs), fd, os.environ.get(GATE_ENV))
 
         models.worker.load_runner = load_runner
     return main(argv)

@@ -2,21 +2,22 @@
 
 The whole run goes through the real stages in-process with the real tiny text model (and, once
 per repeat set, the tiny image model): validate → Beam preprocess → generate each shard → quality
-gate → publish. An interruption is a crash (a BaseException, so nothing in the code can swallow
-it) raised at a random one of the run's object writes — before the write, or right after it
-landed — in any stage. The run then resumes the way Airflow does: the interrupted task runs again,
-then every task after it. A second interruption may hit the resumed part.
-
-Then the published records (minus wall-clock ``timings``), the errors and rejects, and every image
-must equal, byte for byte, those of the same run done without interruption; ``reconcile`` must show
-nothing lost or doubled and no orphan object, and a consumer read before ``_SUCCESS`` sees nothing.
+gate → publish. An interruption is a crash (a BaseException, nothing can swallow it) at a random
+one of the run's storage writes, copies or deletes (every write path of ``genbatch.io.storage``, the
+Beam job's shard-file uploads included), before it or right after it landed, in any stage. The run
+resumes as Airflow does (the interrupted task again, then every later one); a second crash may hit
+the resumed part. Every planned crash must fire; then the published records (minus ``timings``),
+errors, rejects and images must equal, byte for byte, those of the run done without interruption,
+``reconcile`` must show nothing lost, doubled or orphaned, and a read before ``_SUCCESS`` sees nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from tests.faults._support import (
     text_spec,
     write_input,
 )
+from tests.injection import injection_enabled
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,33 +67,55 @@ def _stage_fns(run_dir: str, runners: dict[str, Any]) -> dict[str, Callable[[], 
     }
 
 
+WRITE_FNS = ("write", "upload_file", "delete", "remove_empty_dirs", "remove_stale_temp_files",
+             "compare_and_swap_json")
+"""The local backend's methods that change storage: every facade write reaches one of these."""
+
+
 class WriteCounter:
-    """Counts ``storage.write_bytes`` calls; crashes at the chosen ones (before or after the write)."""
+    """Counts every storage write, copy and delete; crashes at the chosen ones (before or after it).
+
+    It wraps the local backend's writing methods (what ``write_bytes``/``write_json``/``write_text``,
+    ``upload_file``, ``delete``, ``remove_empty_dirs``, ``remove_stale_temp_files`` and
+    ``compare_and_swap_json`` all end in) and the facade's ``download_file`` (no backend method
+    writes its local file): a stage or a Beam DoFn in this process cannot write around it.
+    With injection off it counts and never crashes.
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # image writes run on a small thread pool
         self.count = 0
         self.crash_at: dict[int, str] = {}
         self.crashed: list[tuple[int, str, str]] = []
         self.stage = ""
-        self.stage_of: dict[int, str] = {}  # write number -> the stage that made it
-        self._real = storage.write_bytes
+        self.site_of: dict[int, tuple[str, str]] = {}  # write number -> (stage, function) that made it
+
+    def _wrap(self, fn_name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            target = str(args[1] if fn_name in ("upload_file", "download_file") else args[0])
+            with self._lock:
+                self.count += 1
+                n = self.count
+                self.site_of[n] = (self.stage, fn_name)
+                when = self.crash_at.pop(n, None) if injection_enabled() else None
+            if when == "before":
+                self.crashed.append((n, when, target))
+                raise Crash(f"{fn_name} #{n} ({target}) never happened")
+            result = real(*args, **kwargs)
+            if when == "after":
+                self.crashed.append((n, when, target))
+                raise Crash(f"died right after {fn_name} #{n} ({target}) landed")
+            return result
+
+        return wrapper
 
     @contextlib.contextmanager
     def installed(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteCounter]:
-        def write_bytes(uri: str, data: bytes, **kwargs: Any) -> None:
-            self.count += 1
-            self.stage_of[self.count] = self.stage
-            when = self.crash_at.pop(self.count, None)
-            if when == "before":
-                self.crashed.append((self.count, when, uri))
-                raise Crash(f"write #{self.count} ({uri}) never happened")
-            self._real(uri, data, **kwargs)
-            if when == "after":
-                self.crashed.append((self.count, when, uri))
-                raise Crash(f"died right after write #{self.count} ({uri}) landed")
-
+        backend = storage.backend_for("/")
         with monkeypatch.context() as mp:
-            mp.setattr(storage, "write_bytes", write_bytes)
+            for name in WRITE_FNS:
+                mp.setattr(backend, name, self._wrap(name, getattr(backend, name)))
+            mp.setattr(storage, "download_file", self._wrap("download_file", storage.download_file))
             yield self
 
 
@@ -164,35 +188,51 @@ def test_interrupted_anywhere_and_resumed_publishes_what_a_clean_run_publishes(
     counter = WriteCounter()
     with counter.installed(monkeypatch):
         _run_all(clean_dir, runners, counter, [])
-    total_writes, stage_of = counter.count, dict(counter.stage_of)
+    total_writes, sites = counter.count, dict(counter.site_of)
+    candidates = Counter(f"{st}:{fn}" for st, fn in sites.values())
+    # The Beam job's shard files are uploads (beam_jobs/sorted_files.merge_runs) made inside a DoFn:
+    # they must be crash points like every other write.
+    assert candidates["preprocess:upload_file"] > 0, candidates
     clean = _snapshot(clean_dir)
     assert len(clean["records"]) == (14 if task == "text" else 5) and reconcile(clean_dir).ok
     if task == "image":
         assert len(clean["images"]) == 5
 
+    hit: Counter[str] = Counter()
     for rep in range(faults_repeat):
         run_dir = prepare_run(_spec(tmp_path / f"rep-{rep}", zoo_registry, task), "run", resolve_model=resolve_for_spec)
-        # Repeat r interrupts stage r (mod 6) first, at a random one of that stage's writes.
+        # Repeat r interrupts stage r (mod 6) first, in a random one of the functions that stage writes
+        # with (the first time it is preprocess: upload_file), at a random one of those writes.
         target = STAGES[(rep + (0 if task == "text" else 3)) % len(STAGES)]
-        first = rng.choice([n for n, st in stage_of.items() if st == target])
+        fns = sorted({fn for st, fn in sites.values() if st == target})
+        fn = "upload_file" if target == "preprocess" and not hit["preprocess:upload_file"] else rng.choice(fns)
+        first = rng.choice([n for n, site in sites.items() if site == (target, fn)])
         counter = WriteCounter()
         counter.crash_at[first] = rng.choice(["before", "after"])
-        if rng.random() < 0.5:  # a second interruption, during the resumed part
-            counter.crash_at[first + rng.randint(1, 6)] = rng.choice(["before", "after"])
+        # A second interruption, during the resumed part: only within the writes of the stages after
+        # the first one's, which run in full at least once after it, so it is certain to be reached.
+        later = sum(1 for st, _fn in sites.values() if STAGES.index(st) > STAGES.index(target))
+        if later and rng.random() < 0.5:
+            counter.crash_at[first + rng.randint(1, min(6, later))] = rng.choice(["before", "after"])
+        planned = len(counter.crash_at)
         consumer_checks: list[int] = []
         t0 = time.monotonic()
         with counter.installed(monkeypatch):
             crashes = _run_all(run_dir, runners, counter, consumer_checks)
+        hit.update(f"{counter.site_of[n][0]}:{counter.site_of[n][1]}" for n, _when, _uri in counter.crashed)
         rec = reconcile(run_dir)
         got = _snapshot(run_dir)
         partial = sum(1 for seen in consumer_checks if seen)
         record(Figures(f"interrupted-run-{task}", injected=len(counter.crashed), observed=crashes, lost=rec.items_lost,
                        doubled=rec.items_duplicated, partial_reads=partial + rec.consumer_partial_reads,
                        seconds=round(time.monotonic() - t0, 2),
-                       detail={"crashes": [f"#{n} {when} {uri[len(run_dir):]}" for n, when, uri in counter.crashed],
-                               "first_in": target,
-                               "writes": total_writes}))
-        assert counter.crashed and len(counter.crashed) == crashes, (counter.crashed, crashes)
+                       detail={"crashes": [f"#{n} {when} {':'.join(counter.site_of[n])} {uri[len(run_dir):]}"
+                                           for n, when, uri in counter.crashed],
+                               "planned": planned, "first_in": f"{target}:{fn}", "writes": total_writes,
+                               "candidates": dict(sorted(candidates.items()))}))
+        assert crashes == len(counter.crashed) == planned > 0, (
+            f"repeat {rep}: planned {planned} crashes, raised {len(counter.crashed)}, survived {crashes}; "
+            f"never reached: {counter.crash_at}")
         assert rec.ok and rec.orphans == [], rec.problems
         assert partial == 0 and rec.consumer_partial_reads == 0
         differing = [i for i in clean["records"] if got["records"].get(i) != clean["records"][i]]
@@ -200,3 +240,6 @@ def test_interrupted_anywhere_and_resumed_publishes_what_a_clean_run_publishes(
             f"repeat {rep} ({counter.crashed}): records differ from the clean run: {differing[:3]}"
         assert got["errors"] == clean["errors"] and got["rejects"] == clean["rejects"]
         assert got["images"] == clean["images"], f"repeat {rep} ({counter.crashed}): images differ"
+    print(f"\ncrash points hit ({task}): {dict(sorted(hit.items()))}; candidates {dict(sorted(candidates.items()))}")
+    if any(STAGES[(rep + (0 if task == "text" else 3)) % len(STAGES)] == "preprocess" for rep in range(faults_repeat)):
+        assert hit["preprocess:upload_file"] > 0, hit  # the Beam job's uploads are reachable crash points

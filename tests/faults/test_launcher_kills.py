@@ -6,7 +6,8 @@ worker started through the harness probe). It is SIGKILLed at a random point —
 imports and loads the model, or mid-shard once the worker committed a random 1-2 more parts plus
 0-12 ms — and started again, as an Airflow retry would. Alternate repeats retry at once (the retry
 must deal with a worker that is still running) or first wait for the orphan to exit by itself
-(proof that it dies with its launcher). Then a last launch finishes the shard.
+(proof that it dies with its launcher; a single repeat waits). Then a last launch finishes the shard.
+With injection off no launcher is killed and the test fails.
 
 Checks: every kill hit a live launcher and landed mid-shard (injected == observed, where observed
 also means the orphaned worker was gone before the next worker began); no worker process is left
@@ -32,6 +33,7 @@ from genbatch.run.reconcile import reconcile
 from genbatch.run.state import RunState
 from genbatch.stages.generate import ENV_LEASE_DIR, _start_ticks, read_lease
 from tests.faults._support import Figures, record
+from tests.injection import injection_enabled
 from tests.integration.test_worker_resume import BATCH, N_ITEMS, _committed_count, _run
 from tests.worker_harness import (
     BATCH_LOG_ENV,
@@ -95,7 +97,7 @@ def _launch(state: RunState, tmp_path: Path, env: dict[str, str], n: int, point:
                     time.sleep(0.001)
                 if proc.poll() is None:
                     time.sleep(rng.uniform(0.0, 0.012))
-            if point is not None and proc.poll() is None:
+            if point is not None and proc.poll() is None and injection_enabled():
                 os.kill(proc.pid, signal.SIGKILL)
                 signalled = True
             rc = proc.wait(timeout=TIMEOUT_S)
@@ -125,7 +127,7 @@ def test_launcher_killed_and_retried_leaves_no_orphan_and_runs_one_worker_at_a_t
         launches.append(launch)
         manifest_exists = Path(state.layout.shard_manifest(0)).exists()
         launch.landed = launch.signalled and launch.returncode == -signal.SIGKILL and not manifest_exists
-        if n % 2 == 1:  # wait for the orphan to go by itself: it must die with its launcher
+        if n % 2 == 1 or len(points) == 1:  # wait for the orphan to go by itself: it must die with its launcher
             t_kill = time.monotonic()
             while _running(launch.worker_pid, launch.worker_ticks) and time.monotonic() - t_kill < ORPHAN_EXIT_S:
                 time.sleep(0.01)
@@ -145,7 +147,6 @@ def test_launcher_killed_and_retried_leaves_no_orphan_and_runs_one_worker_at_a_t
     probe: dict[int, set[str]] = {}
     for call in read_batch_log(log_path):
         probe.setdefault(int(call["pid"]), set()).update(call["ids"])
-    committed_by: dict[int, set[str]] = {}
     scan = scan_outputs(state.layout)
     all_committed = {i for ids in scan.ids.values() for i in ids}
     # The probe's redone per worker: ids it handed to the model that a later worker handed again.
@@ -154,7 +155,6 @@ def test_launcher_killed_and_retried_leaves_no_orphan_and_runs_one_worker_at_a_t
     for k, pid in enumerate(order):
         later = set().union(*(probe.get(p, set()) for p in order[k + 1:])) if k + 1 < len(order) else set()
         probe_redone[pid] = len(probe.get(pid, set()) & later)
-        committed_by[pid] = probe.get(pid, set()) - later
     cross = cross_check_redone(state.layout, probe_redone)
     orphan_gone = all(not _running(ln.worker_pid, ln.worker_ticks) for ln in killed)
     observed = sum(ln.landed for ln in killed) if orphan_gone and rec.attempts and rec.attempts["overlapping"] == 0 else 0
@@ -170,18 +170,31 @@ def test_launcher_killed_and_retried_leaves_no_orphan_and_runs_one_worker_at_a_t
           f"stopped by a retry: {stale_stops}; attempts {rec.attempts}; redone {rec.work_redone} "
           f"(probe {rec.work_redone_probe}); records vs probe {cross}")
     assert final.returncode == 0, logs[-1][-3000:]
-    assert json.loads(logs[-1].strip().splitlines()[-1])["generated"] >= 0  # the task's return value
     injected = sum(ln.signalled for ln in killed)
-    assert injected == sum(ln.landed for ln in killed) == faults_repeat, [(ln.point, ln.returncode) for ln in killed]
+    assert injected == sum(ln.landed for ln in killed) == faults_repeat > 0, \
+        f"launchers killed mid-shard: {[(ln.point, ln.signalled, ln.returncode) for ln in killed]}, wanted {faults_repeat}"
+    # The task's return value is the shard manifest's summary; the last worker wrote that manifest after
+    # resuming what the killed ones committed, skipping exactly the ids the probe did not see it generate.
+    result = json.loads(logs[-1].strip().splitlines()[-1])
+    manifest = json.loads(Path(state.layout.shard_manifest(0)).read_text())
+    assert [result[k] for k in ("shard", "generated", "errored")] == [manifest[k] for k in ("shard", "generated", "errored")]
+    assert result["generated"] + result["errored"] == N_ITEMS, result
+    assert final.worker_pid is not None
+    assert 0 < manifest["resumed_items"] == N_ITEMS - len(probe.get(final.worker_pid, set())), manifest
+    # Every launch was seen starting its worker (else the orphan checks below would skip it).
+    assert all(ln.worker_pid is not None for ln in launches), [(ln.point, ln.worker_pid) for ln in launches]
     assert left_running == [], f"worker processes still running: {left_running}"
-    assert all(ln.orphan_gone_s is not None and ln.orphan_gone_s < ORPHAN_EXIT_S
-               for ln in killed[1::2]), [ln.orphan_gone_s for ln in killed]
+    waited = [ln.orphan_gone_s for ln in killed if ln.orphan_gone_s is not None]
+    assert len(waited) == sum(n % 2 == 1 or len(points) == 1 for n in range(len(killed))) > 0, waited
+    assert all(gone_s < ORPHAN_EXIT_S for gone_s in waited), waited
+    assert set().union(*probe.values()) == all_committed, "the probe missed a worker's model calls"
     assert rec.ok and rec.items_lost == 0 and rec.items_duplicated == 0, rec.to_json()
     assert rec.generated + rec.errored == N_ITEMS == len(all_committed)
     assert rec.attempts is not None and rec.attempts["overlapping"] == 0, rec.attempts
     # An orphan commits its batch and stops (sigterm), or dies before its SIGTERM handler is set
     # (unknown); it never fails (a broken log pipe once made it exit with an error mid-commit).
     assert [r.state for r in records][-1:] == ["done"]
+    assert len(records[:-1]) >= sum(ln.point == "parts" for ln in killed), [r.pid for r in records]
     assert all(r.state in ("sigterm", "unknown") for r in records[:-1]), [(r.state, r.error) for r in records]
     assert (rec.max_work_redone or 0) <= BATCH and (rec.work_redone or 0) <= BATCH * injected
     assert not cross["mismatched"], cross

@@ -1,16 +1,18 @@
 """Two workers on the same shard at once (a duplicate pod, a retry that overlaps a slow attempt).
 
 1. Real: two subprocesses of the real worker CLI (through the harness probe that logs every model
-   call) started together on one shard of the real tiny text model. Create-only parts make the
-   first writer of each part name win; the other fails loudly (ObjectConflictError, exit 2) or
-   finds the shard done. Whatever the interleaving, after both exit (and one rerun if neither
-   committed) every id is in the outputs exactly once.
+   call with its start time) on one shard of the real tiny text model, held at a gate before their
+   first model call and let go a random 0-0.2 s apart, so they generate at the same time. The test
+   proves they did (their generation windows in the probe log overlap, and so do the worker's own
+   attempt records), then: create-only parts make the first writer of each part name win; the other
+   fails loudly (ObjectConflictError, exit 2) or finds the shard done. After both exit (and one
+   rerun if neither committed) every id is in the outputs exactly once. The second worker is the
+   injected fault: with injection off only one starts, nothing overlaps and the test fails.
 
-2. A deterministic repro of a doubling the race CAN produce (xfail, strict): a batch commits as two
-   objects, ``errors-rRR-K.jsonl`` then ``part-rRR-K.jsonl``. If the loser of part K had failed
-   items, its errors part K is already committed when its part K write conflicts; the winner, whose
-   batch K held other items, never saw those failures and generates (and fails) them again: the
-   same ids end twice in ``errors/shard-K.jsonl``.
+2. A deterministic race (threads, stepped): the loser of part K had failed items. The part file is
+   the batch's commit point and is written before its errors part, so the loser's conflict comes
+   before it can commit its errors, and no id ends twice in ``errors/shard-K.jsonl`` (this once
+   doubled; the test keeps it fixed). With injection off the second worker never starts: no race.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from models.registry import resolve
 from models.worker import run_shard
 from tests.faults._support import EchoRunner, Figures, record
 from tests.helpers import prepared_run
+from tests.injection import injection_enabled
 from tests.worker_harness import (
     BATCH_LOG_ENV,
+    GATE_ENV,
     catalog_prompts,
     probed_worker_cmd,
     read_batch_log,
@@ -47,6 +51,29 @@ N_ITEMS, BATCH, NEW_TOKENS = 400, 8, 16  # ~2 s of generation each: both workers
 TIMEOUT_S = 180
 
 
+def _windows(calls: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
+    """Each worker's generation window: (first, last) model-call start, by pid."""
+    out: dict[int, tuple[float, float]] = {}
+    for call in calls:
+        first, last = out.get(call["pid"], (call["t"], call["t"]))
+        out[call["pid"]] = (min(first, call["t"]), max(last, call["t"]))
+    return out
+
+
+def _relative(windows: dict[int, tuple[float, float]]) -> dict[str, list[float]]:
+    """The windows in seconds from the earliest model call (for the report)."""
+    base = min((w[0] for w in windows.values()), default=0.0)
+    return {str(pid): [round(w[0] - base, 3), round(w[1] - base, 3)] for pid, w in windows.items()}
+
+
+def _wait_ready(gates: list[Path], procs: list[subprocess.Popen[str]]) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not all(Path(f"{g}.ready").exists() for g in gates):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise AssertionError(f"a worker never reached its first model call: {[p.poll() for p in procs]}")
+        time.sleep(0.005)
+
+
 def test_two_workers_racing_on_one_shard_output_exactly_once(tmp_path: Path, zoo_registry: str,
                                                                faults_repeat: int, faults_seed: int) -> None:
     rng = random.Random(faults_seed + 2)
@@ -59,39 +86,48 @@ def test_two_workers_racing_on_one_shard_output_exactly_once(tmp_path: Path, zoo
         write_items(state, [{"id": f"item-{i:04d}", "prompt": prompts[i % len(prompts)], "seed": i, "params": {},
                              "row_index": i} for i in range(N_ITEMS)])
         log = case / "batches.log"
-        env = {**worker_env(), BATCH_LOG_ENV: str(log)}
-        offset = rng.uniform(0.0, 0.4)
+        n_workers = 2 if injection_enabled() else 1  # the second worker is the fault
+        gates = [case / f"gate-{k}" for k in range(n_workers)]
+        offset = rng.uniform(0.0, 0.2)
         t0 = time.monotonic()
-        first = subprocess.Popen(probed_worker_cmd(state.layout.root), env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(offset)
-        second = subprocess.Popen(probed_worker_cmd(state.layout.root), env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        procs = [subprocess.Popen(probed_worker_cmd(state.layout.root),
+                                  env={**worker_env(), BATCH_LOG_ENV: str(log), GATE_ENV: str(gate)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for gate in gates]
         results = []
-        for proc in (first, second):
-            try:
+        try:
+            _wait_ready(gates, procs)  # both loaded the model and listed the outputs: let them go
+            for k, gate in enumerate(gates):
+                if k:
+                    time.sleep(offset)
+                Path(f"{gate}.go").touch()
+            for proc in procs:
                 out, err = proc.communicate(timeout=TIMEOUT_S)
-            finally:
+                results.append((proc.pid, proc.returncode, err))
+        finally:
+            for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
-            results.append((proc.pid, proc.returncode, err))
-        calls = read_batch_log(log)
-        pids_generating = {c["pid"] for c in calls}
+        windows = _windows(read_batch_log(log))
+        # The race happened: each worker made model calls, and each began one inside the other's window.
+        overlapped = len(windows) == 2 and max(w[0] for w in windows.values()) <= min(w[1] for w in windows.values())
         conflicts = [err for _pid, rc, err in results if rc == 2 and "already exists with different content" in err]
         rerun = None
         if not Path(state.layout.shard_manifest(0)).exists():  # neither committed: the orchestrator retries
-            rerun = subprocess.run(probed_worker_cmd(state.layout.root), env=env, capture_output=True, text=True,
-                                   timeout=TIMEOUT_S, check=False)
+            rerun = subprocess.run(probed_worker_cmd(state.layout.root), env={**worker_env(), BATCH_LOG_ENV: str(log)},
+                                   capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
         rec = reconcile(state.layout.root, attempt_log=log)
-        overlapped = len(pids_generating) == 2
-        record(Figures("worker-race", injected=1, observed=int(overlapped or bool(conflicts)), lost=rec.items_lost,
-                       doubled=rec.items_duplicated, redone=rec.max_work_redone or 0,
+        records_overlap = (rec.attempts or {}).get("overlapping", 0)
+        record(Figures("worker-race", injected=n_workers - 1, observed=int(overlapped and records_overlap > 0),
+                       lost=rec.items_lost, doubled=rec.items_duplicated, redone=rec.max_work_redone or 0,
                        seconds=round(time.monotonic() - t0, 2),
-                       detail={"exit_codes": [rc for _p, rc, _e in results], "start_offset_s": round(offset, 3),
-                               "both_generated": overlapped, "conflict_exits": len(conflicts),
+                       detail={"exit_codes": [rc for _p, rc, _e in results], "release_gap_s": round(offset, 3),
+                               "windows_s": _relative(windows),
+                               "attempts_overlapping": records_overlap, "conflict_exits": len(conflicts),
                                "rerun": None if rerun is None else rerun.returncode,
                                "work_redone": rec.work_redone}))
+        assert overlapped, f"repeat {rep}: the workers' generation windows did not overlap: {windows}"
+        assert records_overlap >= 1, f"repeat {rep}: the attempt records show no overlap: {rec.attempts}"
         for _pid, rc, err in results:
             assert rc == 0 or (rc == 2 and "already exists with different content" in err), err[-2000:]
             assert "Traceback" not in err, err[-3000:]
@@ -128,7 +164,7 @@ class _Stepper:
                 raise RuntimeError("A never finished its batch 1")
 
 
-def _doubling_run(tmp_path: Path) -> tuple[Any, BaseException | None]:
+def _doubling_run(tmp_path: Path, race: bool) -> tuple[Any, BaseException | None]:
     state = prepared_run(str(tmp_path), generation={"batch_size": 4})
     # Positions 0-31: prompts grow with the position, so A's first window (32 items) runs in position
     # order: batch 0 = 0-3, batch 1 = 4-7. Positions 32-35 are the shortest: B, listing after part 0,
@@ -150,23 +186,27 @@ def _doubling_run(tmp_path: Path) -> tuple[Any, BaseException | None]:
             if name == "A":
                 step.a_done.set()
 
+    if not race:  # no second worker: nothing for A to wait for
+        step.b_committed_part_1.set()
     a = threading.Thread(target=attempt, args=("A", EchoRunner(fail_ids=fail, before_batch=step.before_a)))
     a.start()
     assert step.a_at_batch_1.wait(60)
-    b = threading.Thread(target=attempt, args=("B", EchoRunner(fail_ids=fail, before_batch=step.before_b)))
-    b.start()
+    if race:
+        b = threading.Thread(target=attempt, args=("B", EchoRunner(fail_ids=fail, before_batch=step.before_b)))
+        b.start()
+        b.join(60)
     a.join(60)
-    b.join(60)
     return state, errors.get("A")
 
 
 def test_racing_workers_with_failed_items_do_not_double_errors(tmp_path: Path) -> None:
-    state, a_error = _doubling_run(tmp_path)
-    if not isinstance(a_error, ObjectConflictError):  # not an AssertionError: a broken repro fails for real
-        pytest.fail(f"the repro did not race as designed: A ended with {a_error!r}")
+    race = injection_enabled()  # the second worker is the fault
+    state, a_error = _doubling_run(tmp_path, race)
+    lost_race = isinstance(a_error, ObjectConflictError)
     rec = reconcile(state.layout.root)
-    record(Figures("worker-race-errors-repro", injected=1, observed=1, doubled=rec.items_duplicated,
-                   detail={"problems": rec.problems}))
+    record(Figures("worker-race-errors-repro", injected=int(race), observed=int(lost_race),
+                   doubled=rec.items_duplicated, detail={"a_ended_with": repr(a_error)[:300], "problems": rec.problems}))
+    assert lost_race, f"the workers did not race as designed: A ended with {a_error!r}"
     assert rec.items_duplicated == 0, rec.problems
 
 
