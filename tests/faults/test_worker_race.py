@@ -210,6 +210,7 @@ def test_racing_workers_with_failed_items_do_not_double_errors(tmp_path: Path) -
     assert rec.items_duplicated == 0, rec.problems
 
 
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
 def test_work_redone_counts_what_a_later_attempt_generated_again(tmp_path: Path) -> None:
     log = tmp_path / "attempts.jsonl"
     log.write_text('{"pid": 1, "ids": ["a", "b"]}\n{"pid": 1, "ids": ["c", "d"]}\n'
