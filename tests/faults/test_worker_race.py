@@ -204,7 +204,7 @@ def test_racing_workers_with_failed_items_do_not_double_errors(tmp_path: Path) -
     state, a_error = _doubling_run(tmp_path, race)
     lost_race = isinstance(a_error, ObjectConflictError)
     rec = reconcile(state.layout.root)
-    record(Figures("worker-race-errors-repro", injected=int(race), observed=int(lost_race),
+    record(Figures("worker-race-errors", injected=int(race), observed=int(lost_race),
                    doubled=rec.items_duplicated, detail={"a_ended_with": repr(a_error)[:300], "problems": rec.problems}))
     assert lost_race, f"the workers did not race as designed: A ended with {a_error!r}"
     assert rec.items_duplicated == 0, rec.problems
