@@ -19,10 +19,11 @@ text (catalog-copy v2, heavy-tailed prompt lengths)
   genbatch  ``models.worker.run_shard`` on a freshly prepared run dir (reads the shard, sorts
             windows by token length, batches of up to 64, the runner's own decoding loop, one
             create-only part per batch, metrics, manifest); the runner is built once and passed
-            in, so model load is excluded
+            in, so model load is excluded; with ``--shortcut both`` also ``genbatch_shortcut_off``
   naive     ``transformers.pipeline("text-generation")`` called once per item in a Python loop
   beam      Apache Beam ``RunInference`` with ``HuggingFacePipelineModelHandler`` (length-aware
-            batching on), Create → RunInference → JSON → WriteToText on the in-process FnApiRunner
+            batching on), Create → RunInference → JSON → WriteToText on the in-process FnApiRunner;
+            its batches' token counts and the rows written are counted after the clock stops
   limit     ``model.generate`` on full batches (64) of equal-length (median) pre-tokenized prompts,
             no tokenizer, no decode, no I/O
 image (tiny-image v1, 4 steps, 64×64)
