@@ -28,8 +28,9 @@ from typing import Any
 #: filled by the benchmark before a pipeline runs: "pipeline" (a transformers text-generation
 #: pipeline around the shared model) and "tokenizer" (its tokenizer)
 SHARED: dict[str, Any] = {}
-#: token lengths of each batch RunInference handed to the model, in the order they ran
-BATCHES: list[list[int]] = []
+#: the prompts of each batch RunInference handed to the model, in the order they ran (the benchmark
+#: counts their tokens after the clock stops: the baseline is timed on its own work only)
+BATCHES: list[list[str]] = []
 _TF_AUTO = "TFAutoModel"
 
 
@@ -87,7 +88,7 @@ class SharedPipelineHandler(_Base):
         return SHARED["pipeline"]
 
     def run_inference(self, batch: Any, pipeline: Any, inference_args: Any = None) -> Any:
-        BATCHES.append([token_length(p) for p in batch])
+        BATCHES.append(list(batch))
         return super().run_inference(batch, pipeline, inference_args)
 
 
@@ -119,8 +120,8 @@ def stock_load_seconds(kwargs: dict[str, Any]) -> float:
     return time.perf_counter() - t0
 
 
-def run_pipeline(prompts: list[str], out_dir: Path, kwargs: dict[str, Any], inference_args: dict[str, Any]) -> int:
-    """Create → RunInference → JSON → WriteToText on the in-process FnApiRunner; returns rows written."""
+def run_pipeline(prompts: list[str], out_dir: Path, kwargs: dict[str, Any], inference_args: dict[str, Any]) -> None:
+    """Create → RunInference → JSON → WriteToText on the in-process FnApiRunner (the timed work)."""
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -134,6 +135,10 @@ def run_pipeline(prompts: list[str], out_dir: Path, kwargs: dict[str, Any], infe
             | "Json" >> beam.Map(_to_json)
             | "Write" >> beam.io.WriteToText(str(out_dir / "part"), file_name_suffix=".jsonl")
         )
+
+
+def rows_written(out_dir: Path) -> int:
+    """Rows :func:`run_pipeline` wrote to ``out_dir`` (bookkeeping, outside the timed region)."""
     return sum(path.read_bytes().count(b"\n") for path in out_dir.glob("part*.jsonl"))
 
 

@@ -3,9 +3,11 @@
 ``python -m bench.optimization [--quick] [--pairs N] [--work DIR]``
 
 Builds (or reuses from ``--work``) the variants of ``catalog-copy`` v2 with :mod:`models.optimize` —
-int8 (CPU recipe, torch.ao dynamic int8; plus the torchao backend for the record), structured 50%
-MLP pruning, a distilled student — and prints one JSON line per variant to stdout (progress to
-stderr). Conventions (DESIGN.md §4): one process pinned to one core with one intra-op thread,
+int8 (CPU recipe, torch.ao dynamic int8; plus the torchao backend for the record where torchao is
+installed: the ``gpu`` extra has it, ``make setup`` does not), structured 50% MLP pruning, a distilled
+student — and prints one JSON line per variant to stdout (progress to stderr; a variant that cannot
+be built here gets a line with ``"built": false`` and why). Conventions (DESIGN.md §4): one process
+pinned to one core with one intra-op thread,
 warm-up, parent and variant timed back to back on the same batch with their order alternating,
 ratio = median of the per-pair ratios (variant items/s ÷ parent items/s) with min/max; greedy
 decoding with a fixed output length (``min_new_tokens = max_new_tokens``); a batch of 32 prompts.
@@ -73,8 +75,20 @@ def spread(values: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- variants
 
 
-def build_variants(work: Path, quick: bool) -> dict[str, dict[str, Any]]:
-    """name -> card; a variant already in ``work`` (its optimization.json exists) is reused."""
+def torchao_missing() -> str | None:
+    """Why the torchao variant cannot be built here, or None when torchao imports."""
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        return f"torchao is not importable ({exc}); it is in the gpu extra (pip install -e '.[gpu]'), not in make setup"
+    return None
+
+
+def build_variants(work: Path, quick: bool, names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The requested variants' cards (name -> card) and those skipped (name -> why).
+
+    A variant already in ``work`` (its optimization.json exists) is reused.
+    """
     from models.optimize import distill, prune, quantize_int8
 
     rows = 50 if quick else 200
@@ -86,8 +100,14 @@ def build_variants(work: Path, quick: bool) -> dict[str, dict[str, Any]]:
         "distilled": lambda out: distill(PARENT, out, steps=steps, hidden_size=DISTILL["hidden_size"],
                                          layers=DISTILL["layers"], eval_rows=rows),
     }
-    cards = {}
-    for name, build in recipes.items():
+    unavailable = {"int8_torchao": torchao_missing()}
+    cards, skipped = {}, {}
+    for name in names:
+        build, why = recipes[name], unavailable.get(name)
+        if why:
+            skipped[name] = why
+            log.info("not building %s: %s", name, why)
+            continue
         out = work / name
         card_path = out / "optimization.json"
         if card_path.is_file():
@@ -98,7 +118,7 @@ def build_variants(work: Path, quick: bool) -> dict[str, dict[str, Any]]:
         cards[name] = build(out)
         log.info("built %s in %.1fs: size %.3f, quality %s", name, time.perf_counter() - started,
                  cards[name]["size"]["ratio"], cards[name]["quality"])
-    return cards
+    return cards, skipped
 
 
 def load_variant(path: Path) -> Any:
@@ -205,17 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder for the variants (reused if built)")
     parser.add_argument("--variants", default="int8,int8_torchao,pruned50_structured,distilled")
     args = parser.parse_args(argv)
+    names = args.variants.split(",")
     cpu = pin_process()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     quiet()
     pairs = args.pairs or (4 if args.quick else 31)
     with tempfile.TemporaryDirectory(prefix="genbatch-opt-") as tmp:
         work = args.work or Path(tmp)
-        cards = build_variants(work, args.quick)
+        cards, skipped = build_variants(work, args.quick, names)
         from models.optimize import load_causal_lm
 
         parent, tokenizer = load_causal_lm(PARENT)
-        for name in args.variants.split(","):
+        for name in names:
+            if name in skipped:
+                print(json.dumps({"bench": "optimization", "variant": name, "built": False, "reason": skipped[name]}),
+                      flush=True)
+                continue
             variant = load_variant(work / name)
             sweep = SWEEP if name.startswith("int8") and not args.quick else ()
             line = bench_variant(name, cards[name], parent, variant, tokenizer, pairs, sweep, cpu)

@@ -1,12 +1,17 @@
 """Worker throughput: the genbatch shard worker against a naive loop, Beam RunInference and the limit.
 
-``python -m bench.worker_throughput [--quick] [--task text|image|all] [--pairs N]``
+``python -m bench.worker_throughput [--quick] [--task text|image|all] [--pairs N] [--clock wall|cpu|both]
+[--shortcut on|off|both]``
 
 Prints one JSON line per task (text, image) to stdout; progress goes to stderr. Conventions
 (DESIGN.md §4, docs/benchmarks.md): one process pinned to one core with one intra-op thread,
 warm-up first, the variants of one repetition run back to back (their order alternates between
 repetitions), and the ratios are the median of the per-repetition ratios with their min/max.
 Greedy decoding with a fixed output length (every row decodes exactly ``max_new_tokens``).
+Every timed region is clocked twice, wall (``time.perf_counter``) and CPU time of the process
+(``time.process_time``); ``--clock`` picks the ratios reported. ``--shortcut both`` runs the text
+worker with the runner's last-layer prefill shortcut on and off (``TextRunner(prefill_shortcut=…)``)
+as two variants of the same repetitions.
 
 Variants (same prompts, same params, the same loaded model object wherever the API allows):
 
@@ -14,10 +19,11 @@ text (catalog-copy v2, heavy-tailed prompt lengths)
   genbatch  ``models.worker.run_shard`` on a freshly prepared run dir (reads the shard, sorts
             windows by token length, batches of up to 64, the runner's own decoding loop, one
             create-only part per batch, metrics, manifest); the runner is built once and passed
-            in, so model load is excluded
+            in, so model load is excluded; with ``--shortcut both`` also ``genbatch_shortcut_off``
   naive     ``transformers.pipeline("text-generation")`` called once per item in a Python loop
   beam      Apache Beam ``RunInference`` with ``HuggingFacePipelineModelHandler`` (length-aware
-            batching on), Create → RunInference → JSON → WriteToText on the in-process FnApiRunner
+            batching on), Create → RunInference → JSON → WriteToText on the in-process FnApiRunner;
+            its batches' token counts and the rows written are counted after the clock stops
   limit     ``model.generate`` on full batches (64) of equal-length (median) pre-tokenized prompts,
             no tokenizer, no decode, no I/O
 image (tiny-image v1, 4 steps, 64×64)
@@ -59,6 +65,7 @@ PROMPT_SEED = 20240613
 NAIVE_TEXT_ITEMS = 100
 NAIVE_IMAGE_ITEMS = 24
 
+CLOCKS = ("wall", "cpu")
 TARGETS = {
     "text": {"vs_naive": 10.0, "vs_beam_runinference": 1.3, "of_limit": 0.85},
     "image": {"vs_naive": 2.0, "of_limit": 0.85},
@@ -142,32 +149,66 @@ def cut(values: list[int], sizes: list[int]) -> list[list[int]]:
     return out
 
 
+class Stopwatch:
+    """Wall and CPU seconds of one timed region.
+
+    CPU time (``time.process_time``: this process, all its threads) leaves out what the wall clock
+    also counts on a shared machine: waiting for the core while other jobs hold it, and fsyncs.
+    """
+
+    wall = cpu = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+Variant = Callable[[], tuple[int, Stopwatch]]
+
+
 @dataclass
 class Timings:
-    """Items/s per variant per repetition."""
+    """Items/s per clock, per variant, per repetition."""
 
-    rates: dict[str, list[float]] = field(default_factory=dict)
+    rates: dict[str, dict[str, list[float]]] = field(default_factory=lambda: {c: {} for c in CLOCKS})
 
-    def add(self, variant: str, items: int, seconds: float) -> None:
-        self.rates.setdefault(variant, []).append(items / seconds)
+    def add(self, variant: str, items: int, lap: Stopwatch) -> None:
+        for clock in CLOCKS:
+            self.rates[clock].setdefault(variant, []).append(items / getattr(lap, clock))
 
-    def ratio(self, a: str, b: str) -> dict[str, float]:
-        return spread([x / y for x, y in zip(self.rates[a], self.rates[b], strict=True)])
+    def ratio(self, a: str, b: str, clock: str) -> dict[str, float]:
+        rates = self.rates[clock]
+        return spread([x / y for x, y in zip(rates[a], rates[b], strict=True)])
 
-    def medians(self) -> dict[str, float]:
-        return {k: round(statistics.median(v), 1) for k, v in self.rates.items()}
+    def report(self, clock: str, ratios: dict[str, tuple[str, str]], targets: dict[str, float]) -> dict[str, Any]:
+        """One clock's ratios (name -> numerator, denominator), the targets they meet, items/s medians."""
+        out = {name: self.ratio(a, b, clock) for name, (a, b) in ratios.items()}
+        return {"ratios": out, "meets": {k: out[k]["median"] >= v for k, v in targets.items()},
+                "items_per_s": {k: round(statistics.median(v), 1) for k, v in self.rates[clock].items()}}
 
 
-def interleave(variants: dict[str, Callable[[], tuple[int, float]]], pairs: int, timings: Timings, task: str) -> None:
+def by_clock(timings: Timings, clocks: tuple[str, ...], ratios: dict[str, tuple[str, str]],
+             targets: dict[str, float]) -> dict[str, Any]:
+    """The JSON's timing part: the first clock's report at the top level (as before), every clock's under ``by_clock``."""
+    reports = {clock: timings.report(clock, ratios, targets) for clock in clocks}
+    return {"clock": clocks[0], **reports[clocks[0]], "targets": targets, "by_clock": reports}
+
+
+def interleave(variants: dict[str, Variant], pairs: int, timings: Timings, task: str) -> None:
     """Run every variant once per repetition; alternate the order so drift hits all sides alike."""
     names = list(variants)
     for rep in range(pairs):
         order = names if rep % 2 == 0 else names[::-1]
         for name in order:
-            items, seconds = variants[name]()
-            timings.add(name, items, seconds)
+            items, lap = variants[name]()
+            timings.add(name, items, lap)
         print(f"[{task}] pair {rep + 1}/{pairs}: "
-              + ", ".join(f"{n} {timings.rates[n][-1]:.0f}/s" for n in names), file=sys.stderr, flush=True)
+              + ", ".join(f"{n} {timings.rates['wall'][n][-1]:.0f}/s (cpu {timings.rates['cpu'][n][-1]:.0f}/s)"
+                          for n in names), file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- run dirs
@@ -216,26 +257,25 @@ class GenbatchVariant:
     """``run_shard`` on a fresh run dir each call (resume would otherwise skip every item)."""
 
     def __init__(self, tmp: Path, task: str, runner: Any, model_name: str, model_dir: Path,
-                 generation: dict[str, Any], prompts: list[str]) -> None:
-        self.tmp, self.task, self.runner = tmp, task, runner
+                 generation: dict[str, Any], prompts: list[str], name: str = "genbatch") -> None:
+        self.tmp, self.task, self.runner, self.name = tmp, task, runner, name
         self.model_name, self.model_dir, self.generation = model_name, model_dir, generation
         self.items = shard_items(prompts)
         self.count = 0
         self.last_run_dir = ""
 
-    def __call__(self) -> tuple[int, float]:
+    def __call__(self) -> tuple[int, Stopwatch]:
         from models.worker import run_shard
 
         self.count += 1
-        root = self.tmp / f"genbatch-{self.task}-{self.count}"
+        root = self.tmp / f"{self.name}-{self.task}-{self.count}"
         run_dir = prepare_run_dir(root, self.task, self.model_name, self.model_dir, self.generation, self.items)
-        t0 = time.perf_counter()
-        manifest = run_shard(run_dir, 0, runner=self.runner)
-        seconds = time.perf_counter() - t0
+        with Stopwatch() as lap:
+            manifest = run_shard(run_dir, 0, runner=self.runner)
         if manifest["generated"] != len(self.items):
             raise RuntimeError(f"genbatch generated {manifest['generated']} of {len(self.items)} items: {manifest}")
         self.last_run_dir = run_dir
-        return len(self.items), seconds
+        return len(self.items), lap
 
 
 # --------------------------------------------------------------------------- text
@@ -273,7 +313,8 @@ def quantiles(lengths: list[int]) -> dict[str, float]:
             "mean": round(sum(s) / len(s), 1)}
 
 
-def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[str, Any]) -> dict[str, Any]:
+def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[str, Any],
+               clocks: tuple[str, ...] = ("wall",), shortcut: str = "on") -> dict[str, Any]:
     import torch
     import transformers
 
@@ -283,11 +324,18 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
 
     start_bs, cap = AUTO_BATCH["text"]
     generation = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0, "top_p": 1.0}
-    runner = TextRunner(TEXT_MODEL, generation=generation, precision="fp32", device="cpu")
-    runner.fixed_output_length = True  # every row decodes exactly max_new_tokens (DESIGN §4)
+    # "both": the worker with the last-layer prefill shortcut on ("genbatch") and off
+    # ("genbatch_shortcut_off"); the two runners hold equal copies of the model
+    flags = {"on": (True,), "off": (False,), "both": (True, False)}[shortcut]
+    runners = {flag: TextRunner(TEXT_MODEL, generation=generation, precision="fp32", device="cpu",
+                                prefill_shortcut=flag) for flag in flags}
+    for each in runners.values():
+        each.fixed_output_length = True  # every row decodes exactly max_new_tokens (DESIGN §4)
+    runner = runners[flags[0]]
     tok, model = runner.tokenizer, runner.model
     prompts = text_prompts(tok, TEXT_ITEMS)
     lengths = [runner.token_length(p) for p in prompts]
+    length_of = dict(zip(prompts, lengths, strict=True))  # the proxies' bookkeeping, never timed
     gen_kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "min_new_tokens": MAX_NEW_TOKENS, "do_sample": False}
 
     # naive: a per-item pipeline loop on an evenly strided subset (same length mix), per-item rate
@@ -295,11 +343,11 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
     stride = max(1, len(prompts) // naive_items)
     naive_prompts = prompts[::stride][:naive_items]
 
-    def naive() -> tuple[int, float]:
-        t0 = time.perf_counter()
-        for p in naive_prompts:
-            pipe(p, return_full_text=False, **gen_kwargs)
-        return len(naive_prompts), time.perf_counter() - t0
+    def naive() -> tuple[int, Stopwatch]:
+        with Stopwatch() as lap:
+            for p in naive_prompts:
+                pipe(p, return_full_text=False, **gen_kwargs)
+        return len(naive_prompts), lap
 
     # beam: RunInference with the HF pipeline handler around the same model object
     beam_baseline.SHARED.update(pipeline=pipe, tokenizer=tok)
@@ -310,17 +358,17 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
     beam_args = {**gen_kwargs, "return_full_text": False, "batch_size": cap}
     beam_runs = [0]
 
-    def beam() -> tuple[int, float]:
+    def beam() -> tuple[int, Stopwatch]:
         beam_runs[0] += 1
         out = tmp / f"beam-{beam_runs[0]}"
         out.mkdir()
         beam_baseline.BATCHES.clear()
-        t0 = time.perf_counter()
-        rows = beam_baseline.run_pipeline(prompts, out, beam_kwargs, beam_args)
-        seconds = time.perf_counter() - t0
+        with Stopwatch() as lap:
+            beam_baseline.run_pipeline(prompts, out, beam_kwargs, beam_args)
+        rows = beam_baseline.rows_written(out)  # counted after the clock stopped
         if rows != len(prompts):
             raise RuntimeError(f"beam wrote {rows} of {len(prompts)} rows")
-        return rows, seconds
+        return rows, lap
 
     # limit: generate on full batches of equal-length (median) prompts, tokenized beforehand
     median_len = int(statistics.median(lengths))
@@ -334,33 +382,28 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
         assert int(enc["attention_mask"].sum()) == cap * median_len, "limit prompts must have equal length"
         limit_inputs.append(enc)
 
-    def limit() -> tuple[int, float]:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for enc in limit_inputs:
+    def generate_all(inputs: list[Any], items: int) -> tuple[int, Stopwatch]:
+        with Stopwatch() as lap, torch.inference_mode():
+            for enc in inputs:
                 model.generate(**enc, pad_token_id=tok.pad_token_id, **gen_kwargs)
-        return n_batches * cap, time.perf_counter() - t0
+        return items, lap
 
     # the same prompts' own limit: globally sorted by length, batches of `cap`, tokenized beforehand
-    by_length = sorted(prompts, key=runner.token_length)
+    by_length = sorted(prompts, key=length_of.__getitem__)
     same_inputs = [tok(by_length[i : i + cap], return_tensors="pt", padding=True) for i in range(0, len(prompts), cap)]
 
-    def limit_same_prompts() -> tuple[int, float]:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for enc in same_inputs:
-                model.generate(**enc, pad_token_id=tok.pad_token_id, **gen_kwargs)
-        return len(prompts), time.perf_counter() - t0
-
-    genbatch = GenbatchVariant(tmp, "text", runner, "catalog-copy", TEXT_MODEL,
-                               {**generation, "batch_size": "auto"}, prompts)
+    genbatch_variants = {("genbatch" if flag == flags[0] else "genbatch_shortcut_off"): GenbatchVariant(
+        tmp, "text", each, "catalog-copy", TEXT_MODEL, {**generation, "batch_size": "auto"}, prompts,
+        name=f"genbatch-shortcut-{'on' if flag else 'off'}") for flag, each in runners.items()}
+    genbatch = genbatch_variants["genbatch"]
 
     print(f"[text] {len(prompts)} prompts, tokens {q}; warm-up", file=sys.stderr, flush=True)
     load_before = load_average()
     stock_load_s = beam_baseline.stock_load_seconds(beam_kwargs)
-    variants: dict[str, Callable[[], tuple[int, float]]] = {
-        "genbatch": genbatch, "naive": naive, "beam_runinference": beam, "limit": limit,
-        "limit_same_prompts": limit_same_prompts}
+    variants: dict[str, Variant] = {
+        **genbatch_variants, "naive": naive, "beam_runinference": beam,
+        "limit": lambda: generate_all(limit_inputs, n_batches * cap),
+        "limit_same_prompts": lambda: generate_all(same_inputs, len(prompts))}
     saved = naive_prompts
     naive_prompts = naive_prompts[:8]  # a short naive warm-up is enough
     for fn in variants.values():
@@ -383,7 +426,7 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
     formed = [[by_id[r["id"]] for r in batch] for batch in batches]
     sizes = [len(b) for b in formed]
     wasted = sum(max(r["new_tokens"] for r in b) - r["new_tokens"] for b in batches for r in b)
-    beam_formed = list(beam_baseline.BATCHES)
+    beam_formed = [[length_of[p] for p in batch] for batch in beam_baseline.BATCHES]
 
     # what stopping at EOS would change: the same batches, greedy, without min_new_tokens
     runner.fixed_output_length = False
@@ -401,31 +444,37 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
     fixed_steps = len(prompts) * MAX_NEW_TOKENS
 
     ratios = {
-        "vs_naive": timings.ratio("genbatch", "naive"),
-        "vs_beam_runinference": timings.ratio("genbatch", "beam_runinference"),
-        "of_limit": timings.ratio("genbatch", "limit"),
-        "of_limit_same_prompts": timings.ratio("genbatch", "limit_same_prompts"),  # context, no target
+        "vs_naive": ("genbatch", "naive"),
+        "vs_beam_runinference": ("genbatch", "beam_runinference"),
+        "of_limit": ("genbatch", "limit"),
+        "of_limit_same_prompts": ("genbatch", "limit_same_prompts"),  # context, no target
+        # the ceiling any batching of *these* prompts has against the equal-length limit
+        "limit_same_prompts_of_limit": ("limit_same_prompts", "limit"),
+        "limit_vs_naive": ("limit", "naive"),
     }
+    if len(flags) == 2:
+        ratios.update({
+            "shortcut_off_of_limit": ("genbatch_shortcut_off", "limit"),
+            "shortcut_off_vs_naive": ("genbatch_shortcut_off", "naive"),
+            "shortcut_off_vs_beam_runinference": ("genbatch_shortcut_off", "beam_runinference"),
+            "shortcut_on_vs_off": ("genbatch", "genbatch_shortcut_off"),
+        })
     return {
         "bench": "worker_throughput",
         "task": "text",
         "model": "catalog-copy@v2",
         "items": len(prompts),
         "quick": quick,
-        "ratios": ratios,
-        "targets": TARGETS["text"],
-        "meets": {k: ratios[k]["median"] >= v for k, v in TARGETS["text"].items()},
-        "items_per_s": timings.medians(),
-        # the ceiling any batching of *these* prompts has against the equal-length limit
-        "limit_same_prompts_of_limit": timings.ratio("limit_same_prompts", "limit"),
-        "limit_vs_naive": timings.ratio("limit", "naive"),
+        "shortcut": {"genbatch": "on" if flags[0] else "off", "runs_shortcut": runner.last_layer_shortcut,
+                     **({"genbatch_shortcut_off": "off"} if len(flags) == 2 else {})},
+        **by_clock(timings, clocks, ratios, TARGETS["text"]),
         "padded_token_fraction": {
             "genbatch_batches": padded_fraction(formed),  # if each batch were prefilled as one padded block
             "genbatch": round(1 - sum(lengths) / work["prefill_tokens"], 4),  # what its grouped prefill fed
             "arrival_order": padded_fraction(cut(lengths, sizes)),
             "beam_runinference": padded_fraction(beam_formed),
             "limit": 0.0,
-            "limit_same_prompts": padded_fraction([[runner.token_length(p) for p in by_length[i : i + cap]]
+            "limit_same_prompts": padded_fraction([[length_of[p] for p in by_length[i : i + cap]]
                                                    for i in range(0, len(prompts), cap)]),
         },
         "prompt_tokens_fed": {  # real + pad tokens through prefill, per variant's batches
@@ -451,7 +500,7 @@ def bench_text(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[s
         "max_new_tokens": MAX_NEW_TOKENS,
         "naive_items": len(naive_prompts),
         "naive_scaled": len(naive_prompts) != len(prompts),  # per-item rate of an evenly strided subset
-        "naive_prompt_tokens_mean": round(statistics.mean(runner.token_length(p) for p in naive_prompts), 1),
+        "naive_prompt_tokens_mean": round(statistics.mean(length_of[p] for p in naive_prompts), 1),
         "limit_items": n_batches * cap,
         "limit_prompt_tokens": median_len,
         "beam": {"handler": "HuggingFacePipelineModelHandler", "runner": "FnApiRunner",
@@ -475,7 +524,8 @@ def image_prompts(n: int) -> list[str]:
     return [f"a {c} {m} {i}" for c, m, i in (combos[k % len(combos)] for k in range(n))]
 
 
-def bench_image(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[str, Any]) -> dict[str, Any]:
+def bench_image(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[str, Any],
+                clocks: tuple[str, ...] = ("wall",)) -> dict[str, Any]:
     import torch
 
     from models.runners import ImageRunner
@@ -490,27 +540,26 @@ def bench_image(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[
     stride = max(1, len(prompts) // naive_items)
     naive_idx = list(range(0, len(prompts), stride))[:naive_items]
 
-    def naive() -> tuple[int, float]:
-        t0 = time.perf_counter()
-        for i in naive_idx:
-            pipe(prompts[i], generator=torch.Generator("cpu").manual_seed(seeds[i]), **IMAGE_PARAMS)
-        return len(naive_idx), time.perf_counter() - t0
+    def naive() -> tuple[int, Stopwatch]:
+        with Stopwatch() as lap:
+            for i in naive_idx:
+                pipe(prompts[i], generator=torch.Generator("cpu").manual_seed(seeds[i]), **IMAGE_PARAMS)
+        return len(naive_idx), lap
 
     n_batches = -(-len(prompts) // cap)
 
-    def limit() -> tuple[int, float]:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
+    def limit() -> tuple[int, Stopwatch]:
+        with Stopwatch() as lap, torch.inference_mode():
             for b in range(n_batches):
                 idx = [(b * cap + i) % len(prompts) for i in range(cap)]
                 pipe(prompt=[prompts[i] for i in idx], generator=[torch.Generator("cpu").manual_seed(seeds[i]) for i in idx],
                      output_type="pil", **IMAGE_PARAMS)
-        return n_batches * cap, time.perf_counter() - t0
+        return n_batches * cap, lap
 
     genbatch = GenbatchVariant(tmp, "image", runner, "tiny-image", IMAGE_MODEL, {**generation, "batch_size": "auto"}, prompts)
     print(f"[image] {len(prompts)} prompts; warm-up", file=sys.stderr, flush=True)
     load_before = load_average()
-    variants: dict[str, Callable[[], tuple[int, float]]] = {"genbatch": genbatch, "naive": naive, "limit": limit}
+    variants: dict[str, Variant] = {"genbatch": genbatch, "naive": naive, "limit": limit}
     saved = naive_idx
     naive_idx = naive_idx[:4]
     for fn in variants.values():
@@ -521,18 +570,15 @@ def bench_image(tmp: Path, pairs: int, naive_items: int, quick: bool, cpu: dict[
     interleave(variants, pairs, timings, "image")
     load_after = load_average()
     sizes = [len(b) for b in committed_batches(genbatch.last_run_dir)]
-    ratios = {"vs_naive": timings.ratio("genbatch", "naive"), "of_limit": timings.ratio("genbatch", "limit")}
+    ratios = {"vs_naive": ("genbatch", "naive"), "of_limit": ("genbatch", "limit"),
+              "limit_vs_naive": ("limit", "naive")}  # the last: the most any batching at this cap can give
     return {
         "bench": "worker_throughput",
         "task": "image",
         "model": "tiny-image@v1",
         "items": len(prompts),
         "quick": quick,
-        "ratios": ratios,
-        "targets": TARGETS["image"],
-        "meets": {k: ratios[k]["median"] >= v for k, v in TARGETS["image"].items()},
-        "items_per_s": timings.medians(),
-        "limit_vs_naive": timings.ratio("limit", "naive"),  # the most any batching at this cap can give
+        **by_clock(timings, clocks, ratios, TARGETS["image"]),
         "params": IMAGE_PARAMS,
         "batch_sizes": {"genbatch": sizes, "limit": [cap] * n_batches},
         "naive_items": len(naive_idx),
@@ -553,17 +599,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (~40 s idle): 3 repetitions, naive on small subsets")
     parser.add_argument("--task", choices=("text", "image", "all"), default="all")
     parser.add_argument("--pairs", type=int, help="interleaved repetitions (default 7, quick 3)")
+    parser.add_argument("--clock", choices=("wall", "cpu", "both"), default="wall",
+                        help="ratios of wall time, of the process's CPU time (time.process_time), or both")
+    parser.add_argument("--shortcut", choices=("on", "off", "both"), default="on",
+                        help="text: the runner's last-layer prefill shortcut on, off, or both as two variants")
     args = parser.parse_args(argv)
+    clocks = CLOCKS if args.clock == "both" else (args.clock,)
     cpu = pin_process()
     quiet_libraries()
     pairs = args.pairs or (3 if args.quick else 7)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="genbatch-bench-") as tmp:
         if args.task in ("text", "all"):
-            line = bench_text(Path(tmp), pairs, 40 if args.quick else NAIVE_TEXT_ITEMS, args.quick, cpu)
+            line = bench_text(Path(tmp), pairs, 40 if args.quick else NAIVE_TEXT_ITEMS, args.quick, cpu,
+                              clocks, args.shortcut)
             print(json.dumps(line), flush=True)
         if args.task in ("image", "all"):
-            line = bench_image(Path(tmp), pairs, 12 if args.quick else NAIVE_IMAGE_ITEMS, args.quick, cpu)
+            line = bench_image(Path(tmp), pairs, 12 if args.quick else NAIVE_IMAGE_ITEMS, args.quick, cpu, clocks)
             print(json.dumps(line), flush=True)
     print(f"done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0

@@ -68,7 +68,9 @@ class TextRunner:
 
     fixed_output_length = False  # benchmarks set it: every row decodes max_new_tokens (no early EOS)
 
-    def __init__(self, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> None:
+    def __init__(self, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str,
+                 prefill_shortcut: bool = True) -> None:
+        """``prefill_shortcut=False`` turns the last-layer prefill shortcut off (the benchmark's A/B)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,7 +95,7 @@ class TextRunner:
         # An optimised variant is its parent's safetensors plus a load-time recipe (e.g. int8): apply it.
         self.model = apply_recipe(model.to(device).eval(), read_recipe(Path(model_dir)), device)
         self.own_loop = supports_own_loop(self.model)
-        self.last_layer_shortcut = bool(self.own_loop) and last_layer_shortcut_fits(self.model)
+        self.last_layer_shortcut = prefill_shortcut and bool(self.own_loop) and last_layer_shortcut_fits(self.model)
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}), device=device)

@@ -12,7 +12,7 @@ import pytest
 
 from genbatch.errors import ModelIntegrityError
 from models.registry import fetch_verified, register_version, resolve
-from models.runners import Item, load_runner
+from models.runners import Item, TextRunner, load_runner
 from models.zoo.seed import ZOO_DIR, ensure_zoo_registered
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,16 @@ def test_sampled_text_depends_only_on_the_item_seed(registry: str) -> None:
     assert _by_batches(runner, list(reversed(items)), 10) == list(reversed(alone))
     reseeded = [Item(i.id, i.prompt, i.seed + 1, i.params, None, i.record) for i in items]
     assert _by_batches(runner, reseeded, 10) != alone
+
+
+def test_prefill_shortcut_switch_turns_the_shortcut_off(registry: str) -> None:
+    """``TextRunner(prefill_shortcut=False)`` (bench.worker_throughput --shortcut off) keeps the own loop
+    but prefills with the full forward; the default keeps the shortcut."""
+    mv = resolve(registry, "catalog-copy", alias="production")
+    model_dir = fetch_verified(mv, Path("/nonexistent"))
+    off = TextRunner(model_dir, generation=GEN, precision="auto", device="cpu", prefill_shortcut=False)
+    assert off.own_loop and not off.last_layer_shortcut
+    assert TextRunner(model_dir, generation=GEN, precision="auto", device="cpu").last_layer_shortcut
 
 
 def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
