@@ -80,7 +80,7 @@ def torchao_missing() -> str | None:
     try:
         import torchao  # noqa: F401
     except ImportError as exc:
-        return f"torchao is not importable ({exc}); it is in the gpu extra (pip install -e '.[gpu]'), not in make setup"
+        return f"torchao is not importable ({exc}); make setup installs it (the dev extra), the gpu extra does too"
     return None
 
 
