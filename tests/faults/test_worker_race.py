@@ -51,13 +51,15 @@ N_ITEMS, BATCH, NEW_TOKENS = 400, 8, 16  # ~2 s of generation each: both workers
 TIMEOUT_S = 180
 
 
-def _windows(calls: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
-    """Each worker's generation window: (first, last) model-call start, by pid."""
-    out: dict[int, tuple[float, float]] = {}
+def _windows(calls: list[dict[str, Any]], ended: dict[int, float]) -> dict[int, tuple[float, float]]:
+    """Each worker's generation window, by pid: from its first model call's start to its process's exit.
+
+    The probe logs when each call starts; a loser that conflicts after its first batch has one call,
+    so the window runs on to its exit (which comes after its failed commit)."""
+    starts: dict[int, float] = {}
     for call in calls:
-        first, last = out.get(call["pid"], (call["t"], call["t"]))
-        out[call["pid"]] = (min(first, call["t"]), max(last, call["t"]))
-    return out
+        starts[call["pid"]] = min(starts.get(call["pid"], call["t"]), call["t"])
+    return {pid: (start, ended[pid]) for pid, start in starts.items() if pid in ended}
 
 
 def _relative(windows: dict[int, tuple[float, float]]) -> dict[str, list[float]]:
@@ -90,26 +92,30 @@ def test_two_workers_racing_on_one_shard_output_exactly_once(tmp_path: Path, zoo
         gates = [case / f"gate-{k}" for k in range(n_workers)]
         offset = rng.uniform(0.0, 0.2)
         t0 = time.monotonic()
+        errs = [case / f"worker-{k}.err" for k in range(n_workers)]
         procs = [subprocess.Popen(probed_worker_cmd(state.layout.root),
                                   env={**worker_env(), BATCH_LOG_ENV: str(log), GATE_ENV: str(gate)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for gate in gates]
-        results = []
+                                  stdout=subprocess.DEVNULL, stderr=err.open("w"), text=True)
+                 for gate, err in zip(gates, errs, strict=True)]
+        ended: dict[int, float] = {}  # pid -> wall time its exit was seen (the probe's clock)
         try:
             _wait_ready(gates, procs)  # both loaded the model and listed the outputs: let them go
             for k, gate in enumerate(gates):
                 if k:
                     time.sleep(offset)
                 Path(f"{gate}.go").touch()
-            for proc in procs:
-                out, err = proc.communicate(timeout=TIMEOUT_S)
-                results.append((proc.pid, proc.returncode, err))
+            deadline = time.monotonic() + TIMEOUT_S
+            while len(ended) < len(procs) and time.monotonic() < deadline:
+                ended.update({p.pid: time.time() for p in procs if p.pid not in ended and p.poll() is not None})
+                time.sleep(0.005)
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
-        windows = _windows(read_batch_log(log))
-        # The race happened: each worker made model calls, and each began one inside the other's window.
+        results = [(proc.pid, proc.returncode, err.read_text()) for proc, err in zip(procs, errs, strict=True)]
+        windows = _windows(read_batch_log(log), ended)
+        # The race happened: each worker began generating before the other one had exited.
         overlapped = len(windows) == 2 and max(w[0] for w in windows.values()) <= min(w[1] for w in windows.values())
         conflicts = [err for _pid, rc, err in results if rc == 2 and "already exists with different content" in err]
         rerun = None
