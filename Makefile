@@ -15,6 +15,9 @@ $(STAMP): constraints.txt setup.cfg pyproject.toml docker/pip-install.sh
 	# The same install command the images run (docker/pip-install.sh), with every extra.
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" docker/pip-install.sh worker,beam,airflow,dev --editable
 	$(PY) -m pip check
+	# torchao (the int8 backend's GPU path) in a folder of its own, off the import path: transformers
+	# imports it on every model load when it can, and the worker image has none (bench/isolated_torchao.py).
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/torchao -c constraints.txt torchao
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import isolated_torchao
+
 REPO = Path(__file__).resolve().parents[1]
 PARENT = REPO / "models" / "zoo" / "catalog-copy" / "v2"
 BATCH = 32
@@ -76,12 +78,11 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def torchao_missing() -> str | None:
-    """Why the torchao variant cannot be built here, or None when torchao imports."""
-    try:
-        import torchao  # noqa: F401
-    except ImportError as exc:
-        return f"torchao is not importable ({exc}); make setup installs it (the dev extra), the gpu extra does too"
-    return None
+    """Why the torchao variant cannot be built here, or None (then torchao joins this process's path)."""
+    why = isolated_torchao.missing()
+    if why is None:
+        isolated_torchao.use_in_this_process()
+    return why
 
 
 def build_variants(work: Path, quick: bool, names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from bench import isolated_torchao
 from genbatch.errors import ModelIntegrityError, SpecError
 from models.optimize import (
     OPTIMIZATION_CARD,
@@ -97,10 +100,20 @@ def test_int8_recipe_round_trips_to_the_in_memory_quantised_model(int8_variant: 
 
 
 def test_torchao_backend_quantises_linears(tmp_path: Path) -> None:
-    card = quantize_int8(PARENT, tmp_path / "q", backend="torchao", eval_rows=ROWS)
-    assert card["recipe"]["quantize"]["method"].startswith("torchao.")
-    assert card["quantize"]["linear_quantized"] == 15
+    # torchao is kept off the venv's path (bench/isolated_torchao.py): it runs in a child process.
+    why = isolated_torchao.missing()
+    assert why is None, why
+    code = ("import json, sys; from pathlib import Path; from models.optimize import quantize_int8; "
+            "card = quantize_int8(Path(sys.argv[1]), Path(sys.argv[2]), backend='torchao', eval_rows=int(sys.argv[3])); "
+            "print(json.dumps(card['recipe']['quantize']['method'])); print(json.dumps(card['quantize']))")
+    proc = subprocess.run([sys.executable, "-c", code, str(PARENT), str(tmp_path / "q"), str(ROWS)],
+                          env=isolated_torchao.child_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    method, quantize = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert method.startswith("torchao.")
+    assert quantize["linear_quantized"] == 15
     assert_no_pickle_files(tmp_path / "q")
+    assert "torchao" not in sys.modules, "torchao reached the test process"
 
 
 def test_apply_recipe_without_quantize_is_a_no_op_and_bad_inputs_are_named() -> None:
