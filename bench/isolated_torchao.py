@@ -9,6 +9,7 @@ unit test in a child process, ``bench/optimization.py``) puts this folder on its
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -23,8 +24,8 @@ def torchao_dir() -> Path:
 
 
 def missing() -> str | None:
-    """Why torchao cannot be used here, or None when its folder holds it."""
-    if (torchao_dir() / "torchao" / "__init__.py").exists():
+    """Why torchao cannot be used here, or None when its folder holds it (or it imports anyway: the gpu extra)."""
+    if (torchao_dir() / "torchao" / "__init__.py").exists() or importlib.util.find_spec("torchao") is not None:
         return None
     return f"torchao is not installed in {torchao_dir()}: run `make setup` (or set {DIR_ENV})"
 

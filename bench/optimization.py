@@ -4,7 +4,8 @@
 
 Builds (or reuses from ``--work``) the variants of ``catalog-copy`` v2 with :mod:`models.optimize` —
 int8 (CPU recipe, torch.ao dynamic int8; plus the torchao backend for the record where torchao is
-installed: the ``gpu`` extra has it, ``make setup`` does not), structured 50% MLP pruning, a distilled
+installed: ``make setup`` puts it in ``.venv/torchao``, off the import path, see bench/isolated_torchao.py;
+the ``gpu`` extra installs it too), structured 50% MLP pruning, a distilled
 student — and prints one JSON line per variant to stdout (progress to stderr; a variant that cannot
 be built here gets a line with ``"built": false`` and why). Conventions (DESIGN.md §4): one process
 pinned to one core with one intra-op thread,
@@ -101,7 +102,7 @@ def build_variants(work: Path, quick: bool, names: list[str]) -> tuple[dict[str,
         "distilled": lambda out: distill(PARENT, out, steps=steps, hidden_size=DISTILL["hidden_size"],
                                          layers=DISTILL["layers"], eval_rows=rows),
     }
-    unavailable = {"int8_torchao": torchao_missing()}
+    unavailable = {"int8_torchao": torchao_missing()} if "int8_torchao" in names else {}
     cards, skipped = {}, {}
     for name in names:
         build, why = recipes[name], unavailable.get(name)
