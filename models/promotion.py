@@ -18,7 +18,7 @@ from typing import Any
 
 from genbatch.errors import SpecError
 from genbatch.io import storage
-from genbatch.quality.stats import bootstrap_diff, bootstrap_paired_diff
+from genbatch.quality.stats import bootstrap_diff, bootstrap_paired_diff, mean
 from models import registry as reg
 
 log = logging.getLogger(__name__)
@@ -53,21 +53,22 @@ class Policy:
                    throughput_floor=float(raw.get("throughput_floor", 0.5)))
 
 
-def _difference_ci(production: dict[str, Any], candidate: dict[str, Any], column: str) -> tuple[float, float, str]:
+def _difference_ci(production: dict[str, Any], candidate: dict[str, Any], column: str,
+                   a: list[float], b: list[float]) -> tuple[float, float, str]:
     """95% CI of mean(candidate) - mean(production): paired by item id where both arms scored the same
-    items (the golden set), else the arms resampled independently."""
+    items (the golden set), else the arms' values ``a`` and ``b`` resampled independently."""
     def scored(arm: dict[str, Any]) -> dict[Any, float]:
         ids = arm["items"].get("id")
         if ids is None:
             return {}
         return {i: float(x) for i, x in zip(ids, arm["items"][column], strict=True) if x is not None}
 
-    a, b = scored(production), scored(candidate)
-    common = [i for i in a if i in b]
+    by_id_a, by_id_b = scored(production), scored(candidate)
+    common = [i for i in by_id_a if i in by_id_b]
     if common:
-        low, high = bootstrap_paired_diff([(a[i], b[i]) for i in common])
+        low, high = bootstrap_paired_diff([(by_id_a[i], by_id_b[i]) for i in common])
         return low, high, f"paired bootstrap over {len(common)} items"
-    low, high = bootstrap_diff(_values(production, column), _values(candidate, column))
+    low, high = bootstrap_diff(a, b)
     return low, high, "independent bootstrap"
 
 
@@ -86,9 +87,8 @@ def compare(production: dict[str, Any], candidate: dict[str, Any], policy: Polic
     rows = []
     for rule in policy.metrics:
         a, b = _values(production, rule.column), _values(candidate, rule.column)
-        mean_a = sum(a) / len(a) if a else float("nan")
-        mean_b = sum(b) / len(b) if b else float("nan")
-        low, high, method = _difference_ci(production, candidate, rule.column)
+        mean_a, mean_b = mean(a), mean(b)
+        low, high, method = _difference_ci(production, candidate, rule.column, a, b)
         worst_case = -low if rule.higher_is_better else high
         rows.append({"metric": rule.column, "production": mean_a, "candidate": mean_b, "difference": mean_b - mean_a,
                      "ci95": [low, high], "ci_method": method, "worst_case": worst_case,

@@ -19,7 +19,7 @@ from genbatch.errors import ObjectConflictError, StorageError
 READ_CHUNK = 4 * 1024 * 1024
 CAS_MAX_ATTEMPTS = 32
 SHA256_METADATA_KEY = "sha256"
-TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")  # hidden temp files next to local objects
+TMP_RE = re.compile(r"^\.(.+)\.tmp-[0-9a-f]{32}$")  # hidden temp files next to local objects (group 1: the object)
 LOCK_SUFFIX = ".lock"
 
 

@@ -23,6 +23,7 @@ from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.outputs import RunNotPublishedError, read
 from genbatch.run.state import load_run_state
+from tests.injection import injection_enabled
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "examples" / "catalog" / "items.jsonl"
@@ -115,6 +116,22 @@ def image_bytes(run_dir: str) -> dict[str, bytes]:
     layout = RunLayout(run_dir)
     return {uri[len(layout.root):]: storage.read_bytes(uri) for uri in storage.list_uris(layout.path("outputs"))
             if uri.endswith(".png")}
+
+
+# --------------------------------------------------------------------------- damage, under the switch
+
+
+def apply_damage(uri: str | Path, data: bytes | None) -> int:
+    """Write ``data`` to ``uri`` (delete it when None) unless injection is off; 1 if the object
+    changed, so what a test counts as injected is what was really done."""
+    uri = str(uri)
+    before = storage.read_bytes(uri) if storage.exists(uri) else None
+    if injection_enabled():
+        if data is None:
+            storage.delete(uri)
+        else:
+            storage.write_bytes(uri, data, overwrite=True)
+    return int(before != (storage.read_bytes(uri) if storage.exists(uri) else None))
 
 
 # --------------------------------------------------------------------------- the model seam

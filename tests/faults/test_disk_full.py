@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from genbatch.io.backend import TMP_RE
 from genbatch.run.reconcile import reconcile
 from models.worker import run_shard
 from tests.faults._support import EchoRunner, Figures, record
@@ -44,7 +45,7 @@ def _items() -> list[dict[str, object]]:
 
 def _temp_of(path: str) -> str:
     """The object a hidden temp file (``.NAME.tmp-HEX``) was about to become: NAME."""
-    match = re.fullmatch(r"\.(.+)\.tmp-[0-9a-f]+", Path(path).name)
+    match = TMP_RE.match(Path(path).name)
     return match.group(1) if match else f"<not a temp file: {path}>"
 
 

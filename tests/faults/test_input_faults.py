@@ -94,8 +94,9 @@ def test_bad_inputs_stop_at_validation_with_nothing_generated(backend: str, tmp_
     base = str(tmp_path) if backend == "local" else f"gs://{request.getfixturevalue('gcs_bucket')}"
     for n, (cls, label, suffix, make, phrase) in enumerate(CASES):
         input_uri = storage.join(base, "inputs", f"case-{n}.{suffix}")
-        storage.write_bytes(input_uri, make() if injection_enabled() else GOOD_FILES[suffix]())
-        injected = int(storage.read_bytes(input_uri) == make())  # the bad input is what was stored
+        bad = make()
+        storage.write_bytes(input_uri, bad if injection_enabled() else GOOD_FILES[suffix]())
+        injected = int(storage.read_bytes(input_uri) == bad)  # the bad input is what was stored
         spec = text_spec(input_uri, storage.join(base, "runs"), zoo_registry, run_id=f"bad-{n}")
         t0 = time.monotonic()
         run_dir = prepare_run(spec, spec["run_id"], resolve_model=resolve_for_spec)

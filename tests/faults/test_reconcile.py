@@ -21,8 +21,16 @@ from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.outputs import RunNotPublishedError, read
 from genbatch.run.reconcile import CORE_COUNTS, reconcile
-from tests.faults._support import EchoRunner, catalog_rows, clone_run, finish, prepare, text_spec, write_input
-from tests.injection import injection_enabled
+from tests.faults._support import (
+    EchoRunner,
+    apply_damage,
+    catalog_rows,
+    clone_run,
+    finish,
+    prepare,
+    text_spec,
+    write_input,
+)
 from tests.worker_harness import worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -48,17 +56,6 @@ def run(published: tuple[str, str], tmp_path: Path) -> RunLayout:
     return RunLayout(str(dst))
 
 
-def _damage(uri: str | Path, data: bytes | None) -> int:
-    """Write ``data`` to the run copy (delete it when None) unless injection is off; 1 if the object
-    changed, so what a test counts as injected is what was really done."""
-    uri = str(uri)
-    before = storage.read_bytes(uri) if storage.exists(uri) else None
-    if injection_enabled():
-        if data is None:
-            storage.delete(uri)
-        else:
-            storage.write_bytes(uri, data, overwrite=True)
-    return int(before != (storage.read_bytes(uri) if storage.exists(uri) else None))
 
 
 def _cli(uri: str) -> tuple[int, dict[str, Any] | None, str]:
@@ -95,7 +92,7 @@ def test_an_unpublished_run_shows_a_consumer_nothing(published: tuple[str, str])
 
 def test_orphans_are_found_and_hidden_temp_files_ignored(run: RunLayout) -> None:
     out0 = Path(run.outputs_dir(0))
-    assert _damage(out0 / (".part-r00-00099.jsonl.tmp-" + "0" * 32), b"in flight") == 1, "no temp file was written"
+    assert apply_damage(out0 / (".part-r00-00099.jsonl.tmp-" + "0" * 32), b"in flight") == 1, "no temp file was written"
     assert reconcile(run.root).ok  # a writer's hidden temp file is not an object
     strays = {
         "outputs/shard-00000/notes.txt": b"x",
@@ -105,7 +102,7 @@ def test_orphans_are_found_and_hidden_temp_files_ignored(run: RunLayout) -> None
         "shards/shard-00000-of-00003.jsonl": b"",  # a shard file of another sharding
         "stray.json": b"{}",
     }
-    injected = sum(_damage(run.path(rel), data) for rel, data in strays.items())
+    injected = sum(apply_damage(run.path(rel), data) for rel, data in strays.items())
     rec = reconcile(run.root)
     observed = len(set(strays) & set(rec.orphans))
     assert injected == len(strays) and observed == injected, f"{injected} strays written, {observed} found: {rec.orphans}"
@@ -119,7 +116,7 @@ def test_shard_manifest_counts_and_checksums_are_checked(run: RunLayout) -> None
     manifest_path = Path(run.shard_manifest(0))
     m = json.loads(manifest_path.read_text())
     m["generated"] += 1
-    injected = _damage(manifest_path, json.dumps(m).encode())
+    injected = apply_damage(manifest_path, json.dumps(m).encode())
     rec = reconcile(run.root)
     observed = sum("shard 0 manifest says generated=" in p for p in rec.problems)
     assert injected == 1 and observed == injected, f"damage done {injected}, reported {observed}: {rec.problems}"
@@ -128,7 +125,7 @@ def test_shard_manifest_counts_and_checksums_are_checked(run: RunLayout) -> None
 def test_an_altered_part_is_caught_by_shard_manifest_and_manifest_json(run: RunLayout) -> None:
     part = sorted(Path(run.outputs_dir(1)).glob("part-*.jsonl"))[0]
     lines = part.read_text().splitlines(keepends=True)
-    injected = _damage(part, "".join(lines[:-1]).encode())  # one record gone
+    injected = apply_damage(part, "".join(lines[:-1]).encode())  # one record gone
     rec = reconcile(run.root)
     text = " ".join(rec.problems)
     assert injected == 1 and rec.items_lost == injected, f"parts cut {injected}, items lost {rec.items_lost}"
@@ -141,7 +138,7 @@ def test_an_altered_part_is_caught_by_shard_manifest_and_manifest_json(run: RunL
 
 def test_a_part_written_after_the_shard_committed_is_reported(run: RunLayout) -> None:
     late = Path(run.output_part(0, 99))
-    injected = _damage(late, (json.dumps({"_pos": 0, "id": "sku-00000"}) + "\n").encode())
+    injected = apply_damage(late, (json.dumps({"_pos": 0, "id": "sku-00000"}) + "\n").encode())
     rec = reconcile(run.root)
     text = " ".join(rec.problems)
     assert injected == 1 and rec.items_duplicated == injected, \
@@ -152,17 +149,17 @@ def test_a_part_written_after_the_shard_committed_is_reported(run: RunLayout) ->
 def test_success_without_manifest_and_counts_that_disagree(run: RunLayout, published: tuple[str, str]) -> None:
     m = storage.read_json(run.manifest)
     m["counts"]["generated"] = 999
-    injected = _damage(run.manifest, json.dumps(m).encode())
+    injected = apply_damage(run.manifest, json.dumps(m).encode())
     observed = sum("manifest.json counts.generated=999" in p for p in reconcile(run.root).problems)
     assert injected == 1 and observed == injected, f"counts altered {injected}, reported {observed}"
-    injected = _damage(run.manifest, None)
+    injected = apply_damage(run.manifest, None)
     rec = reconcile(run.root)
     observed = sum("_SUCCESS exists but manifest.json does not" in p for p in rec.problems)
     assert injected == 1 and observed == injected, f"manifests deleted {injected}, reported {observed}: {rec.problems}"
 
 
 def test_secret_leaks_are_counted(run: RunLayout) -> None:
-    injected = _damage(run.path("quality", "leak.txt"), f"token={SECRET}".encode())
+    injected = apply_damage(run.path("quality", "leak.txt"), f"token={SECRET}".encode())
     rec = reconcile(run.root, secrets=[SECRET])
     assert injected == 1 and rec.secret_leak_count == injected and not rec.ok, \
         f"leaks written {injected}, counted {rec.secret_leak_count}"
@@ -175,7 +172,7 @@ def test_on_gcs_too(published: tuple[str, str], gcs_bucket: str) -> None:
     rec = reconcile(dst)
     # The manifest's file list was made on local disk; every entry must still match on gs://.
     assert rec.ok, rec.problems
-    injected = _damage(storage.join(dst, "outputs", "shard-00000", "junk.bin"), b"x")
+    injected = apply_damage(storage.join(dst, "outputs", "shard-00000", "junk.bin"), b"x")
     observed = reconcile(dst).orphans.count("outputs/shard-00000/junk.bin")
     assert injected == 1 and observed == injected, f"junk objects written {injected}, orphans found {observed}"
 

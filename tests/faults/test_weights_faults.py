@@ -12,7 +12,6 @@ commit nothing. ``injected`` counts versions whose stored objects really changed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import pickle
@@ -29,8 +28,7 @@ from genbatch.io import storage
 from genbatch.run.reconcile import reconcile
 from models import registry as reg
 from models import worker
-from tests.faults._support import Figures, record
-from tests.injection import injection_enabled
+from tests.faults._support import Figures, apply_damage, record
 from tests.worker_harness import real_run, write_items
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,11 +76,6 @@ def _damage(kind: str, mv: Any, rng: random.Random, marker: Path) -> tuple[str, 
     return "pytorch_model.bin", {stray_uri: bomb, card_uri: json.dumps(card).encode()}
 
 
-def _stored(mv: Any) -> dict[str, str]:
-    """sha256 of every stored object of the version: what the damage changed is measured, not assumed."""
-    return {uri: hashlib.sha256(storage.read_bytes(uri)).hexdigest() for uri in storage.list_uris(mv.uri)}
-
-
 @pytest.mark.parametrize("backend", ["local", "gcs"])
 def test_damaged_weights_are_refused_before_the_model_is_built(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest, faults_repeat: int, faults_seed: int,
@@ -103,12 +96,8 @@ def test_damaged_weights_are_refused_before_the_model_is_built(
             marker = case / "UNPICKLED"
             root = storage.join(base, f"{kind}-{rep}")
             mv = _register(root, case)
-            before = _stored(mv)
             named, damaged = _damage(kind, mv, rng, marker)
-            if injection_enabled():
-                for uri, data in damaged.items():
-                    storage.write_bytes(uri, data, overwrite=True)
-            changed = sorted(uri for uri, sha in _stored(mv).items() if before.get(uri) != sha)
+            changed = sorted(uri for uri, data in damaged.items() if apply_damage(uri, data))
             injected = int(bool(changed))  # this version is damaged
             state = real_run(str(case / "out"), mv, root, run_id="weights", generation={"batch_size": 4})
             write_items(state, [{"id": f"i{i}", "prompt": "colour: red\ndescription:", "seed": i, "params": {},
