@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset
 
 from genbatch.stages.sequence import STAGE_IDS
-from operators.alerts import notify_failure
+from operators.alerts import mark_run_failed, notify_failure
 from operators.cost_check import CostCheckOperator
 from operators.genbatch_operators import (
     CanaryVerdictOperator,
@@ -43,7 +43,8 @@ with DAG(
     max_active_runs=4,
     params=spec_params(),
     tags=["genbatch"],
-    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5), "on_failure_callback": notify_failure},
+    default_args={"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5),
+                  "on_failure_callback": [notify_failure, mark_run_failed]},
 ) as dag:
     prepare = PrepareRunOperator(task_id="prepare_run", retries=0)
     validate = ValidateInputOperator(task_id="validate_input", run_dir=prepare.output)

@@ -1,8 +1,9 @@
 """consumer_example: runs whenever batch_generation publishes, and reads that run's outputs.
 
-The pattern for downstream teams: schedule on the published Asset, take the run dir from the
-triggering event's ``extra`` (set by batch_generation's publish task), and read only through
-``genbatch.run.outputs.read``, which waits for ``_SUCCESS`` and checks every part's checksum.
+The pattern for downstream teams: schedule on the published Asset, take the run's absolute URI
+(``run_uri``: ``gs://...`` or ``file://...``) and its counts from the triggering event's ``extra`` (set by
+batch_generation's publish task), and read only through ``genbatch.run.outputs.read``, which waits for
+``_SUCCESS`` and checks every part's checksum (docs/output-contract.md).
 Thin: nothing is imported from genbatch at parse time.
 """
 
@@ -39,9 +40,12 @@ with DAG(
             raise ValueError("no triggering event for the published Asset; trigger this DAG through the Asset")
         results = []
         for event in events:  # several publishes can be batched into one consumer run
-            run_dir = event.extra["run_dir"]
-            count = sum(1 for _ in read(run_dir, wait_s=60))
-            results.append({"run_dir": run_dir, "run_id": event.extra.get("run_id"), "records": count})
+            run_uri = event.extra["run_uri"]
+            count = sum(1 for _ in read(run_uri, wait_s=60))
+            if count != event.extra["counts"]["generated"]:
+                raise ValueError(f"{run_uri}: read {count} records, the publish event counts "
+                                 f"{event.extra['counts']['generated']} generated")
+            results.append({"run_uri": run_uri, "run_id": event.extra.get("run_id"), "records": count})
         return {"runs": results, "records": sum(r["records"] for r in results)}
 
     count_records()

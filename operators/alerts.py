@@ -1,4 +1,5 @@
-"""The DAGs' ``on_failure_callback``: post a failed task to the alert webhook (genbatch.ops.alerts).
+"""The DAGs' ``on_failure_callback``s: post a failed task to the alert webhook (genbatch.ops.alerts), and
+mark the run failed (``_FAILED``, genbatch.stages.failure) so consumers waiting on it stop waiting.
 
 Set the webhook as the Airflow Variable ``GENBATCH_ALERT_WEBHOOK`` (UI, CLI, a secrets backend,
 or the environment variable ``AIRFLOW_VAR_GENBATCH_ALERT_WEBHOOK``). It is deliberately not a
@@ -52,3 +53,32 @@ def notify_failure(context: Any) -> None:
         send(url, alert)
     except Exception as exc:  # noqa: BLE001 - an alert must never turn into a second failure
         log.warning("failure alert not sent: %s", type(exc).__name__)
+
+
+def _task_name(ti: Any) -> str:
+    map_index = getattr(ti, "map_index", -1)
+    return str(ti.task_id) if map_index is None or int(map_index) < 0 else f"{ti.task_id}[{int(map_index)}]"
+
+
+def mark_run_failed(context: Any) -> None:
+    """``on_failure_callback``: write the run's ``_FAILED`` (task, redacted reason, time); never raises.
+
+    The run dir is prepare_run's return value; when prepare_run itself failed, the params name it
+    (when they are a valid spec whose output is allowed), else there is no run dir to mark.
+    """
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+
+        from genbatch.ops.alerts import summarise_exception
+        from genbatch.stages.failure import mark_failed, run_dir_from_params
+
+        ti = context["ti"]
+        run_dir = ti.xcom_pull(task_ids="prepare_run") if ti.task_id != "prepare_run" else None
+        if not run_dir:
+            run_dir = run_dir_from_params(dict(context.get("params") or {}), str(ti.run_id))
+        if not run_dir:
+            return
+        mark_failed(str(run_dir), _task_name(ti), str(redact(summarise_exception(context.get("exception")))),
+                    try_number=int(ti.try_number or 0), airflow_run_id=str(ti.run_id))
+    except Exception as exc:  # noqa: BLE001 - a marker must never turn into a second failure
+        log.warning("run not marked failed: %s", type(exc).__name__)

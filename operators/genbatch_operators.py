@@ -67,8 +67,9 @@ class QualityGateOperator(_RunDirOperator):
 class PublishOperator(_RunDirOperator):
     """manifest.json then _SUCCESS; returns the manifest URI.
 
-    Each outlet Asset event carries ``extra={"run_dir", "manifest", "run_id"}`` so a consumer DAG
-    scheduled on the Asset knows which run to read (``genbatch.run.outputs.read(extra["run_dir"])``).
+    Each outlet Asset event carries ``extra={"run_id", "contract_version", "run_uri", "manifest_uri",
+    "success_uri", "counts"}`` with absolute URIs (``gs://`` or ``file://``), so a consumer DAG scheduled on
+    the Asset knows which run to read (``genbatch.run.outputs.read(extra["run_uri"])``) and what to expect.
     """
 
     def execute(self, context: Any) -> str:
@@ -77,7 +78,7 @@ class PublishOperator(_RunDirOperator):
         event = published_event(self.run_dir, publish(self.run_dir))
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = event
-        return str(event["manifest"])
+        return str(event["manifest_uri"])
 
 
 class CanaryVerdictOperator(_RunDirOperator):

@@ -6,6 +6,7 @@
     genbatch spec-schema                             print the RunSpec JSON schema
     genbatch registry-init [--registry URI]          register the shipped tiny models
     genbatch reconcile URI                           lost/doubled/orphans/manifest checks of a run, as JSON
+    genbatch wait URI [--timeout S]                  wait for a run to publish: 0 published, 1 failed, 2 timed out
     genbatch cost URI... [--table]                   cost per run, per model version and per 1k items
     genbatch erase --id ID | --match F=V ROOT...     erase a data subject from every run (GDPR), with a record
     genbatch model register|list|show|alias|promote|rollback   the model registry (see genbatch model -h)
@@ -51,6 +52,20 @@ def _summary(run_dir: str, state: str, tasks: dict[str, str], wall_s: float) -> 
     return out
 
 
+def _ensure_failed_marker(run_dir: str, run_id: str, tasks: dict[str, str]) -> dict[str, Any] | None:
+    """The run's ``_FAILED`` (the failed task's callback writes it; written here when none did), or None
+    when the run is published after all or nothing could be written."""
+    from genbatch.io import storage
+    from genbatch.run.layout import RunLayout
+    from genbatch.stages.failure import mark_failed
+
+    layout = RunLayout(run_dir)
+    failed = [k for k, v in tasks.items() if v.endswith("failed") and not v.endswith("upstream_failed")]
+    if failed:
+        mark_failed(run_dir, failed[0], "the task failed; its log has the reason", airflow_run_id=run_id)
+    return dict(storage.read_json(layout.failed)) if storage.exists(layout.failed) else None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``genbatch run``: validate the spec, run the batch_generation DAG in embedded Airflow, print a summary; 0 if published."""
     from genbatch.run.spec import load_spec
@@ -74,6 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     state, tasks = embedded.run_dag(data)
     summary = _summary(run_dir, state, tasks, time.perf_counter() - t0)
+    if not state.endswith("success"):
+        summary["failed_marker"] = _ensure_failed_marker(run_dir, data["run_id"], tasks)
     print(json.dumps(summary, indent=2))
     return 0 if state.endswith("success") and summary.get("success_marker") else 1
 
@@ -101,6 +118,39 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     result = reconcile(args.run_dir, secrets=args.secret or ())
     print(json.dumps(result.to_json(), indent=2))
     return 0 if result.ok else 1
+
+
+WAIT_PUBLISHED, WAIT_FAILED, WAIT_TIMED_OUT = 0, 1, 2
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """``genbatch wait``: wait for ``_SUCCESS`` or ``_FAILED``; print what was found as JSON.
+
+    Exit 0: published, and ``_SUCCESS`` vouches for the manifest; 1: the run failed (``_FAILED``) or its
+    published files do not match; 2: neither marker within ``--timeout`` seconds.
+    """
+    from genbatch.run.layout import RunLayout
+    from genbatch.run.outputs import OutputIntegrityError, RunFailedError, RunNotPublishedError, run_dir_of, wait_published
+
+    run_uri = run_dir_of(args.run_uri)
+    try:
+        manifest = wait_published(run_uri, wait_s=args.timeout, poll_s=args.poll)
+    except RunFailedError as exc:
+        print(json.dumps({"status": "failed", "run_uri": run_uri, **exc.marker}, indent=2))
+        print(f"genbatch wait: {exc}", file=sys.stderr)
+        return WAIT_FAILED
+    except OutputIntegrityError as exc:
+        print(json.dumps({"status": "damaged", "run_uri": run_uri, "problem": str(exc)}, indent=2))
+        print(f"genbatch wait: {exc}; do not use this run", file=sys.stderr)
+        return WAIT_FAILED
+    except RunNotPublishedError as exc:
+        print(json.dumps({"status": "timed_out", "run_uri": run_uri, "timeout_s": args.timeout}, indent=2))
+        print(f"genbatch wait: {exc}", file=sys.stderr)
+        return WAIT_TIMED_OUT
+    print(json.dumps({"status": "published", "run_uri": run_uri, "manifest": RunLayout(run_uri).manifest,
+                      "contract_version": manifest.get("contract_version", 1), "generation": manifest.get("generation", 1),
+                      "counts": manifest.get("counts")}, indent=2))
+    return WAIT_PUBLISHED
 
 
 def cmd_registry_init(args: argparse.Namespace) -> int:
@@ -183,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", metavar="URI", help="the run dir, <output.uri>/<run_id> (local path or gs://)")
     p.add_argument("--secret", action="append", help="a value that must appear in no object (repeatable)")
     p.set_defaults(func=cmd_reconcile)
+    p = sub.add_parser("wait", help="wait until a run publishes or fails (exit 0 published, 1 failed, 2 timed out)")
+    p.add_argument("run_uri", metavar="RUN_URI", help="the run dir, <output.uri>/<run_id> (local path or gs://)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (0: look once); default 600")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between looks; default 5")
+    p.set_defaults(func=cmd_wait)
     p = sub.add_parser("registry-init", help="register the shipped tiny models")
     p.add_argument("--registry", default=".genbatch/registry")
     p.set_defaults(func=cmd_registry_init)

@@ -35,6 +35,7 @@ from genbatch.io.uris import (
     ENV_ALLOWED_PREFIXES,
     FILE_SCHEME,
     GCS_SCHEME,
+    absolute_uri,
     allowed_prefixes_from_env,
     confine,
     is_gcs,
@@ -44,7 +45,7 @@ from genbatch.io.uris import (
 
 __all__ = [
     "CAS_WRITE_ID_KEY", "ENV_ALLOWED_PREFIXES", "ENV_KMS_KEY", "ENV_RETRY_DEADLINE", "ENV_TIMEOUT", "FILE_SCHEME",
-    "GCS_SCHEME", "SHA256_METADATA_KEY", "ObjectNotFoundError", "allowed_prefixes_from_env", "backend_for",
+    "GCS_SCHEME", "SHA256_METADATA_KEY", "ObjectNotFoundError", "absolute_uri", "allowed_prefixes_from_env", "backend_for",
     "compare_and_swap_json", "confine", "delete", "digest", "download_file", "dumps_json", "exists", "is_gcs", "iter_lines",
     "join", "list_uris", "local_path", "read_bytes", "read_json", "read_text", "remove_empty_dirs", "remove_stale_temp_files",
     "reset_client", "sha256_file", "size", "upload_file", "write_bytes", "write_json", "write_text",

@@ -27,6 +27,11 @@ def split_gcs(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` as another machine can name it: ``gs://`` as is, a local path as an absolute ``file://`` URI."""
+    return uri if is_gcs(uri) else local_path(uri).resolve().as_uri()
+
+
 def local_path(uri: str) -> Path:
     """The filesystem path of a local URI (plain path or ``file://``); GCS URIs are refused."""
     if is_gcs(uri):

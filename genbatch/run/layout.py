@@ -15,9 +15,11 @@ from genbatch.io import storage
 from genbatch.io.storage import join
 
 # Names relative to the run root.
-SPEC, MANIFEST, SUCCESS, REPORT = "spec.json", "manifest.json", "_SUCCESS", "report.html"
+SPEC, MANIFEST, SUCCESS, FAILED, REPORT = "spec.json", "manifest.json", "_SUCCESS", "_FAILED", "report.html"
 SHARD_PLAN, SHARD_FANOUT = "shards/_plan.json", "shards/_fanout.jsonl"
-ROOT_FILES = frozenset({SPEC, MANIFEST, SUCCESS, REPORT})
+ROOT_FILES = frozenset({SPEC, MANIFEST, SUCCESS, FAILED, REPORT})
+MARKERS = frozenset({MANIFEST, SUCCESS, FAILED})  # what manifest.json cannot list: itself and the markers
+MANIFESTS_DIR = "_manifests"  # earlier generations of manifest.json, kept when erasure or retention rewrites it
 STAGE_DIRS = ("validation/", "quality/")  # report artefacts of those stages: any file in them is theirs
 ERASURES_DIR, RETENTION_DIR = "_erasures", "_retention"  # records `genbatch erase` and retention keep at a root
 OPERATOR_DIRS = (f"{ERASURES_DIR}/", f"{RETENTION_DIR}/")
@@ -152,7 +154,8 @@ class RunLayout:
     canary_verdict = _RunPath("quality", "canary.json")  # the canary's A/B verdict
     report_html = _RunPath(REPORT)  # the human-readable quality report
     manifest = _RunPath(MANIFEST)  # written by publish: counts, shards, quality, cost, every file's sha256
-    success = _RunPath(SUCCESS)  # written last: consumers wait for it
+    success = _RunPath(SUCCESS)  # written last: consumers wait for it; holds the manifest's sha256
+    failed = _RunPath(FAILED)  # written when the run ends failed (task, reason, time); gone once it publishes
 
     # -- names with a shard, part or stage in them ------------------------------------
     def rejects_part(self, stage: str, part: int = 0) -> str:
@@ -198,6 +201,10 @@ class RunLayout:
     def errors_file(self, shard: int) -> str:
         """One shard's error records, merged from its per-batch error parts when the shard commits."""
         return self.path("errors", f"shard-{shard:05d}.jsonl")
+
+    def manifest_generation(self, generation: int) -> str:
+        """An earlier ``manifest.json``, kept create-only when erasure or retention wrote generation + 1."""
+        return self.path(MANIFESTS_DIR, f"manifest-g{generation:05d}.json")
 
     # -- per-attempt records (models/attempts.py) -------------------------------------
     def attempts_dir(self, shard: int) -> str:

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from genbatch.io import storage
+from genbatch.run.contract import success_problem
 from genbatch.run.layout import (
     ATTEMPT_RECORD_RE,
     ATTEMPTS_DIR,
     ERRORS_FILE_RE,
+    FAILED,
     IN_SHARD_RE,
     MANIFEST,
+    MANIFESTS_DIR,
+    MARKERS,
     OPERATOR_DIRS,
     REJECTS_PART_PREFIX,
     ROOT_FILES,
@@ -267,7 +271,7 @@ def _orphans(state: RunState, listing: list[str], parts: list[_Part]) -> list[st
     for rel in listing:
         if rel in fanout_rels:
             continue
-        if rel in ROOT_FILES or rel.startswith(STAGE_DIRS + OPERATOR_DIRS) or rel.startswith(REJECTS_PART_PREFIX):
+        if rel in ROOT_FILES or rel.startswith(STAGE_DIRS + OPERATOR_DIRS + (f"{MANIFESTS_DIR}/", REJECTS_PART_PREFIX)):
             continue
         if rel.startswith("_tmp/"):
             if plan_committed:
@@ -351,7 +355,14 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
         problems.append("_SUCCESS exists but manifest.json does not: consumers cannot read this run")
     if not has_manifest:
         return 0
-    m = storage.read_json(layout.manifest)
+    manifest_data = storage.read_bytes(layout.manifest)
+    m = json.loads(manifest_data)
+    if has_success:
+        problem = success_problem(storage.read_bytes(layout.success), manifest_data)
+        if problem:
+            problems.append(problem)
+        if FAILED in listing:
+            problems.append("_FAILED exists beside _SUCCESS: a published run was marked failed")
     if m.get("run_id") != state.run_id:
         problems.append(f"manifest.json names run {m.get('run_id')!r}, this run is {state.run_id!r}")
     counts = m.get("counts") or {}
@@ -382,7 +393,7 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
     # Attempt records are the workers' bookkeeping, never outputs: one written after manifest.json (a
     # worker that was still running) is reported in ``attempts.after_publish``, not as an orphan; any
     # output object it wrote is.
-    unlisted = [rel for rel in listing if rel not in files and rel not in (MANIFEST, SUCCESS)
+    unlisted = [rel for rel in listing if rel not in files and rel not in MARKERS
                 and not rel.startswith(OPERATOR_DIRS + (ATTEMPTS_DIR,))]
     if unlisted:
         problems.append(f"{len(unlisted)} objects are not in manifest.json (written after publishing?): {unlisted[:_MAX_LISTED]}")

@@ -17,6 +17,7 @@ from genbatch.run.layout import RunLayout
 from genbatch.run.model_ref import ModelVersion
 from genbatch.run.spec import RunSpec, parse_spec, sanitize_run_id
 from genbatch.run.state import RunState, write_run_state
+from genbatch.stages.failure import clear_failed
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
     check_input_size(spec)
     run_id = spec.run_id or sanitize_run_id(airflow_run_id)
     layout = RunLayout.for_run(spec.output.uri, run_id)
+    clear_failed(layout.root)  # a new attempt of the run: it is running again, not failed
     model = resolve_model(spec)
     canary = None
     if spec.canary.enabled:

@@ -1,15 +1,16 @@
-"""manifest.json and _SUCCESS: how a run commits and how consumers find its outputs.
+"""manifest.json and _SUCCESS: how a run commits and how consumers find its outputs (docs/output-contract.md).
 
 A run commits only after every shard manifest exists and the quality gate passed:
-``manifest.json`` is written first, ``_SUCCESS`` last. Consumers read only through the
-manifest, so they never see a partial run. With ``sharding.dedupe_identical``, the fanned-out
-ids' copies of their canonical records (:mod:`genbatch.run.fanout`) are written before the manifest,
-so its counts and file list include them.
+``manifest.json`` is written first, ``_SUCCESS`` (its sha256 and the contract version) last, and a
+``_FAILED`` marker left by an earlier attempt is removed in between. Consumers read only through the
+manifest, so they never see a partial run. A published manifest is never edited in place: erasure and
+retention write a new generation and keep the old one under ``_manifests/`` (:func:`rewrite_manifest`).
+With ``sharding.dedupe_identical``, the fanned-out ids' copies of their canonical records
+(:mod:`genbatch.run.fanout`) are written before the manifest, so its counts and file list include them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -17,23 +18,19 @@ from typing import Any
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.plan import cost
-from genbatch.run import fanout
-from genbatch.run.layout import RunLayout
+from genbatch.run import contract, fanout
+from genbatch.run.layout import MARKERS, RunLayout
 from genbatch.run.reconcile import reconcile
 from genbatch.run.state import RunRef, RunState, as_run_state
 
-SCHEMA_VERSION = 1
-
 
 def _file_entries(state: RunState) -> list[dict[str, Any]]:
-    skip = {state.layout.manifest, state.layout.success}
+    """Every object of the run but the manifest and the markers, each with its kind (genbatch.run.contract)."""
     entries = []
     for uri in storage.list_uris(state.layout.root):
-        if uri in skip:
-            continue
-        data = storage.read_bytes(uri)
-        entries.append({"path": uri[len(state.layout.root):].lstrip("/"), "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest()})
+        rel = state.layout.rel(uri)
+        if rel not in MARKERS:
+            entries.append(contract.file_entry(rel, storage.read_bytes(uri)))
     return entries
 
 
@@ -82,7 +79,8 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     load_s = sum(m["timings"]["model_load_s"] for m in shard_manifests)
     figures = _cost_figures(state, shard_manifests, plan["est_cost_total"])
     return {
-        "schema_version": SCHEMA_VERSION,
+        "contract_version": contract.CONTRACT_VERSION,
+        "generation": 1,
         "run_id": state.run_id,
         "task": state.spec.task,
         "model": {"name": state.model.name, "version": state.model.version, "uri": state.model.uri},
@@ -98,12 +96,19 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         "cost_estimate": {"device_seconds": round(compute_s + load_s, 3), "makespan_ratio": plan["makespan_ratio"],
                           **{k: v for k, v in figures.items() if k != "shards"}},
         "files": _file_entries(state),
-        "published_at": dt.datetime.now(dt.UTC).isoformat(),
+        "published_at": contract.now_iso(),
     }
 
 
+def _write_success(layout: RunLayout, run_id: str, *, overwrite: bool = False) -> None:
+    """``_SUCCESS`` for the manifest.json now stored (its bytes as written, so the sha256 is what consumers read)."""
+    data = storage.read_bytes(layout.manifest)
+    generation = int(storage.read_json(layout.manifest).get("generation", 1))
+    storage.write_json(layout.success, contract.success_marker(run_id, data, generation), overwrite=overwrite)
+
+
 def publish(run: RunRef) -> dict[str, Any]:
-    """Write manifest.json then _SUCCESS; idempotent once committed."""
+    """Write manifest.json, remove an earlier attempt's _FAILED, then write _SUCCESS; idempotent once committed."""
     state = as_run_state(run)
     layout = state.layout
     if storage.exists(layout.success):
@@ -111,30 +116,42 @@ def publish(run: RunRef) -> dict[str, Any]:
     if not storage.exists(layout.manifest):
         storage.write_json(layout.manifest, build_manifest(state))
     manifest = dict(storage.read_json(layout.manifest))
-    storage.write_text(layout.success, "")
+    if storage.exists(layout.failed):
+        storage.delete(layout.failed)  # this attempt succeeded: the run is no longer failed
+    _write_success(layout, state.run_id)
     return manifest
 
 
 def published_event(run_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The ``extra`` of the run's publication Asset event: which run to read, and its manifest."""
-    return {"run_dir": run_dir, "manifest": RunLayout(run_dir).manifest, "run_id": manifest["run_id"]}
+    """The ``extra`` of the run's publication Asset event: absolute URIs (``gs://`` or ``file://``), so a
+    consumer on another machine can read the run, and the counts, so it can check what it read."""
+    layout = RunLayout(storage.absolute_uri(run_dir))
+    return {"run_id": manifest["run_id"], "contract_version": contract.CONTRACT_VERSION, "run_uri": layout.root,
+            "manifest_uri": layout.manifest, "success_uri": layout.success, "counts": dict(manifest["counts"])}
 
 
 CORE_COUNT_KEYS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
 
 
 def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, Any]]] = ()) -> dict[str, Any] | None:
-    """Bring a published ``manifest.json`` in line with the run's objects after an in-place rewrite
+    """Write the next generation of a published ``manifest.json`` after an in-place rewrite of its objects
     (genbatch.ops.erasure, genbatch.ops.retention): counts, shard entries, cost figures, quality verdict and
     every file's bytes and sha256; each of ``notes``, ``(key, entry)``, is appended to the manifest's ``key`` list.
 
-    Overwrites the manifest (the one sanctioned exception to create-only); ``_SUCCESS`` is left as is.
-    Returns the new manifest, or None when the run was never published.
+    The old generation is kept first (create-only, ``_manifests/manifest-gNNNNN.json``) and named in the new
+    one's ``previous``; then manifest.json is overwritten (the one sanctioned exception to create-only) and
+    ``_SUCCESS`` rewritten to vouch for it. A consumer holding the old manifest sees the sha256 in ``_SUCCESS``
+    change. Returns the new manifest, or None when the run was never published.
     """
     layout = state.layout
     if not storage.exists(layout.manifest):
         return None
+    old_data = storage.read_bytes(layout.manifest)
     manifest = dict(storage.read_json(layout.manifest))
+    generation = int(manifest.get("generation", 1))
+    kept = layout.manifest_generation(generation)
+    if not storage.exists(kept):  # a rewrite interrupted after this step finds it kept
+        storage.write_bytes(kept, old_data, content_type="application/json")
     shard_manifests = [storage.read_json(layout.shard_manifest(s)) for s in range(state.num_shards)
                        if storage.exists(layout.shard_manifest(s))]
     counts = reconcile(state)
@@ -155,6 +172,11 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     for key, entry in notes:
         manifest[key] = [*(manifest.get(key) or []), entry]
     manifest["files"] = _file_entries(state)
-    manifest["rewritten_at"] = dt.datetime.now(dt.UTC).isoformat()
+    manifest["generation"] = generation + 1
+    manifest["previous"] = {"generation": generation, "path": layout.rel(kept),
+                            "sha256": hashlib.sha256(old_data).hexdigest()}
+    manifest["rewritten_at"] = contract.now_iso()
     storage.write_json(layout.manifest, manifest, overwrite=True)
+    if storage.exists(layout.success):
+        _write_success(layout, state.run_id, overwrite=True)
     return manifest

@@ -217,7 +217,7 @@ def test_operator_run_publishes_a_reconciling_run(api: Api, good_run: dict[str, 
     assert {s["shard"] for s in manifest["shards"]} == {0, 1}
     publish_xcom = api.call("GET", f"/dags/{DAG}/dagRuns/{good_run['dag_run_id']}/taskInstances/publish/xcomEntries/"
                             "return_value").json()["value"]
-    assert publish_xcom == str(root / "manifest.json")
+    assert publish_xcom == (root / "manifest.json").resolve().as_uri()  # absolute: readable from another machine
 
 
 def test_publish_event_triggers_the_consumer(api: Api, good_run: dict[str, Any], work: Path) -> None:
@@ -238,7 +238,7 @@ def test_publish_event_triggers_the_consumer(api: Api, good_run: dict[str, Any],
     result = api.call("GET", f"/dags/{CONSUMER}/dagRuns/{run['dag_run_id']}/taskInstances/count_records/"
                       "xcomEntries/return_value").json()["value"]
     generated = json.loads((root / "manifest.json").read_text())["counts"]["generated"]
-    assert result["runs"] == [{"run_dir": str(root), "run_id": RUN_ID, "records": generated}]
+    assert result["runs"] == [{"run_uri": root.resolve().as_uri(), "run_id": RUN_ID, "records": generated}]
     assert sum(1 for _ in read(str(root))) == generated
 
 

@@ -1,0 +1,144 @@
+"""The output contract a consumer reads (docs/output-contract.md): its version, file kinds, markers, schemas.
+
+A published run is read through ``manifest.json`` only. Each of its file entries has a ``kind`` (below),
+so a consumer picks the files it wants by kind and never globs; the JSONL kinds also carry their
+record count. ``_SUCCESS`` vouches for the manifest (its sha256 and the contract version); ``_FAILED``
+says a run ended failed (which task, why, when). The JSON Schemas under ``genbatch/run/schemas/`` are
+shipped with the package and describe every record a consumer reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from genbatch.run.layout import (
+    ATTEMPTS_DIR,
+    ERRORS_FILE_RE,
+    FANOUT_ERRORS,
+    FANOUT_PART,
+    MANIFESTS_DIR,
+    OPERATOR_DIRS,
+    REJECTS_PART_PREFIX,
+    REPORT,
+    SHARD_FANOUT,
+    SHARD_FILE_RE,
+    SHARD_INPUT_RE,
+    SHARD_PLAN,
+    SPEC,
+)
+
+CONTRACT_VERSION = 2
+"""1: runs before the contract was written down (empty ``_SUCCESS``, rejects keyed ``index``, no kinds)."""
+
+RECORD_KINDS = ("output", "error", "reject")
+"""Kinds whose JSONL records a consumer counts: their ``records`` add up to the manifest's counts."""
+
+SCHEMAS = ("manifest", "success", "failed", "output_text", "output_image", "error", "reject")
+
+_SHARD_KINDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(rf"^(?:part-r\d{{2}}-\d{{5}}\.jsonl|{re.escape(FANOUT_PART)})$"), "output"),
+    (re.compile(rf"^{re.escape(FANOUT_ERRORS)}$"), "error"),
+    (re.compile(r"^errors-r\d{2}-\d{5}\.jsonl$"), "error_batch"),
+    (re.compile(r"^images/[^/]+\.png$"), "image"),
+    (re.compile(r"^metrics-r\d{2}\.prom$"), "metrics"),
+    (re.compile(r"^_manifest\.json$"), "shard_manifest"),
+)
+_FIXED_KINDS = {SPEC: "spec", REPORT: "report", SHARD_PLAN: "plan", SHARD_FANOUT: "fanout",
+                "quality/summary.json": "quality", "quality/canary.json": "quality",
+                "quality/metrics.parquet": "metrics", "quality/data_docs.html": "report",
+                "validation/data_docs.html": "report"}
+_PREFIX_KINDS: tuple[tuple[str, str], ...] = (
+    (REJECTS_PART_PREFIX, "reject"), ("validation/", "validation"), (ATTEMPTS_DIR, "attempt"),
+    (f"{MANIFESTS_DIR}/", "manifest"), *((d, "operator") for d in OPERATOR_DIRS))
+
+
+def file_kind(rel: str) -> str:
+    """The ``kind`` of a file of a run, from its path relative to the run root (``other`` when unknown)."""
+    if rel in _FIXED_KINDS:
+        return _FIXED_KINDS[rel]
+    shard_file = SHARD_FILE_RE.match(rel)
+    if shard_file:
+        return next((kind for pattern, kind in _SHARD_KINDS if pattern.match(shard_file.group(2))), "other")
+    if ERRORS_FILE_RE.match(rel):
+        return "error"
+    if SHARD_INPUT_RE.match(rel):
+        return "shard_input"
+    return next((kind for prefix, kind in _PREFIX_KINDS if rel.startswith(prefix) and rel.endswith(
+        ".jsonl" if kind == "reject" else "")), "other")
+
+
+def count_records(data: bytes) -> int:
+    """Records of a JSONL object: its non-blank lines."""
+    return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def file_entry(rel: str, data: bytes) -> dict[str, Any]:
+    """One ``files`` entry of manifest.json: path, kind, bytes, sha256, and ``records`` for the JSONL kinds."""
+    kind = file_kind(rel)
+    entry: dict[str, Any] = {"path": rel, "kind": kind, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if kind in RECORD_KINDS or kind == "error_batch":
+        entry["records"] = count_records(data)
+    return entry
+
+
+def success_marker(run_id: str, manifest_data: bytes, generation: int) -> dict[str, Any]:
+    """``_SUCCESS``: the contract version and the sha256 of the manifest generation it vouches for."""
+    return {"contract_version": CONTRACT_VERSION, "run_id": run_id, "manifest": "manifest.json",
+            "manifest_sha256": hashlib.sha256(manifest_data).hexdigest(), "manifest_generation": generation,
+            "published_at": now_iso()}
+
+
+def failed_marker(run_id: str, task: str, reason: str, *, try_number: int | None = None,
+                  airflow_run_id: str | None = None) -> dict[str, Any]:
+    """``_FAILED``: which task ended the run failed, why (redacted by the caller) and when."""
+    return {"contract_version": CONTRACT_VERSION, "run_id": run_id, "failed_task": task, "reason": reason,
+            "failed_at": now_iso(), "try_number": try_number, "airflow_run_id": airflow_run_id}
+
+
+def now_iso() -> str:
+    """UTC now, ISO 8601 (every timestamp of the contract)."""
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """The JSON Schema ``name`` (one of :data:`SCHEMAS`), as shipped in ``genbatch/run/schemas/``."""
+    if name not in SCHEMAS:
+        raise KeyError(f"no contract schema {name!r}; there are {', '.join(SCHEMAS)}")
+    text = resources.files("genbatch.run").joinpath("schemas", f"{name}.schema.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def record_schema(kind: str, task: str) -> str:
+    """Which schema the records of a file of ``kind`` follow in a run of ``task`` (text or image)."""
+    if kind == "output":
+        return f"output_{task}"
+    if kind in ("error", "error_batch", "reject"):
+        return "reject" if kind == "reject" else "error"
+    raise KeyError(f"files of kind {kind!r} hold no records of the contract")
+
+
+def success_problem(success_data: bytes, manifest_data: bytes) -> str | None:
+    """Why ``_SUCCESS`` does not vouch for this manifest.json, or None when it does.
+
+    An empty ``_SUCCESS`` is a contract-version-1 run: it vouches for nothing, and is accepted.
+    """
+    if not success_data.strip():
+        return None
+    try:
+        marker = json.loads(success_data)
+        expected = str(marker["manifest_sha256"])
+    except (ValueError, KeyError, TypeError):
+        return "_SUCCESS is not the contract's JSON marker (no manifest_sha256); the run dir was altered"
+    actual = hashlib.sha256(manifest_data).hexdigest()
+    if actual != expected:
+        return (f"manifest.json has sha256 {actual[:12]}…, but _SUCCESS vouches for {expected[:12]}… "
+                "(generation " f"{marker.get('manifest_generation')}); the manifest was changed or is being rewritten")
+    return None
