@@ -26,7 +26,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
-from genbatch.run.layout import SPEC, RunLayout, erasure_record, is_batch_part, is_record_part, is_rejects_part
+from genbatch.run.layout import MANIFESTS_DIR, SPEC, RunLayout, erasure_record, is_batch_part, is_record_part, is_rejects_part
 from genbatch.run.layout import find_run_dirs as layout_find_run_dirs
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunState, load_run_state
@@ -521,7 +521,10 @@ def erase_run(run_dir: str, subject: Subject, erasure_id: str, *, now: dt.dateti
     out["quality_passed"] = _reevaluate(state, hits, changes)
     if out["quality_passed"] is None and storage.exists(layout.report_html):
         scrub_document(layout, layout.report_html, hits.needles, changes)
-    rewrite_manifest(state, notes=notes)
+    rewrite_manifest(state, notes=notes, new_generation=False)
+    # The kept manifest generations name the subject's images (paths hold item ids): scrubbed like any document.
+    for uri in storage.list_uris(layout.path(MANIFESTS_DIR)):
+        scrub_document(layout, uri, hits.needles, changes)
     if not hits.indexes and not hits.ids:
         out["status"] = "completed_earlier_erasure"
         return out

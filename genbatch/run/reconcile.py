@@ -394,7 +394,7 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
     # worker that was still running) is reported in ``attempts.after_publish``, not as an orphan; any
     # output object it wrote is.
     unlisted = [rel for rel in listing if rel not in files and rel not in MARKERS
-                and not rel.startswith(OPERATOR_DIRS + (ATTEMPTS_DIR,))]
+                and not rel.startswith(OPERATOR_DIRS + (ATTEMPTS_DIR, f"{MANIFESTS_DIR}/"))]
     if unlisted:
         problems.append(f"{len(unlisted)} objects are not in manifest.json (written after publishing?): {unlisted[:_MAX_LISTED]}")
         rec.orphans.extend(r for r in unlisted if r not in rec.orphans)

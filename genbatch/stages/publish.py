@@ -19,17 +19,18 @@ from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.plan import cost
 from genbatch.run import contract, fanout
-from genbatch.run.layout import MARKERS, RunLayout
+from genbatch.run.layout import MANIFESTS_DIR, MARKERS, RunLayout
 from genbatch.run.reconcile import reconcile
 from genbatch.run.state import RunRef, RunState, as_run_state
 
 
 def _file_entries(state: RunState) -> list[dict[str, Any]]:
-    """Every object of the run but the manifest and the markers, each with its kind (genbatch.run.contract)."""
+    """Every object of the run but the manifest, its earlier generations and the markers, each with its kind
+    (genbatch.run.contract). Earlier generations are history, not content: an erasure scrubs the subject from them."""
     entries = []
     for uri in storage.list_uris(state.layout.root):
         rel = state.layout.rel(uri)
-        if rel not in MARKERS:
+        if rel not in MARKERS and not rel.startswith(f"{MANIFESTS_DIR}/"):
             entries.append(contract.file_entry(rel, storage.read_bytes(uri)))
     return entries
 
@@ -133,7 +134,8 @@ def published_event(run_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
 CORE_COUNT_KEYS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
 
 
-def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, Any]]] = ()) -> dict[str, Any] | None:
+def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, Any]]] = (),
+                     new_generation: bool = True) -> dict[str, Any] | None:
     """Write the next generation of a published ``manifest.json`` after an in-place rewrite of its objects
     (genbatch.ops.erasure, genbatch.ops.retention): counts, shard entries, cost figures, quality verdict and
     every file's bytes and sha256; each of ``notes``, ``(key, entry)``, is appended to the manifest's ``key`` list.
@@ -141,7 +143,9 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     The old generation is kept first (create-only, ``_manifests/manifest-gNNNNN.json``) and named in the new
     one's ``previous``; then manifest.json is overwritten (the one sanctioned exception to create-only) and
     ``_SUCCESS`` rewritten to vouch for it. A consumer holding the old manifest sees the sha256 in ``_SUCCESS``
-    change. Returns the new manifest, or None when the run was never published.
+    change. ``new_generation=False``: a later step of the same operation, which rewrites the generation it
+    wrote in place (one erasure or retention pass, one generation). Returns the new manifest, or None when
+    the run was never published.
     """
     layout = state.layout
     if not storage.exists(layout.manifest):
@@ -149,9 +153,13 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     old_data = storage.read_bytes(layout.manifest)
     manifest = dict(storage.read_json(layout.manifest))
     generation = int(manifest.get("generation", 1))
-    kept = layout.manifest_generation(generation)
-    if not storage.exists(kept):  # a rewrite interrupted after this step finds it kept
-        storage.write_bytes(kept, old_data, content_type="application/json")
+    if new_generation:
+        kept = layout.manifest_generation(generation)
+        if not storage.exists(kept):  # a rewrite interrupted after this step finds it kept
+            storage.write_bytes(kept, old_data, content_type="application/json")
+        manifest["generation"] = generation + 1
+        manifest["previous"] = {"generation": generation, "path": layout.rel(kept),
+                                "sha256": hashlib.sha256(old_data).hexdigest()}
     shard_manifests = [storage.read_json(layout.shard_manifest(s)) for s in range(state.num_shards)
                        if storage.exists(layout.shard_manifest(s))]
     counts = reconcile(state)
@@ -172,9 +180,6 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     for key, entry in notes:
         manifest[key] = [*(manifest.get(key) or []), entry]
     manifest["files"] = _file_entries(state)
-    manifest["generation"] = generation + 1
-    manifest["previous"] = {"generation": generation, "path": layout.rel(kept),
-                            "sha256": hashlib.sha256(old_data).hexdigest()}
     manifest["rewritten_at"] = contract.now_iso()
     storage.write_json(layout.manifest, manifest, overwrite=True)
     if storage.exists(layout.success):

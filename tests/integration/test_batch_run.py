@@ -6,6 +6,10 @@ home and registry under one session directory so the DB migration happens once.
 
 from __future__ import annotations
 
+import ast
+import base64
+import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,11 +18,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
+import jsonschema
 import pytest
 import yaml
 
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
+from tests.contract_check import check_against_contract
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,6 +97,7 @@ def _check_run(root: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     listed = {f["path"] for f in manifest["files"]}
     assert "spec.json" in listed and any(p.startswith("outputs/shard-00001/part-") for p in listed)
     assert storage.read_json(layout.spec)["model"]["version"] == 2  # production alias pinned
+    check_against_contract(root)  # every file and record by the schemas, counts by file kind
     return manifest
 
 
@@ -104,12 +112,39 @@ def test_text_run_end_to_end_on_local_disk(workdir: Path) -> None:
     assert manifest["quality"]["metrics"]["attribute_mention_rate"] >= 0.85
 
 
-def test_text_run_publishes_to_gcs_emulator(workdir: Path, gcs_emulator: Any, gcs_bucket: str) -> None:
+@pytest.fixture(scope="module")
+def gcs_runs(workdir: Path, gcs_emulator: Any) -> dict[str, Any]:
+    """On fake-gcs-server: one published text run (with rejects), and one forced to fail at its quality gate."""
+    bucket = gcs_emulator.create_bucket("genbatch-contract-runs")
     input_path, rows = _input(workdir, 24)
-    output = f"gs://{gcs_bucket}/runs"
-    proc = _run(workdir, _text_spec(input_path, output), "gcs-run", env={"STORAGE_EMULATOR_HOST": gcs_emulator.url})
+    output = f"gs://{bucket}/runs"
+    env = {"STORAGE_EMULATOR_HOST": gcs_emulator.url}
+    published = _run(workdir, _text_spec(input_path, output), "gcs-run", env=env)
+    failing = {**_text_spec(input_path, output), "quality": {"max_reject_rate": 0.2, "gates": ["empty_rate <= -1"]}}
+    failed = _run(workdir, failing, "gcs-failed", env=env)
+    return {"bucket": bucket, "output": output, "rows": rows, "published": published, "failed": failed}
+
+
+def test_text_run_publishes_to_gcs_emulator(gcs_runs: dict[str, Any]) -> None:
+    proc = gcs_runs["published"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _check_run(f"{output}/gcs-run", rows)
+    _check_run(f"{gcs_runs['output']}/gcs-run", gcs_runs["rows"])
+
+
+def test_a_run_that_fails_leaves_a_failed_marker_and_genbatch_wait_says_so(gcs_runs: dict[str, Any], workdir: Path,
+                                                                          gcs_emulator: Any) -> None:
+    proc = gcs_runs["failed"]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    layout = RunLayout(f"{gcs_runs['output']}/gcs-failed")
+    assert not storage.exists(layout.success) and not storage.exists(layout.manifest)
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator.url}
+    wait = subprocess.run([sys.executable, "-m", "genbatch", "wait", layout.root, "--timeout", "0"], cwd=workdir,
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert wait.returncode == 1, wait.stdout + wait.stderr
+    marker = json.loads(wait.stdout)
+    assert marker["status"] == "failed" and marker["failed_task"] == "quality_gate"
+    assert "empty_rate" in marker["reason"] and marker["try_number"] == 1  # written by the task's failure callback
+    assert marker["airflow_run_id"].startswith("manual__")
 
 
 def test_image_run_writes_pngs(workdir: Path) -> None:
@@ -131,3 +166,97 @@ def test_image_run_writes_pngs(workdir: Path) -> None:
     assert pngs == sorted(f"img-{i}.png" for i in range(4))
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in root.glob("outputs/shard-*/images/*.png"))
     assert (root / "_SUCCESS").exists()
+    check_against_contract(str(root))
+
+
+# --------------------------------------------------------------------------- the outside consumer's view
+# Only google-cloud-storage, jsonschema and the schema files: no genbatch import below this line.
+
+CONSUMER_EXAMPLE = REPO / "examples" / "consumer" / "read_run_gcs.py"
+SCHEMA_DIR = REPO / "genbatch" / "run" / "schemas"
+
+
+def _consumer_module() -> Any:
+    """docs/operations.md's consumer example, loaded from its file; it may import nothing of genbatch's."""
+    tree = ast.parse(CONSUMER_EXAMPLE.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"hashlib", "json", "time", "google"}, imported
+    spec = importlib.util.spec_from_file_location("read_run_gcs", CONSUMER_EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gcs_checksums(data: bytes) -> tuple[str, str]:
+    """(md5, crc32c) as GCS reports them: base64 of the digest."""
+    crc = google_crc32c.value(data).to_bytes(4, "big")
+    return base64.b64encode(hashlib.md5(data).digest()).decode(), base64.b64encode(crc).decode()
+
+
+def test_an_outside_consumer_reads_and_verifies_the_gcs_run_by_the_contract_alone(gcs_runs: dict[str, Any]) -> None:
+    from google.cloud import storage as gcs
+
+    schemas = {p.name.split(".")[0]: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.schema.json")}
+    consumer = _consumer_module()
+    records = consumer.read_run(gcs_runs["bucket"], "runs/gcs-run", timeout_s=5)
+    bucket = gcs.Client().bucket(gcs_runs["bucket"])
+    prefix = "runs/gcs-run"
+    manifest = json.loads(bucket.blob(f"{prefix}/manifest.json").download_as_bytes())
+    jsonschema.validate(json.loads(bucket.blob(f"{prefix}/_SUCCESS").download_as_bytes()), schemas["success"])
+    jsonschema.validate(manifest, schemas["manifest"])
+    assert len(records) == manifest["counts"]["generated"] > 0
+    by_kind: Counter[str] = Counter()
+    for entry in manifest["files"]:
+        blob = bucket.get_blob(f"{prefix}/{entry['path']}")
+        data = blob.download_as_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"]), entry["path"]
+        assert _gcs_checksums(data) == (blob.md5_hash, blob.crc32c), entry["path"]
+        if entry["kind"] in ("output", "error", "reject"):
+            schema = schemas[f"output_{manifest['task']}" if entry["kind"] == "output" else entry["kind"]]
+            lines = [json.loads(line) for line in data.splitlines() if line.strip()]
+            for line in lines:
+                jsonschema.validate(line, schema)
+            assert len(lines) == entry["records"]
+            by_kind[entry["kind"]] += len(lines)
+    counts = manifest["counts"]
+    assert [by_kind[k] for k in ("output", "error", "reject")] == [counts[k] for k in ("generated", "errored", "rejected")]
+    assert counts["rejected"] == 3 and counts["input"] == len(gcs_runs["rows"])
+
+    with pytest.raises(RuntimeError, match="run failed") as failure:
+        consumer.read_run(gcs_runs["bucket"], "runs/gcs-failed", timeout_s=5)
+    marker = json.loads(bucket.blob("runs/gcs-failed/_FAILED").download_as_bytes())
+    jsonschema.validate(marker, schemas["failed"])
+    assert marker["failed_task"] == "quality_gate" and marker["reason"] in str(failure.value)
+
+
+def test_a_consumer_holding_the_old_manifest_sees_an_erasure_change_the_run(gcs_runs: dict[str, Any], workdir: Path,
+                                                                            gcs_emulator: Any) -> None:
+    from google.cloud import storage as gcs
+
+    bucket, prefix = gcs.Client().bucket(gcs_runs["bucket"]), "runs/gcs-run"
+    old = bucket.blob(f"{prefix}/manifest.json").download_as_bytes()
+    old_success = json.loads(bucket.blob(f"{prefix}/_SUCCESS").download_as_bytes())
+    assert old_success["manifest_sha256"] == hashlib.sha256(old).hexdigest()
+    erase = subprocess.run([sys.executable, "-m", "genbatch", "erase", "--id", "sku-00003", f"{gcs_runs['output']}/gcs-run"],
+                           cwd=workdir, capture_output=True, text=True, timeout=300, check=False,
+                           env={**os.environ, "STORAGE_EMULATOR_HOST": gcs_emulator.url})
+    assert erase.returncode == 0, erase.stdout[-3000:] + erase.stderr[-3000:]
+    success = json.loads(bucket.blob(f"{prefix}/_SUCCESS").download_as_bytes())
+    new = bucket.blob(f"{prefix}/manifest.json").download_as_bytes()
+    # what a consumer holding the old manifest sees: _SUCCESS now vouches for another generation ...
+    assert success["manifest_sha256"] == hashlib.sha256(new).hexdigest() != old_success["manifest_sha256"]
+    assert success["manifest_generation"] == 2
+    manifest = json.loads(new)
+    # ... which names the one it replaced, kept byte for byte
+    assert manifest["previous"] == {"generation": 1, "path": "_manifests/manifest-g00001.json",
+                                    "sha256": hashlib.sha256(old).hexdigest()}
+    assert bucket.blob(f"{prefix}/_manifests/manifest-g00001.json").download_as_bytes() == old
+    # ... and the parts the erasure rewrote no longer match the old manifest's sha256
+    old_outputs = {e["path"]: e["sha256"] for e in json.loads(old)["files"] if e["kind"] == "output"}
+    changed = [p for p, sha in old_outputs.items()
+               if hashlib.sha256(bucket.blob(f"{prefix}/{p}").download_as_bytes()).hexdigest() != sha]
+    assert len(changed) == 1
+    records = _consumer_module().read_run(gcs_runs["bucket"], prefix, timeout_s=5)
+    assert "sku-00003" not in {r["id"] for r in records} and len(records) == json.loads(old)["counts"]["generated"] - 1
