@@ -12,6 +12,7 @@ Why GX and a derived frame, and the table-level failures: docs/internals.md#genb
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import reprlib
@@ -25,6 +26,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError, ShardInputError
 from genbatch.io.input_rows import RawRow, find_unencodable
+from genbatch.quality.param_bounds import ParamBound, param_bounds
 
 __all__ = [
     "DEFAULT_PARAM_KEYS",
@@ -52,6 +54,7 @@ RULES: tuple[str, ...] = (
     "seed_invalid",
     "params_not_object",
     "params_key_not_allowed",
+    "params_value_invalid",
     "negative_prompt_not_string",
 )
 """Row rules in the order they are applied: a row is rejected for the first one it breaks."""
@@ -67,7 +70,8 @@ DEFAULT_PARAM_KEYS: frozenset[str] = frozenset(
         "width",
     }
 )
-"""Per-item ``params`` overrides allowed unless the run spec says otherwise."""
+"""Per-item ``params`` overrides allowed unless the run spec says otherwise; each value must obey the
+bounds of the ``generation`` field of the same name (:mod:`genbatch.quality.param_bounds`)."""
 
 ID_MAX_CHARS = 128
 ID_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"
@@ -167,7 +171,8 @@ def validate_rows(
     """Validate input rows against the contract with GX; raise InputSchemaError on table failures.
 
     ``source`` only names the input in messages (a path or URI). ``min_rows``/``max_rows`` bound
-    the number of input rows (blank lines excluded); outside them the run stops.
+    the number of input rows (blank lines excluded); outside them the run stops. Every allowed
+    params key must be a ``generation`` field of the run spec: its values are checked against it.
     """
     if min_rows < 1 or (max_rows is not None and max_rows < min_rows):
         raise ValueError(f"row bounds must satisfy 1 <= min_rows <= max_rows, got {min_rows}, {max_rows}")
@@ -176,12 +181,13 @@ def validate_rows(
     if not 0.0 <= max_reject_fraction <= 1.0:
         raise ValueError(f"max_reject_fraction must be within [0, 1], got {max_reject_fraction}")
     allowed = frozenset(allowed_param_keys)
+    bounds = param_bounds(allowed)
 
     # 1. Normalise: rows a caller built by hand may still hold lone surrogates or non-dicts.
     items = [_normalise(raw) for raw in rows]
 
     # 2. Summarise every row into check columns, and every params key into its own row.
-    frame, key_frame, columns_found = _derive_frames(items)
+    frame, key_frame, columns_found = _derive_frames(items, bounds)
 
     # 3. Run the suites; the GX results are the verdicts.
     row_suite = _row_suite(frame.columns, max_prompt_chars, min_rows, max_rows)
@@ -226,12 +232,12 @@ def validate_rows(
             accepted.append((raw.index, row))
         else:
             rule_name = rule_name or "parse_error"  # unreachable: GX flags every unparsed row
-            reason = _reason(rule_name, row, error, max_prompt_chars, allowed)
+            reason = _reason(rule_name, row, error, max_prompt_chars, bounds)
             rejects.append(Reject(raw.index, _row_id(row), rule_name, reason, row))
 
     report = _report(
         row_result, key_result, expectations, items, accepted, rejects,
-        columns_found, max_prompt_chars, allowed, max_reject_fraction, min_rows, max_rows,
+        columns_found, max_prompt_chars, bounds, max_reject_fraction, min_rows, max_rows,
     )
     outcome = ValidationOutcome(
         accepted=accepted, rejects=rejects, report=report, gx_results=[row_result, key_result]
@@ -278,10 +284,19 @@ def _type_tag(row: Mapping[str, Any], key: str) -> str:
     return type(value).__name__
 
 
+def _key_problem(key: Any, value: Any, bounds: Mapping[str, ParamBound]) -> str | None:
+    """The violation of an allowed key's value (``must be ...``), else None (a key not allowed is
+    ``params_key_not_allowed``'s business)."""
+    bound = bounds.get(key) if isinstance(key, str) else None
+    return bound.problem(value) if bound is not None else None
+
+
 def _derive_frames(
     items: list[tuple[RawRow, dict[str, Any] | None, str | None]],
+    bounds: Mapping[str, ParamBound],
 ) -> tuple[Any, Any, list[str]]:
-    """Build the per-row check frame, the per-params-key frame, and the input's column names."""
+    """Build the per-row check frame, the per-params-key frame (key and value violation), and the
+    input's column names."""
     import pandas as pd
 
     cols: dict[str, list[Any]] = {
@@ -293,6 +308,7 @@ def _derive_frames(
     }
     key_rows: list[int] = []
     key_names: list[str] = []
+    key_problems: list[str | None] = []
     seen: dict[str, None] = {}
     for position, (_raw, row, _error) in enumerate(items):
         if row is None:
@@ -324,6 +340,7 @@ def _derive_frames(
             for key in params:
                 key_rows.append(position)
                 key_names.append(key if isinstance(key, str) else repr(key))
+                key_problems.append(_key_problem(key, params[key], bounds))
 
     data: dict[str, Any] = {}
     for name, values in cols.items():
@@ -338,6 +355,7 @@ def _derive_frames(
         {
             "row": pd.Series(key_rows, dtype="int64"),
             "key": pd.Series(key_names, dtype=object),
+            "value_problem": pd.Series(key_problems, dtype=object),
         }
     )
     return frame, key_frame, list(seen)
@@ -530,6 +548,7 @@ def _row_suite(
 
 
 def _key_suite(allowed: frozenset[str]) -> Any:
+    """The per-params-key suite: the key is allowed, and its value has no violation of its spec bound."""
     gx = _import_gx()
     return gx.ExpectationSuite(
         name=f"{SUITE_NAME}.params",
@@ -538,7 +557,10 @@ def _key_suite(allowed: frozenset[str]) -> Any:
                 column="key",
                 value_set=sorted(allowed),
                 meta={"rule": "params_key_not_allowed"},
-            )
+            ),
+            gx.expectations.ExpectColumnValuesToBeNull(
+                column="value_problem", meta={"rule": "params_value_invalid"}
+            ),
         ],
     )
 
@@ -612,6 +634,28 @@ def _type_name(value: Any) -> str:
     }.get(_type_tag({"v": value}, "v"), type(value).__name__)
 
 
+def _param_value(value: Any) -> str:
+    """A params value as the reason shows it: numbers bare (null/NaN/Infinity as JSON spells them), the rest typed."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return json.dumps(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _show(value)
+    return f"{_type_name(value)} {_show(value)}"
+
+
+def _params_value_reason(params: Mapping[str, Any], bounds: Mapping[str, ParamBound]) -> str:
+    """The first out-of-bounds value in full (key, value, allowed type and range, the fix); others by key."""
+    bad = [(key, problem) for key, value in params.items() if (problem := _key_problem(key, value, bounds))]
+    if not bad:
+        return "params has a value outside its bounds"  # unreachable: GX flagged a key's violation
+    key, problem = bad[0]
+    also = f" (also out of bounds: {', '.join(k for k, _ in bad[1:])})" if len(bad) > 1 else ""
+    return (
+        f"params.{key} is {_param_value(params[key])}, {problem}; fix the value or drop the key "
+        f"to use the run's generation.{key}{also}"
+    )
+
+
 def _id_problem(ident: str) -> str:
     if ident == "":
         return "is empty"
@@ -634,7 +678,7 @@ def _reason(  # one branch per rule reads best
     row: Mapping[str, Any] | None,
     parse_error: str | None,
     max_prompt_chars: int,
-    allowed: frozenset[str],
+    bounds: Mapping[str, ParamBound],
 ) -> str:
     """The human reason for a verdict GX gave: the field, the bad value, and what to do."""
     if rule == "parse_error" or row is None:
@@ -688,11 +732,13 @@ def _reason(  # one branch per rule reads best
         )
     if rule == "params_key_not_allowed":
         params = row.get("params") or {}
-        bad = sorted(str(k) for k in params if k not in allowed)
+        bad = sorted(str(k) for k in params if k not in bounds)
         return (
             f"params has key(s) not allowed per item: {_show(bad)}; allowed: "
-            f"{', '.join(sorted(allowed))}; remove them or set them run-wide in the run spec"
+            f"{', '.join(sorted(bounds))}; remove them or set them run-wide in the run spec"
         )
+    if rule == "params_value_invalid":
+        return _params_value_reason(row.get("params") or {}, bounds)
     if rule == "negative_prompt_not_string":
         negative = row.get("negative_prompt")
         return (
@@ -706,10 +752,13 @@ def _reason(  # one branch per rule reads best
 
 
 def _jsonable(value: Any) -> Any:
-    """Round-trip through JSON so the value can be written anywhere (odd types become strings)."""
+    """Round-trip through JSON so the value can be written anywhere as strict JSON: odd types become
+    strings, and so do NaN and infinities (``"NaN"``, ``"Infinity"``), which strict parsers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(json.dumps(value, default=str), parse_constant=str)
 
 
 def _report(
@@ -721,7 +770,7 @@ def _report(
     rejects: list[Reject],
     columns_found: list[str],
     max_prompt_chars: int,
-    allowed: frozenset[str],
+    bounds: Mapping[str, ParamBound],
     max_reject_fraction: float,
     min_rows: int = 1,
     max_rows: int | None = None,
@@ -740,7 +789,8 @@ def _report(
         "columns_found": columns_found[:50],
         "settings": {
             "max_prompt_chars": max_prompt_chars,
-            "allowed_param_keys": sorted(allowed),
+            "allowed_param_keys": sorted(bounds),
+            "param_bounds": {key: bound.expected for key, bound in sorted(bounds.items())},
             "max_reject_fraction": max_reject_fraction,
             "min_rows": min_rows,
             "max_rows": max_rows,

@@ -1,7 +1,7 @@
 """The malformed-row corpus through the real stages: each bad row ends as exactly one reject.
 
 The corpus is the unit suite's (``tests/unit/test_validation.CORPUS``, every rule) extended here
-with more kinds (homoglyph and zero-width ids, NaN/Infinity/1e400 seeds, rows nested 100k deep,
+with more kinds (homoglyph and zero-width ids, NaN/Infinity/1e400 seeds and params, rows nested 100k deep,
 trailing garbage, single quotes, overlong UTF-8, UTF-16 bytes, duplicate keys, DEL/VT/FF/LRE in
 prompts, Jinja comments ...). Unlike the unit suite, rows go through files and the stages the DAG
 runs: ``prepare_run`` → ``validate_input`` (rejects/ written by the stage) and, for the 10k-row mixed
@@ -25,7 +25,6 @@ import pytest
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.reconcile import reconcile
-from genbatch.run.records import iter_jsonl
 from genbatch.stages.prepare import prepare_run
 from genbatch.stages.validate import validate_input
 from models.registry import resolve_for_spec
@@ -74,6 +73,9 @@ EXTRA: list[tuple[str, bytes, str | None]] = [
     ("seed 1e400", b'{"id": "se", "prompt": "x", "seed": 1e400}', "seed_invalid"),
     ("seed numeric string", _line(id="ss", prompt="x", seed="99999999999999999999"), "seed_invalid"),
     ("params empty key", _line(id="nk", prompt="x", params={"": 1}), "params_key_not_allowed"),
+    ("params NaN", b'{"id": "pn", "prompt": "x", "params": {"temperature": NaN}}', "params_value_invalid"),
+    ("params -Infinity", b'{"id": "pi", "prompt": "x", "params": {"guidance_scale": -Infinity}}', "params_value_invalid"),
+    ("params numeric string", _line(id="pq", prompt="x", params={"max_new_tokens": "64"}), "params_value_invalid"),
     ("negative prompt list", _line(id="np", prompt="x", negative_prompt=["a"]), "negative_prompt_not_string"),
     ("negative prompt bool", _line(id="nb", prompt="x", negative_prompt=True), "negative_prompt_not_string"),
 ]
@@ -83,8 +85,18 @@ GOOD_KINDS = [(label, line) for label, line, rule in CORPUS + EXTRA if rule is N
 
 
 def _rejects(run_dir: str) -> list[dict[str, Any]]:
+    """Every reject record, read strictly: a bare NaN/Infinity (a NaN seed or param echoed back) fails."""
     layout = RunLayout(run_dir)
-    return [r for uri in storage.list_uris(layout.rejects_dir) for r in iter_jsonl(uri)]
+    return [_strict_json(line) for uri in storage.list_uris(layout.rejects_dir)
+            for line in storage.iter_lines(uri) if line.strip()]
+
+
+def _strict_json(line: str) -> dict[str, Any]:
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"reject record holds a bare {constant}: not strict JSON: {line[:200]}")
+
+    record: dict[str, Any] = json.loads(line, parse_constant=refuse)
+    return record
 
 
 def _check_reason(rule: str, reject: dict[str, Any], label: str) -> None:

@@ -144,6 +144,31 @@ def test_raw_input_refusals(tmp_path: Path) -> None:
     assert not storage.exists(state.layout.shard_plan)
 
 
+def test_raw_input_params_values_meet_the_spec_bounds(tmp_path: Path) -> None:
+    """NaN and out-of-bounds params values end as params_value_invalid rejects, written as strict JSON."""
+    path = tmp_path / "params.jsonl"
+    path.write_bytes(b"\n".join([
+        json.dumps({"id": "v1", "prompt": "red wool scarf", "params": {"temperature": 0.5}}).encode(),
+        b'{"id": "v2", "prompt": "navy tote", "params": {"temperature": NaN}}',
+        json.dumps({"id": "v3", "prompt": "olive shelf", "params": {"max_new_tokens": "lots"}}).encode(),
+    ]) + b"\n")
+    state = prepared_run(str(tmp_path / "runs"), num_shards=1, run_id="pv",
+                         input={"uri": "unused.jsonl", "max_reject_fraction": 1.0})
+    plan = run(["--run-dir", state.layout.root, "--input", str(path)])
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"a reject holds a bare {constant}")
+
+    rejects = [json.loads(line, parse_constant=refuse)
+               for line in storage.iter_lines(state.layout.rejects_part("preprocess")) if line.strip()]
+    assert [(r["index"], r["id"], r["rule"]) for r in rejects] == [(1, "v2", "params_value_invalid"),
+                                                                   (2, "v3", "params_value_invalid")]
+    assert rejects[0]["row"]["params"] == {"temperature": "NaN"}
+    assert rejects[0]["reason"].startswith("params.temperature is NaN, must be a number within [0, 5]")
+    assert "params.max_new_tokens is a string 'lots'" in rejects[1]["reason"]
+    assert plan["rows"]["sharded"] == 1 and plan["rejects_by_rule"]["params_value_invalid"] == 2
+
+
 def test_raw_input_on_gcs_gives_the_same_shards_as_local(tmp_path: Path, gcs_bucket: str) -> None:
     _write_inputs(tmp_path / "in")
     for path in sorted((tmp_path / "in").iterdir()):

@@ -49,6 +49,7 @@ FIXTURE: list[tuple[bytes, str | None]] = [
     (_line(id="s-neg", prompt="x", seed=-1), "seed_invalid"),
     (_line(id="m-list", prompt="x", params=[1]), "params_not_object"),
     (_line(id="m-key", prompt="x", params={"model_path": "/etc"}), "params_key_not_allowed"),
+    (_line(id="m-val", prompt="x", params={"max_new_tokens": 0}), "params_value_invalid"),
     (_line(id="n-int", prompt="x", negative_prompt=3), "negative_prompt_not_string"),
     (_line(id="dup-a", prompt="second loses"), "duplicate_id"),
     (_line(id="tok-long", prompt=LONG), "prompt_over_token_budget"),

@@ -33,6 +33,7 @@ RULE_FIELD = {
     "seed_invalid": "seed",
     "params_not_object": "params",
     "params_key_not_allowed": "params",
+    "params_value_invalid": "params.",
     "negative_prompt_not_string": "negative_prompt",
 }
 
@@ -99,6 +100,7 @@ CORPUS: list[tuple[str, bytes, str | None]] = [
     ("params string", _line(id="m2", prompt="x", params="temperature=1"), "params_not_object"),
     ("params forbidden key", _line(id="m3", prompt="x", params={"temperature": 1, "model_path": "/etc"}),
      "params_key_not_allowed"),
+    ("params value out of bounds", _line(id="m4", prompt="x", params={"temperature": -1}), "params_value_invalid"),
     ("negative int", _line(id="n1", prompt="x", negative_prompt=3), "negative_prompt_not_string"),
     ("first rule wins", _line(prompt="x" * 5000, seed=-1, params=[1]), "id_missing"),
     ("prompt rule order", _line(id="o1", prompt="{{ \u0000 }}" + "x" * 5000), "prompt_too_long"),
@@ -246,10 +248,10 @@ def test_limits_are_configurable() -> None:
     rows = [
         RawRow(0, {"id": "a", "prompt": "x" * 10}),
         RawRow(1, {"id": "b", "prompt": "x" * 11}),
-        RawRow(2, {"id": "c", "prompt": "x", "params": {"lora": "style"}}),
+        RawRow(2, {"id": "c", "prompt": "x", "params": {"top_p": 0.5}}),
         RawRow(3, {"id": "d", "prompt": "x", "params": {"temperature": 1}}),
     ]
-    outcome = validate_rows(rows, max_prompt_chars=10, allowed_param_keys={"lora"})
+    outcome = validate_rows(rows, max_prompt_chars=10, allowed_param_keys={"top_p"})
     assert [i for i, _row in outcome.accepted] == [0, 2]
     assert [(r.index, r.rule) for r in outcome.rejects] == [(1, "prompt_too_long"), (3, "params_key_not_allowed")]
     assert "over the limit of 10" in outcome.rejects[0].reason
@@ -308,6 +310,8 @@ def test_bad_arguments_are_refused() -> None:
         validate_rows([], max_reject_fraction=1.5)
     with pytest.raises(ValueError, match="max_prompt_chars"):
         validate_rows([], max_prompt_chars=0)
+    with pytest.raises(ValueError, match=r"\['lora'\] have no field in GenerationSpec"):
+        validate_rows([], allowed_param_keys={"lora", "top_p"})  # an allowed key must have a bound
 
 
 # --- other formats, end to end ----------------------------------------------------------------
