@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from genbatch.ops.retention import reject_skeleton
 from genbatch.run.records import reject_row_index
 
 
@@ -23,3 +24,8 @@ def test_a_record_without_either_key_is_an_error() -> None:
     with pytest.raises(KeyError):
         reject_row_index({"rule": "id_unsafe"})
 
+
+def test_retention_strips_a_legacy_reject_to_row_index() -> None:
+    legacy = {"id": "a", "index": 3, "reason": "why", "rule": "id_unsafe", "row": {"id": "a", "prompt": "p"}}
+    assert reject_skeleton(legacy) == {"row_index": 3, "rule": "id_unsafe"}
+    assert reject_skeleton(reject_skeleton(legacy)) == {"row_index": 3, "rule": "id_unsafe"}  # idempotent
