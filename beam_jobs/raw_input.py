@@ -19,7 +19,7 @@ How it stays deterministic and flat in memory:
    summary per file (rows, rejects by rule).
 3. *Index*: the summaries give each file its offset; the temp objects are read back (by
    ``ReadAllFromText``) and every line becomes ``{"index": offset + i, "row": ...}`` (what
-   ``validation/accepted.jsonl`` holds) or a reject record with its global index.
+   ``validation/accepted.jsonl`` holds) or a reject record with its global ``row_index``.
 
 Whole-file problems raise :class:`~genbatch.errors.ShardInputError` naming the file, as the
 ``validate_input`` stage does: a file whose format cannot be told, an unreadable CSV header, a
@@ -219,8 +219,9 @@ def judged_lines(rows: Iterable[tuple[RawRow, str | None]], rules: RowRules, sou
                  batch_rows: int = VALIDATE_ROWS) -> Iterator[tuple[dict[str, Any], str | None]]:
     """``({"local": i, "row"|"reject": ...}, rule or None)`` for every row, in row order.
 
-    A reject is validation's record (``{id, reason, rule, row, index}``), plus ``raw`` (the line as
-    read) when the row could not be parsed at all.
+    A reject is validation's record (``{id, reason, rule, row, row_index}``, ``row_index`` local to
+    the file until :class:`ToAccepted` makes it global), plus ``raw`` (the line as read) when the row
+    could not be parsed at all.
     """
     for batch in _batches(rows, batch_rows):
         outcome = judge([raw for raw, _ in batch], rules, source)
@@ -282,7 +283,7 @@ class ToAccepted(beam.DoFn):
         if "row" in line:
             yield {"index": index, "row": line["row"]}
         elif self.emit_rejects:
-            record = {**line["reject"], "index": index}
+            record = {**line["reject"], "row_index": index}
             yield beam.pvalue.TaggedOutput(self.REJECTS, (self.REJECTS, keyed_line(index_sort_key(index), record)))
 
 

@@ -147,12 +147,16 @@ def content_digest(row: dict[str, Any], settings: PlanSettings) -> tuple[int, in
 
 
 def reject_record(accepted: dict[str, Any], rule: str, reason: str) -> dict[str, Any]:
-    """A ``rejects/part-*.jsonl`` record, shaped like validation's: the raw row and the rule."""
+    """A ``rejects/part-*.jsonl`` record, shaped like validation's: the raw row and the rule.
+
+    ``accepted`` is a ``validation/accepted.jsonl`` line (``{"index", "row"}``, internal); the record
+    names the row number ``row_index``, as every record a consumer reads does.
+    """
     row = accepted["row"]
     ident = row.get("id")
     return {
         "id": ident if isinstance(ident, str) else None,
-        "index": accepted["index"],
+        "row_index": accepted["index"],
         "rule": rule,
         "reason": reason,
         "row": row,

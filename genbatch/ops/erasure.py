@@ -28,7 +28,7 @@ from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.run.layout import MANIFESTS_DIR, SPEC, RunLayout, erasure_record, is_batch_part, is_record_part, is_rejects_part
 from genbatch.run.layout import find_run_dirs as layout_find_run_dirs
-from genbatch.run.records import jsonl_bytes
+from genbatch.run.records import jsonl_bytes, reject_row_index
 from genbatch.run.state import RunState, load_run_state
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def _tombstoned(layout: RunLayout) -> tuple[set[int], list[str]]:
     for uri in storage.list_uris(layout.rejects_dir):
         if is_rejects_part(uri, ERASURE_STAGE):
             for rec in read_jsonl(uri):
-                indexes.add(int(rec["index"]))
+                indexes.add(reject_row_index(rec))
                 if rec.get("erasure_id") not in ids:
                     ids.append(str(rec.get("erasure_id")))
     return indexes, ids
@@ -363,7 +363,7 @@ def find(state: RunState, subject: Subject) -> Hits:
     for uri in storage.list_uris(layout.rejects_dir):
         for rec in read_jsonl(uri):
             if subject.matches_row(rec.get("row")) or (subject.field == "id" and _equal(rec.get("id"), subject.value)):
-                hits.add(rec.get("index"), rec.get("id"), rec.get("row"))
+                hits.add(reject_row_index(rec), rec.get("id"), rec.get("row"))
     for shard in range(state.num_shards):
         sources = [u for u in _shard_files(layout, shard) if u.endswith(".jsonl")]
         if storage.exists(layout.errors_file(shard)):
@@ -386,8 +386,8 @@ def find(state: RunState, subject: Subject) -> Hits:
                     hits.add(item.get("row_index"), item.get("id"), item)
     for uri in storage.list_uris(layout.rejects_dir):  # e.g. a later row with the subject's id (duplicate_id)
         for rec in read_jsonl(uri):
-            if rec.get("rule") != RULE_ERASED and hits.hit(rec.get("index"), rec.get("id")):
-                hits.add(rec.get("index"), rec.get("id"), rec.get("row"))
+            if rec.get("rule") != RULE_ERASED and hits.hit(reject_row_index(rec), rec.get("id")):
+                hits.add(reject_row_index(rec), rec.get("id"), rec.get("row"))
     return hits
 
 
@@ -421,7 +421,7 @@ def _rewrite(state: RunState, hits: Hits, changes: Changes) -> dict[str, int]:
     for uri in storage.list_uris(layout.rejects_dir):
         if is_rejects_part(uri, ERASURE_STAGE):
             continue
-        dropped = rewrite_jsonl(layout, uri, lambda r: None if hits.hit(r.get("index"), r.get("id")) else r, changes)
+        dropped = rewrite_jsonl(layout, uri, lambda r: None if hits.hit(reject_row_index(r), r.get("id")) else r, changes)
         if is_rejects_part(uri, "preprocess"):
             preprocess_rejects += len(dropped)
     images = 0
@@ -503,7 +503,7 @@ def erase_run(run_dir: str, subject: Subject, erasure_id: str, *, now: dt.dateti
         part = sum(1 for u in storage.list_uris(layout.rejects_dir)
                    if is_rejects_part(u, ERASURE_STAGE))
         uri = layout.rejects_part(ERASURE_STAGE, part)
-        storage.write_bytes(uri, jsonl_bytes({"index": i, "rule": RULE_ERASED, "erasure_id": erasure_id,
+        storage.write_bytes(uri, jsonl_bytes({"row_index": i, "rule": RULE_ERASED, "erasure_id": erasure_id,
                                          "reason": f"erased at the data subject's request ({erasure_id})"}
                                         for i in new_rows))
         changes.rewritten.add(rel(layout, uri))

@@ -23,6 +23,7 @@ from genbatch.errors import SpecError
 from genbatch.io import storage
 from genbatch.ops.erasure import ERASURE_STAGE, Changes, find_run_dirs, refresh_plan, rel, rewrite_jsonl
 from genbatch.run.layout import INPUT_DOCS, RunLayout, is_rejects_part, retention_record
+from genbatch.run.records import reject_row_index
 from genbatch.run.state import load_run_state
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,17 @@ def _strip_inputs(layout: RunLayout, num_shards: int, now: dt.datetime, changes:
     changes.rewritten.add(rel(layout, layout.validation_report))
 
 
-def _strip_rejects(layout: RunLayout, now: dt.datetime, changes: Changes) -> None:
-    def skeleton(rec: dict[str, Any]) -> dict[str, Any]:
-        keep = ("index", "rule", "erasure_id") if rec.get("rule") == "erased" else ("index", "rule")
-        return {k: rec[k] for k in keep if k in rec}
+def reject_skeleton(rec: dict[str, Any]) -> dict[str, Any]:
+    """An expired reject record: only the accounting (``row_index``, a legacy ``index`` renamed; the rule;
+    a tombstone's erasure id), so the run still reconciles."""
+    keep = ("rule", "erasure_id") if rec.get("rule") == "erased" else ("rule",)
+    return {"row_index": reject_row_index(rec), **{k: rec[k] for k in keep if k in rec}}
 
+
+def _strip_rejects(layout: RunLayout, now: dt.datetime, changes: Changes) -> None:
     for uri in storage.list_uris(layout.rejects_dir):
         if not is_rejects_part(uri, ERASURE_STAGE):
-            rewrite_jsonl(layout, uri, skeleton, changes)
+            rewrite_jsonl(layout, uri, reject_skeleton, changes)
     report = storage.read_json(layout.validation_report)
     report["retention"] = {**(report.get("retention") or {}), "rejects_stripped_at": now.isoformat()}
     storage.write_json(layout.validation_report, report, overwrite=True)

@@ -137,13 +137,16 @@ class Reject:
     row: dict[str, Any] | None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``rejects/part-*.jsonl`` record: ``{id, reason, rule, row, index}``, JSON-safe."""
+        """The ``rejects/part-*.jsonl`` record: ``{id, reason, rule, row, row_index}``, JSON-safe.
+
+        ``row_index`` is the name consumers read in every record file (shard items, outputs, errors).
+        """
         return {
             "id": self.id,
             "reason": self.reason,
             "rule": self.rule,
             "row": _jsonable(self.row),
-            "index": self.index,
+            "row_index": self.index,
         }
 
 

@@ -41,7 +41,7 @@ from genbatch.run.layout import (
     SUCCESS,
     RunLayout,
 )
-from genbatch.run.records import iter_jsonl, iter_many, reject_files
+from genbatch.run.records import iter_jsonl, iter_many, reject_files, reject_row_index
 from genbatch.run.state import RunRef, RunState, as_run_state
 
 CORE_COUNTS = ("input", "accepted", "rejected", "generated", "errored", "items_lost", "items_duplicated")
@@ -123,7 +123,7 @@ def reconcile(run: RunRef, *, attempt_log: str | Path | None = None, secrets: Se
     problems: list[str] = []
 
     # 1. Where every input row and every accepted id ended (the original contract).
-    reject_rows = Counter(int(r["index"]) for r in iter_many(reject_files(layout)))
+    reject_rows = Counter(reject_row_index(r) for r in iter_many(reject_files(layout)))
     accepted_rows: Counter[int] = Counter()
     accepted_ids: Counter[str] = Counter()
     for shard in range(state.num_shards):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from genbatch.io import storage
@@ -32,6 +32,15 @@ def _files(prefix: str, name_prefix: str) -> list[str]:
 def reject_files(layout: RunLayout) -> list[str]:
     """The run's reject parts (``rejects/part-*.jsonl``), of every stage."""
     return _files(layout.rejects_dir, "part-")
+
+
+def reject_row_index(rec: Mapping[str, Any]) -> int:
+    """The input row number a reject record accounts for: its ``row_index``.
+
+    Runs written under contract version 1 named it ``index``; falling back to that key keeps those
+    runs reconciling, erasable and retainable. Every reader of reject records goes through here.
+    """
+    return int(rec["row_index"] if "row_index" in rec else rec["index"])
 
 
 def output_files(layout: RunLayout, num_shards: int) -> list[str]:

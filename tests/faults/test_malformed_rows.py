@@ -119,8 +119,8 @@ def test_corpus_through_the_validate_stage(tmp_path: Path, zoo_registry: str) ->
     t0 = time.monotonic()
     run_dir = prepare_run(spec, "corpus", resolve_model=resolve_for_spec)
     counts = validate_input(run_dir)
-    by_index = Counter(r["index"] for r in _rejects(run_dir))
-    rejects = {r["index"]: r for r in _rejects(run_dir)}
+    by_index = Counter(r["row_index"] for r in _rejects(run_dir))
+    rejects = {r["row_index"]: r for r in _rejects(run_dir)}
     record(Figures("malformed-corpus", injected=injected, observed=len(rejects), seconds=round(time.monotonic() - t0, 2),
                    detail={"kinds": len(KINDS), "good": len(GOOD_KINDS)}))
     assert injected == len(KINDS) and len(rejects) == injected, f"{injected} malformed rows written, {len(rejects)} rejects"
@@ -172,7 +172,7 @@ def test_ten_thousand_row_mixed_file_every_bad_row_one_reject_nothing_lost(
     elapsed = time.monotonic() - t0
 
     rejects = _rejects(run_dir)
-    by_index: Counter[int] = Counter(r["index"] for r in rejects)
+    by_index: Counter[int] = Counter(r["row_index"] for r in rejects)
     by_rule = Counter(r["rule"] for r in rejects)
     record(Figures("malformed-10k", injected=injected, observed=len(rejects), lost=rec.items_lost,
                    doubled=rec.items_duplicated, seconds=round(elapsed, 2), detail={"rejects_by_rule": dict(by_rule)}))
@@ -182,7 +182,7 @@ def test_ten_thousand_row_mixed_file_every_bad_row_one_reject_nothing_lost(
     assert rec.generated == n_rows - len(expected) - n_dupes and rec.errored == 0
     assert all(c == 1 for c in by_index.values()), "a row ended as more than one reject"
     for pos, (label, rule) in expected.items():
-        (reject,) = [r for r in rejects if r["index"] == pos]
+        (reject,) = [r for r in rejects if r["row_index"] == pos]
         assert reject["rule"] == rule, f"row {pos} ({label}): rule {reject['rule']}, expected {rule}"
         _check_reason(rule, reject, label)
     dupe_rejects = [r for r in rejects if r["rule"] == "duplicate_id"]

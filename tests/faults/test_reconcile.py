@@ -21,6 +21,9 @@ from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.outputs import RunNotPublishedError, read
 from genbatch.run.reconcile import CORE_COUNTS, reconcile
+from genbatch.run.records import iter_jsonl, jsonl_bytes, reject_files
+from genbatch.run.state import load_run_state
+from genbatch.stages.publish import rewrite_manifest
 from tests.faults._support import (
     EchoRunner,
     apply_damage,
@@ -78,6 +81,18 @@ def test_a_clean_published_run_reconciles(run: RunLayout) -> None:
     assert rec.counts() == {k: manifest_counts[k] for k in CORE_COUNTS}
     code, out, _err = _cli(run.root)
     assert code == 0 and out is not None and out["ok"] is True and out["items_lost"] == 0
+
+
+@pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out
+def test_a_legacy_run_whose_rejects_say_index_reconciles(run: RunLayout) -> None:
+    for uri in reject_files(run):
+        legacy = [{("index" if k == "row_index" else k): v for k, v in r.items()} for r in iter_jsonl(uri)]
+        storage.write_bytes(uri, jsonl_bytes(legacy), overwrite=True)
+    assert any('"index"' in storage.read_text(u) for u in reject_files(run)), "no legacy reject record written"
+    rewrite_manifest(load_run_state(run.root))  # a contract version 1 run's manifest matches its own files
+    rec = reconcile(run.root)
+    assert rec.ok, rec.problems
+    assert (rec.input, rec.accepted, rec.rejected) == (21, 20, 1)
 
 
 @pytest.mark.no_injection  # injects nothing: bench.faults --injection off leaves it out

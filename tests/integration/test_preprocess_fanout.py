@@ -54,10 +54,10 @@ def test_identical_items_are_generated_once_and_recorded_for_fanout(tmp_path: Pa
          "metadata": {"category": "x"}},  # its own metadata, for its published copy
     ]
     rejects = _jsonl(layout.rejects_part("preprocess"))
-    assert [(r["index"], r["rule"]) for r in rejects] == [(4, "duplicate_id")]
+    assert [(r["row_index"], r["rule"]) for r in rejects] == [(4, "duplicate_id")]
     assert plan["rows"] == {"accepted": 7, "sharded": 4, "rejected": 1, "fanned_out": 2}
     assert plan["dedupe_identical"] is True and plan["fanout"] == "_fanout.jsonl"
-    placed = sorted([it["row_index"] for it in items] + [r["index"] for r in rejects] + [f["row_index"] for f in fanout])
+    placed = sorted([it["row_index"] for it in items] + [r["row_index"] for r in rejects] + [f["row_index"] for f in fanout])
     assert placed == list(range(len(ROWS)))  # every row exactly once
 
 

@@ -45,7 +45,7 @@ def test_pipeline_dedupes_and_cuts_balanced_sorted_shards(tmp_path: Path) -> Non
         seen += [it["id"] for it in items]
     assert len(seen) == len(set(seen)) == 300
     rejects = [json.loads(x) for x in Path(state.layout.rejects_part("preprocess")).read_text().splitlines()]
-    assert [r["index"] for r in rejects] == [300, 301, 302]
+    assert [r["row_index"] for r in rejects] == [300, 301, 302]
     assert {r["rule"] for r in rejects} == {"duplicate_id"}
 
     # A retried task rewrites byte-identical objects: create-only writes succeed, nothing changes.

@@ -87,8 +87,8 @@ def test_raw_glob_of_gzip_jsonl_csv_parquet(tmp_path: Path, monkeypatch: pytest.
                 "--direct_num_workers=2", "--direct_running_mode=multi_threading"])
 
     rejects = _jsonl(layout.rejects_part("preprocess"))
-    assert [(r["index"], r["id"], r["rule"]) for r in rejects] == EXPECTED_REJECTS
-    by_index = {r["index"]: r for r in rejects}
+    assert [(r["row_index"], r["id"], r["rule"]) for r in rejects] == EXPECTED_REJECTS
+    by_index = {r["row_index"]: r for r in rejects}
     # A malformed line keeps its raw text (bad bytes escaped); a parsed row keeps the row as read.
     assert by_index[1]["row"] is None and "broken JSON" in by_index[1]["reason"]
     assert by_index[1]["raw"] == '{"id": "a-broken", "prompt": "unterminated'

@@ -88,13 +88,13 @@ def test_every_rule_yields_exactly_its_rejects_and_the_counts_reconcile(tmp_path
     plan = run(["--run-dir", layout.root])
 
     rejects = _jsonl(layout.rejects_part("validate")) + _jsonl(layout.rejects_part("preprocess"))
-    got = {r["index"]: r["rule"] for r in rejects}
+    got = {r["row_index"]: r["rule"] for r in rejects}
     assert len(got) == len(rejects)
     expected = {i: rule for i, (_, rule) in enumerate(FIXTURE) if rule is not None}
     assert got == expected
     for r in _jsonl(layout.rejects_part("preprocess")):
-        assert set(r) == {"id", "index", "reason", "rule", "row"}
-        raw = json.loads(FIXTURE[r["index"]][0])
+        assert set(r) == {"id", "row_index", "reason", "rule", "row"}
+        raw = json.loads(FIXTURE[r["row_index"]][0])
         assert r["row"] == raw, "a reject carries the raw row"
     budget = next(r for r in rejects if r["rule"] == "prompt_over_token_budget")
     assert "budget of 88" in budget["reason"] and "context 128" in budget["reason"]

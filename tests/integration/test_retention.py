@@ -64,12 +64,12 @@ def test_retention_strips_inputs_then_rejects_then_deletes_the_run(storage_root:
     assert sum(1 for _ in read(run)) == generated
     assert storage.read_json(layout.manifest)["retention"][0]["categories"] == ["inputs"]
 
-    # Day 15: rejects keep only {index, rule}; nothing of the input rows is left at all.
+    # Day 15: rejects keep only {row_index, rule}; nothing of the input rows is left at all.
     record = apply(storage_root, policy, created + dt.timedelta(days=15))
     assert [(r["run_id"], r["due"]) for r in record["runs"]] == [("kept", ["rejects"])]
     assert not [n for n, d in tree_bytes(run).items() if any(p in d for p in _prompts(rows))]
     for uri in storage.list_uris(layout.rejects_dir):
-        assert all(set(json.loads(line)) == {"index", "rule"} for line in storage.iter_lines(uri) if line.strip())
+        assert all(set(json.loads(line)) == {"row_index", "rule"} for line in storage.iter_lines(uri) if line.strip())
     assert reconcile(run).ok, reconcile(run).problems
     assert sum(1 for _ in read(run)) == generated
     # Applying again the same day does nothing more.

@@ -97,7 +97,7 @@ def test_duplicates_keep_the_first_row_and_reject_the_rest_with_the_rule() -> No
     items = [to_item({"index": i, "row": {"id": "dup", "prompt": f"p{i}"}}, SETTINGS) for i in (9, 2, 5)]
     keep, rejects = split_duplicates("dup", items)
     assert keep["row_index"] == 2
-    assert sorted(r["index"] for r in rejects) == [5, 9]
+    assert sorted(r["row_index"] for r in rejects) == [5, 9]
     assert all(r["rule"] == "duplicate_id" and "row 2" in r["reason"] for r in rejects)
 
 

@@ -139,7 +139,7 @@ def test_corpus_row_verdict(corpus_outcome: ValidationOutcome, position: int, la
     assert RULE_FIELD[rule] in reject.reason, reject.reason
     assert len(reject.reason) < 600
     record = reject.to_json()
-    assert set(record) == {"id", "reason", "rule", "row", "index"}
+    assert set(record) == {"id", "reason", "rule", "row", "row_index"}
     json.dumps(record, ensure_ascii=False).encode("utf-8")  # writable as UTF-8 JSONL
 
 
@@ -379,4 +379,4 @@ def test_reject_to_json_is_json_safe() -> None:
     reject = Reject(3, "x", "seed_invalid", "reason", {"id": "x", "when": object(), "n": [1, (2, 3)]})
     record = reject.to_json()
     json.dumps(record)
-    assert record["index"] == 3 and record["row"]["n"] == [1, [2, 3]]
+    assert record["row_index"] == 3 and record["row"]["n"] == [1, [2, 3]]
