@@ -87,11 +87,11 @@ def file_entry(rel: str, data: bytes) -> dict[str, Any]:
     return entry
 
 
-def success_marker(run_id: str, manifest_data: bytes, generation: int) -> dict[str, Any]:
+def success_marker(run_id: str, manifest_data: bytes, generation: int, published_at: str) -> dict[str, Any]:
     """``_SUCCESS``: the contract version and the sha256 of the manifest generation it vouches for."""
     return {"contract_version": CONTRACT_VERSION, "run_id": run_id, "manifest": "manifest.json",
             "manifest_sha256": hashlib.sha256(manifest_data).hexdigest(), "manifest_generation": generation,
-            "published_at": now_iso()}
+            "published_at": published_at}
 
 
 def failed_marker(run_id: str, task: str, reason: str, *, try_number: int | None = None,

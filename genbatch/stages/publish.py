@@ -12,6 +12,7 @@ With ``sharding.dedupe_identical``, the fanned-out ids' copies of their canonica
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,10 +103,15 @@ def build_manifest(state: RunState) -> dict[str, Any]:
 
 
 def _write_success(layout: RunLayout, run_id: str, *, overwrite: bool = False) -> None:
-    """``_SUCCESS`` for the manifest.json now stored (its bytes as written, so the sha256 is what consumers read)."""
+    """``_SUCCESS`` for the manifest.json now stored (its bytes as written, so the sha256 is what consumers read).
+
+    Its bytes derive from the manifest alone, so a retried publish rewrites identical bytes (create-only holds).
+    """
     data = storage.read_bytes(layout.manifest)
-    generation = int(storage.read_json(layout.manifest).get("generation", 1))
-    storage.write_json(layout.success, contract.success_marker(run_id, data, generation), overwrite=overwrite)
+    manifest = json.loads(data)
+    stamp = str(manifest.get("rewritten_at") or manifest["published_at"])
+    marker = contract.success_marker(run_id, data, int(manifest.get("generation", 1)), stamp)
+    storage.write_json(layout.success, marker, overwrite=overwrite)
 
 
 def publish(run: RunRef) -> dict[str, Any]:

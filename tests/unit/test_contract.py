@@ -89,7 +89,8 @@ def _published(base: str, run_id: str = "r1") -> RunLayout:
     manifest = {"contract_version": 2, "generation": 1, "run_id": run_id, "counts": {"generated": 2},
                 "files": [contract.file_entry(layout.rel(layout.output_part(0, 0)), part)]}
     storage.write_json(layout.manifest, manifest)
-    storage.write_json(layout.success, contract.success_marker(run_id, storage.read_bytes(layout.manifest), 1))
+    storage.write_json(layout.success, contract.success_marker(run_id, storage.read_bytes(layout.manifest), 1,
+                                                                 contract.now_iso()))
     return layout
 
 
