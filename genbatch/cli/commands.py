@@ -51,6 +51,11 @@ def _summary(run_dir: str, state: str, tasks: dict[str, str], wall_s: float) -> 
     return out
 
 
+def default_run_id(spec_path: str) -> str:
+    """A run id for a spec without one: its folder's name and the UTC time (``catalog-20260101T000000Z``)."""
+    return f"{Path(spec_path).parent.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``genbatch run``: validate the spec, run the batch_generation DAG in embedded Airflow, print a summary; 0 if published."""
     from genbatch.run.spec import load_spec
@@ -59,9 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = spec.to_json_dict()
     if args.output:
         data["output"]["uri"] = args.output
-    data["run_id"] = args.run_id or spec.run_id or (
-        f"{Path(args.spec).parent.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    )
+    data["run_id"] = args.run_id or spec.run_id or default_run_id(args.spec)
     from genbatch.cli import embedded
 
     embedded.configure(embedded.STATE_DIR / "airflow")
