@@ -263,7 +263,7 @@ def create_bucket(url: str, name: str) -> str:
 
 
 def server_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live fake-gcs-server (a zombie, or a reused pid running something else, is not)."""
+    """Whether ``pid`` is a live fake-gcs-server (Linux /proc; a zombie, or a reused pid running something else, is not)."""
     try:
         stat_fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
