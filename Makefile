@@ -25,9 +25,11 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/genbatch run examples/catalog/spec.yaml
 
-# The same run, publishing to gs:// on a local fake-gcs-server (no cloud needed).
+# The same run, publishing to gs:// on a local fake-gcs-server (no cloud needed). KEEP=1 leaves the
+# emulator running to look at the outputs (it prints the STORAGE_EMULATOR_HOST to export and how to
+# stop it: `$(PY) -m devstack.gcs_run --stop`); with STORAGE_EMULATOR_HOST set, that emulator is used.
 run-gcs: setup
-	$(PY) -m devstack.gcs_run examples/catalog/spec.yaml
+	$(PY) -m devstack.gcs_run examples/catalog/spec.yaml $(if $(filter 1,$(KEEP)),--keep)
 
 test: setup
 	$(PY) -m pytest -q

@@ -34,6 +34,21 @@ from operators.params import spec_params
 
 PUBLISHED = Asset("genbatch://batch_generation/published")
 
+
+def _generate_doc(what: str, skipped_on: str, ran_in: str) -> str:
+    """A generate task's doc_md: why one of the two always shows as skipped (the branch, not a fault)."""
+    return (f"**Generate, one mapped task per shard: {what}.**\n\n"
+            "`choose_backend` runs exactly one of `generate_local` and `generate_kubernetes`, from the spec's "
+            f"`execution.backend`. {skipped_on} this task shows as **skipped**: that is the branch choosing "
+            f"the other backend, not a failure. The shards ran in `{ran_in}`.\n")
+
+
+LOCAL_DOC = _generate_doc("local processes (`execution.backend: local`, the default)",
+                          "On Kubernetes runs", KUBERNETES_TASK)
+KUBERNETES_DOC = _generate_doc("one Kubernetes pod each (`execution.backend: kubernetes`)",
+                               "On local runs (the default: `genbatch run`'s embedded Airflow, `make run`, "
+                               "`make airflow` with a local spec)", LOCAL_TASK)
+
 with DAG(
     dag_id="batch_generation",
     description="Batch generation with a generative model, from validated input to a published manifest.",
@@ -52,12 +67,12 @@ with DAG(
     cost_check = CostCheckOperator(task_id="cost_check", run_dir=prepare.output, retries=0)
     backend = ChooseBackendOperator(task_id="choose_backend", run_dir=prepare.output)
     # The pool goes in .partial(): a mapped task never sees the operator's __init__ default.
-    generate_local = LocalShardOperator.partial(task_id=LOCAL_TASK, run_dir=prepare.output, pool=DEVICE_POOL).expand(
-        shard=preprocess.output
-    )
-    generate_kubernetes = GenbatchPodOperator.partial(task_id=KUBERNETES_TASK, run_dir=prepare.output).expand(
-        shard=preprocess.output
-    )
+    generate_local = LocalShardOperator.partial(
+        task_id=LOCAL_TASK, run_dir=prepare.output, pool=DEVICE_POOL, doc_md=LOCAL_DOC
+    ).expand(shard=preprocess.output)
+    generate_kubernetes = GenbatchPodOperator.partial(
+        task_id=KUBERNETES_TASK, run_dir=prepare.output, doc_md=KUBERNETES_DOC
+    ).expand(shard=preprocess.output)
     quality = QualityGateOperator(
         task_id="quality_gate", run_dir=prepare.output, trigger_rule="none_failed_min_one_success", retries=0
     )

@@ -12,6 +12,7 @@ resumable uploads, copies, rewrites or composes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -90,6 +91,9 @@ class GcsEmulator:
     """fake-gcs-server with an in-memory backend, as a context manager.
 
     ``with GcsEmulator() as emu: os.environ["STORAGE_EMULATOR_HOST"] = emu.url``
+
+    ``log_path`` set: the server is detached instead (own session, no parent-death signal, log in
+    that file), so it outlives this process and keeps its objects until :func:`stop_server`.
     """
 
     def __init__(
@@ -99,15 +103,22 @@ class GcsEmulator:
         log_level: str = "warn",
         start_timeout_s: float = 20.0,
         quiet: bool = True,
+        log_path: Path | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.port = port or 0
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
-        self.quiet = quiet
+        self.quiet = quiet or log_path is not None
+        self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (None before start and after stop)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def url(self) -> str:
@@ -120,13 +131,7 @@ class GcsEmulator:
         attempts = 1 if self._requested_port else 3
         for attempt in range(attempts):
             self.port = self._requested_port or _free_port(self.host)
-            # Quiet: keep the server log in a temp file (shown if start fails), never a PIPE
-            # that nobody drains and that would eventually block the server.
-            self._log = (
-                tempfile.TemporaryFile(prefix="fake-gcs-server-")  # noqa: SIM115 - closed in stop()
-                if self.quiet
-                else None
-            )
+            self._log = self._open_log()
             address = f"{self.host}:{self.port}"
             self._proc = subprocess.Popen(
                 [
@@ -150,7 +155,8 @@ class GcsEmulator:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT if self.quiet else None,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                start_new_session=self.log_path is not None,
+                preexec_fn=_die_with_parent if sys.platform == "linux" and self.log_path is None else None,
             )
             if self._wait_ready():
                 logger.info("fake-gcs-server listening on %s", self.url)
@@ -160,6 +166,16 @@ class GcsEmulator:
             if attempt == attempts - 1:
                 raise RuntimeError(f"fake-gcs-server did not start on {address}: {log[-2000:]}")
         raise AssertionError("unreachable")
+
+    def _open_log(self) -> IO[bytes] | None:
+        """Quiet: the server log goes to a file (shown if start fails), never a PIPE that nobody
+        drains (it would block the server) or that a detached server would hold open."""
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            return self.log_path.open("ab")
+        if self.quiet:
+            return tempfile.TemporaryFile(prefix="fake-gcs-server-")  # noqa: SIM115 - closed in stop()
+        return None
 
     def _wait_ready(self) -> bool:
         assert self._proc is not None
@@ -202,22 +218,19 @@ class GcsEmulator:
         assert self._proc is not None
         return self._proc.wait()
 
+    def release(self) -> int:
+        """Leave a detached server running; returns its pid (stop it with :func:`stop_server`)."""
+        assert self._proc is not None and self.log_path is not None, "only a started, detached server"
+        pid = self._proc.pid
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return pid
+
     def create_bucket(self, name: str) -> str:
         """Create a bucket (409 'already exists' is fine) and return its name."""
-        req = urllib.request.Request(
-            f"{self.url}/storage/v1/b?project=genbatch-local",
-            data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10):
-                pass
-        except urllib.error.HTTPError as e:
-            if e.code != 409:
-                detail = e.read().decode("utf-8", "replace")[:500]
-                raise RuntimeError(f"creating bucket {name!r} failed: HTTP {e.code} {detail}") from e
-        return name
+        return create_bucket(self.url, name)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -229,6 +242,49 @@ class GcsEmulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def create_bucket(url: str, name: str) -> str:
+    """Create a bucket on the emulator at ``url`` (409 'already exists' is fine) and return its name."""
+    req = urllib.request.Request(
+        f"{url}/storage/v1/b?project=genbatch-local",
+        data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            detail = e.read().decode("utf-8", "replace")[:500]
+            raise RuntimeError(f"creating bucket {name!r} failed: HTTP {e.code} {detail}") from e
+    return name
+
+
+def server_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live fake-gcs-server (Linux /proc; a zombie, or a reused pid running something else, is not)."""
+    try:
+        stat_fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return stat_fields[0] != "Z" and b"fake-gcs-server" in cmdline
+
+
+def stop_server(pid: int, timeout_s: float = 5.0) -> bool:
+    """SIGTERM a detached server (then SIGKILL); False when ``pid`` is no fake-gcs-server."""
+    if not server_alive(pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while server_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not server_alive(pid):
+            break
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,11 @@ def _ensure_failed_marker(run_dir: str, run_id: str, tasks: dict[str, str]) -> d
     return dict(storage.read_json(layout.failed)) if storage.exists(layout.failed) else None
 
 
+def default_run_id(spec_path: str) -> str:
+    """A run id for a spec without one: its folder's name and the UTC time (``catalog-20260101T000000Z``)."""
+    return f"{Path(spec_path).parent.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``genbatch run``: validate the spec, run the batch_generation DAG in embedded Airflow, print a summary; 0 if published."""
     from genbatch.run.spec import load_spec
@@ -74,9 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = spec.to_json_dict()
     if args.output:
         data["output"]["uri"] = args.output
-    data["run_id"] = args.run_id or spec.run_id or (
-        f"{Path(args.spec).parent.name}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
-    )
+    data["run_id"] = args.run_id or spec.run_id or default_run_id(args.spec)
     from genbatch.cli import embedded
 
     embedded.configure(embedded.STATE_DIR / "airflow")

@@ -283,20 +283,53 @@ class OutputSpec(_Section):
     uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
 
 
-class RunSpec(_Section):
-    """The whole run. Field order is the order the Airflow form shows."""
+def _optional(section: type[_Section], description: str) -> Any:
+    """A section with defaults: left out or null means all its defaults (so the form does not mark it required)."""
+    return Field(default_factory=section, description=f"Optional. {description}")
 
-    task: Literal["text", "image"]
-    input: InputSpec
-    model: ModelSpec
-    generation: GenerationSpec = Field(default_factory=GenerationSpec)
-    sharding: ShardingSpec = Field(default_factory=ShardingSpec)
-    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
-    quality: QualitySpec = Field(default_factory=QualitySpec)
-    canary: CanarySpec = Field(default_factory=CanarySpec)
-    cost: CostSpec = Field(default_factory=CostSpec)
-    output: OutputSpec = Field(default_factory=OutputSpec)
-    run_id: str | None = Field(None, pattern=RUN_ID_PATTERN)
+
+class RunSpec(_Section):
+    """The whole run. Field order is the order the Airflow form shows.
+
+    The field descriptions are the form's help texts (and ``genbatch spec-schema``'s). A section
+    with defaults may be left out or given as null: both mean "all defaults", so the form does
+    not mark it required.
+    """
+
+    task: Literal["text", "image"] = Field(
+        description="What the model generates from each row's prompt: 'text' (a completion) or 'image' (a PNG)."
+    )
+    input: InputSpec = Field(
+        description="The input rows (a JSONL, CSV or Parquet file, local or gs://) and the limits that stop a run "
+        "before generation."
+    )
+    model: ModelSpec = Field(
+        description="The registered model to run, pinned by exactly one of alias (e.g. 'production') or version."
+    )
+    generation: GenerationSpec = _optional(
+        GenerationSpec, "Decoding (text) or diffusion (image) settings, and the run seed that item seeds derive from.")
+    sharding: ShardingSpec = _optional(
+        ShardingSpec, "How many shards (one mapped task or pod each), or 'auto' sizing, and dedupe.")
+    execution: ExecutionSpec = _optional(
+        ExecutionSpec, "Where shards run: local processes (default) or one Kubernetes pod per shard.")
+    quality: QualitySpec = _optional(
+        QualitySpec, "Quality gate thresholds and extra gates; a failed gate stops the run before publish.")
+    canary: CanarySpec = _optional(
+        CanarySpec, "Send a share of items to a candidate model version and compare both arms.")
+    cost: CostSpec = _optional(CostSpec, "Cost accounting and a ceiling that stops the run before generation.")
+    output: OutputSpec = _optional(OutputSpec, "Base URI (local or gs://); the run writes under <uri>/<run_id>/.")
+    run_id: str | None = Field(
+        None, pattern=RUN_ID_PATTERN,
+        description="Optional. The run's folder name under output.uri; default: derived from the Airflow run id.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_section_means_defaults(cls, data: Any) -> Any:
+        """A null section is a left-out one: the JSON schema (and so the form) allows null for optional ones."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _optional_sections())}
+        return data
 
     @model_validator(mode="after")
     def _shards_fit_one_mapping(self) -> RunSpec:
@@ -370,10 +403,30 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+def _optional_sections() -> set[str]:
+    """RunSpec's sections that have defaults (every object-valued field that is not required)."""
+    return {name for name, f in RunSpec.model_fields.items() if not f.is_required() and name != "run_id"}
+
+
+def _allow_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """``type: X`` becomes ``type: [X, "null"]``: Airflow's trigger form marks a Param required otherwise."""
+    kind = prop.get("type")
+    if isinstance(kind, str):
+        return {**prop, "type": [kind, "null"]}
+    return prop
+
+
 def json_schema() -> dict[str, Any]:
-    """The RunSpec JSON schema with every $ref inlined (Airflow Params want flat schemas)."""
+    """The RunSpec JSON schema with every $ref inlined (Airflow Params want flat schemas).
+
+    Optional sections also allow null (meaning their defaults, see RunSpec), so only the
+    required fields read as required in the form.
+    """
     schema = RunSpec.model_json_schema()
-    return _inline_refs(schema, schema.get("$defs", {}))
+    flat = _inline_refs(schema, schema.get("$defs", {}))
+    optional = _optional_sections()
+    flat["properties"] = {k: _allow_null(v) if k in optional else v for k, v in flat["properties"].items()}
+    return dict(flat)
 
 
 def sanitize_run_id(raw: str) -> str:

@@ -1,8 +1,9 @@
 """The Airflow UI's trigger form, driven by headless Chromium against the real local stack.
 
 An operator logs in (FAB login page), opens batch_generation's trigger form (the Params generated
-from the RunSpec JSON schema), sets the input, the number of shards, the output and the run id,
-triggers, and sees the run succeed on the run page. Screenshots go to tests/e2e/artifacts/.
+from the RunSpec JSON schema: the spec's descriptions, only its required fields marked required),
+sets the input, the number of shards, the output and the run id, triggers, and sees the run
+succeed on the run page. Screenshots go to tests/e2e/artifacts/.
 
 Needs Debian's ``chromium`` and PyPI ``playwright`` (never ``playwright install``); missing either
 is a failure, not a skip. The section fields are Monaco JSON editors that re-format valid JSON on
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--headless"]
 DAG = "batch_generation"
 RUN_ID = "ui-run"
+FORM_FIELDS = ("task", "input", "model", "generation", "sharding", "output", "run_id")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,12 @@ def _editor_json(editor: Any) -> Any:
     return json.loads(editor.locator(".view-lines").inner_text().replace("\u00a0", " "))
 
 
+def _marked_required(dialog: Any, name: str) -> bool:
+    """Whether the form row's label carries the required mark (Chakra's RequiredIndicator, a '*')."""
+    label = dialog.locator(f"xpath=.//label[normalize-space(text())='{name}']")
+    return "*" in label.first.inner_text()
+
+
 def _paste_json(page: Any, dialog: Any, label: str, value: dict[str, Any]) -> None:
     editor = _editor(dialog, label)
     page.evaluate("text => navigator.clipboard.writeText(text)", json.dumps(value))
@@ -109,12 +117,18 @@ def test_operator_triggers_from_the_form_and_sees_success(stack: Stack, page: An
     dialog.locator(".monaco-editor").first.wait_for()
     # The form shows the Params with the RunSpec's defaults and enums.
     assert _editor_json(_editor(dialog, "model")) == {"name": "catalog-copy", "alias": "production"}
-    from genbatch.run.spec import ShardingSpec
+    from genbatch.run.spec import RunSpec, ShardingSpec
 
     assert _editor_json(_editor(dialog, "sharding")) == ShardingSpec().model_dump(mode="json")
+    # Only the RunSpec's required fields carry the required mark; each field shows its spec description.
+    assert {name: _marked_required(dialog, name) for name in FORM_FIELDS} == {
+        name: name in {"task", "input", "model"} for name in FORM_FIELDS}
+    for name in ("task", "generation", "output"):
+        dialog.get_by_text(str(RunSpec.model_fields[name].description), exact=True).wait_for(timeout=5_000)
     # task: an enum field (a select), showing the RunSpec's default and nothing else.
+    task_help = RunSpec.model_fields["task"].description  # has single quotes, no double ones
     task = dialog.locator("xpath=.//*[normalize-space(text())='task']"
-                          "/ancestor::*[.//*[normalize-space(text())='RunSpec.task']][1]")
+                          f"/ancestor::*[.//*[normalize-space(text())=\"{task_help}\"]][1]")
     shown = [line.strip() for line in task.inner_text().splitlines() if line.strip()]
     assert "text" in shown and "image" not in shown, shown
     page.screenshot(path=str(ARTIFACTS / "trigger-form-1-defaults.png"), full_page=True)
@@ -134,7 +148,8 @@ def test_operator_triggers_from_the_form_and_sees_success(stack: Stack, page: An
     state = "queued"
     while time.monotonic() < deadline and state not in {"success", "failed"}:
         time.sleep(5)
-        state = httpx.get(f"{stack.url}/api/v2/dags/{DAG}/dagRuns/{dag_run_id}", headers=admin).json()["state"]
+        state = httpx.get(f"{stack.url}/api/v2/dags/{DAG}/dagRuns/{dag_run_id}", headers=admin,
+                          timeout=60).json()["state"]  # a busy machine answers slower than httpx's 5 s default
     page.reload(wait_until="networkidle")
     header = page.get_by_text(dag_run_id, exact=True).first
     header.wait_for()

@@ -7,13 +7,18 @@ cluster), driven only through the REST API as a user would:
 - a viewer gets 403 on trigger, an operator gets 403 on model_promotion (admin only);
 - path traversal, another bucket, unknown fields and an oversized input fail before any work;
 - canary secrets (a connection password, a secret-named env var, a param value) are counted in
-  task logs, XComs, the run's outputs and its error files.
+  task logs, XComs, the run's outputs and its error files;
+- examples/consumer/trigger_rest.py (apache-airflow-client only) triggers a run and waits for it
+  (last: its publish triggers consumer_example once more).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -305,3 +310,21 @@ def test_canary_secrets_do_not_leak(api: Api, stack: Stack, good_run: dict[str, 
              if files and expected.get((place, name)) != files}
     assert leaks == {}, f"secrets leaked: {sorted(leaks)}"
     assert all(hits[k] == v for k, v in expected.items())  # the by-design exposure is exactly that
+
+
+def test_the_rest_client_example_triggers_a_run_and_waits_for_it(api: Api, stack: Stack, work: Path) -> None:
+    """The docs' apache-airflow-client example, run as a consumer would, as the operator."""
+    rows = [json.loads(x) for x in (REPO_ROOT / "examples/catalog/items.jsonl").read_text().splitlines()[:6]]
+    spec = _spec(str(_write_input(work / "data" / "client.jsonl", rows)), str(work / "runs"), "client-run",
+                 {"sharding": {"num_shards": 1}})
+    spec_path = work / "client-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "examples/consumer/trigger_rest.py"), stack.url, "operator",
+                           str(spec_path)], env={**os.environ, "AIRFLOW_PASSWORD": stack.users["operator"]},
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    found = re.fullmatch(r"batch_generation (\S+): success\n", proc.stdout)
+    assert found, proc.stdout
+    run = api.run(DAG, found.group(1))
+    assert run["state"] == "success" and run["triggering_user_name"] == "operator" and run["conf"] == spec
+    assert (work / "runs" / "client-run" / "_SUCCESS").exists()

@@ -31,6 +31,8 @@ out = {
     "owners": sorted({t.owner for t in dag.tasks}),
     "tags": sorted(dag.tags),
     "params": sorted(dag.params.keys()),
+    "param_specs": {k: dag.params.get_param(k).serialize() for k in dag.params},
+    "docs": {t.task_id: t.doc_md for t in dag.tasks},
     "trigger_rules": {t.task_id: str(t.trigger_rule) for t in dag.tasks},
     "mapped": [t.task_id for t in dag.tasks if type(t).__name__ == "MappedOperator"],
     "pools": {t.task_id: t.pool for t in dag.tasks},
@@ -89,6 +91,32 @@ def test_params_are_the_runspec_sections(parsed: dict) -> None:
     from genbatch.run.spec import json_schema
 
     assert parsed["params"] == sorted(json_schema()["properties"])
+
+
+def _form_marks_required(spec: dict) -> bool:
+    """Airflow 3.3's trigger form rule (ui FlexibleForm/isParamRequired.tsx): a typed schema without "null"."""
+    kind = spec["schema"].get("type")
+    return bool(kind) and not (isinstance(kind, list) and "null" in kind)
+
+
+def test_the_form_marks_only_the_runspec_required_fields_required(parsed: dict) -> None:
+    from genbatch.run.spec import RunSpec
+
+    required = {name for name, field in RunSpec.model_fields.items() if field.is_required()}
+    assert required == {"task", "input", "model"}
+    assert {k for k, spec in parsed["param_specs"].items() if _form_marks_required(spec)} == required
+
+
+def test_every_param_has_a_human_description(parsed: dict) -> None:
+    """The form shows a Param's description under its field; 'RunSpec.input' was a placeholder."""
+    descriptions = {k: spec["description"] or "" for k, spec in parsed["param_specs"].items()}
+    assert [k for k, d in descriptions.items() if len(d) < 20 or d.startswith("RunSpec.")] == []
+
+
+def test_the_generate_tasks_explain_why_one_shows_as_skipped(parsed: dict) -> None:
+    for task, other in (("generate_local", "generate_kubernetes"), ("generate_kubernetes", "generate_local")):
+        doc = parsed["docs"][task] or ""
+        assert "skipped" in doc and "choose_backend" in doc and f"The shards ran in `{other}`" in doc, task
 
 
 def test_every_dag_file_parses_and_follows_the_policy(parsed: dict) -> None:

@@ -81,3 +81,20 @@ def test_params_hash_tracks_generation_params_only() -> None:
 )
 def test_sanitize_run_id(raw: str, expected: str) -> None:
     assert sanitize_run_id(raw) == expected
+
+
+def test_a_null_optional_section_means_its_defaults_and_a_null_required_one_is_refused() -> None:
+    import jsonschema
+
+    spec = parse_spec({**MINIMAL, "generation": None, "output": None, "run_id": None})
+    assert spec.generation == parse_spec(MINIMAL).generation and spec.output.uri == "runs"
+    jsonschema.validate({**MINIMAL, "generation": None, "output": None}, json_schema())
+    with pytest.raises(SpecError, match="input:"):
+        parse_spec({**MINIMAL, "input": None})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**MINIMAL, "input": None}, json_schema())
+
+
+def test_every_top_level_field_has_a_description_the_form_shows() -> None:
+    properties = json_schema()["properties"]
+    assert {k for k, v in properties.items() if len(v.get("description", "")) < 20} == set()
