@@ -63,19 +63,17 @@ def _task_name(ti: Any) -> str:
 def mark_run_failed(context: Any) -> None:
     """``on_failure_callback``: write the run's ``_FAILED`` (task, redacted reason, time); never raises.
 
-    The run dir is prepare_run's return value; when prepare_run itself failed, the params name it
-    (when they are a valid spec whose output is allowed), else there is no run dir to mark.
+    The run dir is prepare_run's return value: when prepare_run itself failed there is no run to mark
+    (refused params write nothing anywhere), and the trigger's caller has the error.
     """
     try:
         from airflow.sdk._shared.secrets_masker import redact
 
         from genbatch.ops.alerts import summarise_exception
-        from genbatch.stages.failure import mark_failed, run_dir_from_params
+        from genbatch.stages.failure import mark_failed
 
         ti = context["ti"]
         run_dir = ti.xcom_pull(task_ids="prepare_run") if ti.task_id != "prepare_run" else None
-        if not run_dir:
-            run_dir = run_dir_from_params(dict(context.get("params") or {}), str(ti.run_id))
         if not run_dir:
             return
         mark_failed(str(run_dir), _task_name(ti), str(redact(summarise_exception(context.get("exception")))),

@@ -19,7 +19,7 @@ from genbatch.io import storage
 from genbatch.run import contract
 from genbatch.run.layout import RunLayout
 from genbatch.run.outputs import OutputIntegrityError, RunFailedError, read, wait_published
-from genbatch.stages.failure import clear_failed, mark_failed, run_dir_from_params
+from genbatch.stages.failure import clear_failed, mark_failed
 from genbatch.stages.publish import published_event
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +84,7 @@ def test_record_schemas_refuse_a_field_they_do_not_name() -> None:
 def _published(base: str, run_id: str = "r1") -> RunLayout:
     """A run dir with a contract-2 manifest (one output part) and its _SUCCESS."""
     layout = RunLayout.for_run(base, run_id)
+    storage.write_json(layout.spec, {})
     part = b'{"id": "a"}\n{"id": "b"}\n'
     storage.write_bytes(layout.output_part(0, 0), part)
     manifest = {"contract_version": 2, "generation": 1, "run_id": run_id, "counts": {"generated": 2},
@@ -109,6 +110,7 @@ def test_success_vouches_for_the_manifest_it_names(storage_root: str) -> None:
 
 def test_failed_marker_is_written_once_never_into_a_published_run_and_cleared(storage_root: str) -> None:
     layout = RunLayout.for_run(storage_root, "r2")
+    storage.write_json(layout.spec, {})  # a prepared run
     assert mark_failed(layout.root, "generate_local[1]", "RuntimeError: boom", try_number=3)
     assert not mark_failed(layout.root, "generate_local[2]", "later")  # the first failure names the run's
     marker = storage.read_json(layout.failed)
@@ -125,15 +127,11 @@ def test_failed_marker_is_written_once_never_into_a_published_run_and_cleared(st
     assert not storage.exists(published.failed)
 
 
-def test_the_failed_marker_is_found_from_the_params_when_prepare_run_failed(tmp_path: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    params = {"task": "text", "input": {"uri": "in.jsonl"}, "model": {"name": "m", "alias": "production"},
-              "output": {"uri": str(tmp_path)}}
-    assert run_dir_from_params(params, "manual__2026-12-06T10:00:00+00:00") is not None
-    assert run_dir_from_params({**params, "run_id": "nightly-1"}, "x") == str(tmp_path / "nightly-1")
-    assert run_dir_from_params({"task": "text"}, "x") is None  # not a spec: no run dir to mark
-    monkeypatch.setenv(storage.ENV_ALLOWED_PREFIXES, str(tmp_path / "elsewhere"))
-    assert run_dir_from_params(params, "x") is None  # never written outside the allowed prefixes
+def test_no_failed_marker_where_no_run_was_prepared(tmp_path: Path) -> None:
+    """prepare_run refused the params (or never ran): nothing is written, no run dir appears."""
+    layout = RunLayout.for_run(str(tmp_path / "out"), "refused")
+    assert not mark_failed(layout.root, "prepare_run", "SpecError: bad")
+    assert not (tmp_path / "out").exists()
 
 
 def _wait(root: str, timeout: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -150,12 +148,14 @@ def test_genbatch_wait_exits_0_published_1_failed_2_timed_out(tmp_path: Path) ->
     assert json.loads(done.stdout)["status"] == "published" and json.loads(done.stdout)["counts"] == {"generated": 2}
 
     failed = RunLayout.for_run(str(tmp_path), "bad")
+    storage.write_json(failed.spec, {})
     mark_failed(failed.root, "quality_gate", "QualityGateFailed: 1 of 6 gates failed")
     out = _wait(failed.root, "5")
     assert out.returncode == 1 and json.loads(out.stdout)["failed_task"] == "quality_gate"
     assert "1 of 6 gates failed" in out.stderr
 
     pending = RunLayout.for_run(str(tmp_path), "pending")
+    storage.write_json(pending.spec, {})
     late = threading.Timer(1.0, lambda: mark_failed(pending.root, "publish", "late"))
     late.start()
     try:
