@@ -161,7 +161,7 @@ def test_raw_input_params_values_meet_the_spec_bounds(tmp_path: Path) -> None:
 
     rejects = [json.loads(line, parse_constant=refuse)
                for line in storage.iter_lines(state.layout.rejects_part("preprocess")) if line.strip()]
-    assert [(r["index"], r["id"], r["rule"]) for r in rejects] == [(1, "v2", "params_value_invalid"),
+    assert [(r["row_index"], r["id"], r["rule"]) for r in rejects] == [(1, "v2", "params_value_invalid"),
                                                                    (2, "v3", "params_value_invalid")]
     assert rejects[0]["row"]["params"] == {"temperature": "NaN"}
     assert rejects[0]["reason"].startswith("params.temperature is NaN, must be a number within [0, 5]")
