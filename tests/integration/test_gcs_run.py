@@ -6,6 +6,7 @@ emulator's STORAGE_EMULATOR_HOST, so ``devstack.gcs_run --keep`` starts (and lea
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -80,7 +81,7 @@ def test_keep_leaves_the_emulator_with_the_run_until_stop(workdir: Path) -> None
         host = found.group(1)
         assert f"bucket: gs://genbatch-runs\nrun: gs://genbatch-runs/runs/{RUN_ID}\n" in proc.stdout
         assert f"stop it (from {workdir}): {sys.executable} -m devstack.gcs_run --stop" in proc.stdout
-        assert _read_success(host, "genbatch-runs") == b""  # read after the command exited
+        assert json.loads(_read_success(host, "genbatch-runs"))["run_id"] == RUN_ID  # read after the command exited
         stopped = _gcs_run(workdir, "--stop")
         assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout, stopped.stdout + stopped.stderr
         assert not server_alive(pid) and not _answers(host)
@@ -96,5 +97,5 @@ def test_a_set_storage_emulator_host_is_used_and_nothing_is_started(workdir: Pat
                     env={"STORAGE_EMULATOR_HOST": gcs_emulator.url})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"using the emulator at STORAGE_EMULATOR_HOST={gcs_emulator.url}" in proc.stdout
-    assert _read_success(gcs_emulator.url, "given-bucket") == b""
+    assert json.loads(_read_success(gcs_emulator.url, "given-bucket"))["run_id"] == RUN_ID
     assert "keeps running" not in proc.stdout and not (workdir / ".genbatch" / "gcs-emulator.json").exists()
