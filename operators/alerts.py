@@ -40,12 +40,11 @@ def notify_failure(context: Any) -> None:
 
         mask_secret(url, name="alert_webhook")  # the URL is a credential: keep it out of task logs
         ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
         alert = FailureAlert(
             dag_id=str(ti.dag_id),
             run_id=str(ti.run_id),
             task_id=str(ti.task_id),
-            map_index=-1 if map_index is None else int(map_index),
+            map_index=_map_index(ti),
             try_number=int(ti.try_number or 0),
             exception=str(redact(summarise_exception(context.get("exception")))),
             log_url=getattr(ti, "log_url", None),
@@ -55,9 +54,15 @@ def notify_failure(context: Any) -> None:
         log.warning("failure alert not sent: %s", type(exc).__name__)
 
 
-def _task_name(ti: Any) -> str:
+def _map_index(ti: Any) -> int:
+    """The task instance's map index; -1 when it is not mapped."""
     map_index = getattr(ti, "map_index", -1)
-    return str(ti.task_id) if map_index is None or int(map_index) < 0 else f"{ti.task_id}[{int(map_index)}]"
+    return -1 if map_index is None else int(map_index)
+
+
+def _task_name(ti: Any) -> str:
+    """``generate_local[2]`` for a mapped task instance, the task id otherwise (as the alert names it)."""
+    return str(ti.task_id) if _map_index(ti) < 0 else f"{ti.task_id}[{_map_index(ti)}]"
 
 
 def mark_run_failed(context: Any) -> None:

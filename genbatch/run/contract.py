@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -22,6 +21,7 @@ from genbatch.run.layout import (
     ERRORS_FILE_RE,
     FANOUT_ERRORS,
     FANOUT_PART,
+    IN_SHARD_RE,
     MANIFESTS_DIR,
     OPERATOR_DIRS,
     REJECTS_PART_PREFIX,
@@ -29,6 +29,7 @@ from genbatch.run.layout import (
     SHARD_FANOUT,
     SHARD_FILE_RE,
     SHARD_INPUT_RE,
+    SHARD_MANIFEST,
     SHARD_PLAN,
     SPEC,
 )
@@ -41,14 +42,6 @@ RECORD_KINDS = ("output", "error", "reject")
 
 SCHEMAS = ("manifest", "success", "failed", "output_text", "output_image", "error", "reject")
 
-_SHARD_KINDS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(rf"^(?:part-r\d{{2}}-\d{{5}}\.jsonl|{re.escape(FANOUT_PART)})$"), "output"),
-    (re.compile(rf"^{re.escape(FANOUT_ERRORS)}$"), "error"),
-    (re.compile(r"^errors-r\d{2}-\d{5}\.jsonl$"), "error_batch"),
-    (re.compile(r"^images/[^/]+\.png$"), "image"),
-    (re.compile(r"^metrics-r\d{2}\.prom$"), "metrics"),
-    (re.compile(r"^_manifest\.json$"), "shard_manifest"),
-)
 _FIXED_KINDS = {SPEC: "spec", REPORT: "report", SHARD_PLAN: "plan", SHARD_FANOUT: "fanout",
                 "quality/summary.json": "quality", "quality/canary.json": "quality",
                 "quality/metrics.parquet": "metrics", "quality/data_docs.html": "report",
@@ -64,13 +57,27 @@ def file_kind(rel: str) -> str:
         return _FIXED_KINDS[rel]
     shard_file = SHARD_FILE_RE.match(rel)
     if shard_file:
-        return next((kind for pattern, kind in _SHARD_KINDS if pattern.match(shard_file.group(2))), "other")
+        return _shard_file_kind(shard_file.group(2))
     if ERRORS_FILE_RE.match(rel):
         return "error"
     if SHARD_INPUT_RE.match(rel):
         return "shard_input"
     return next((kind for prefix, kind in _PREFIX_KINDS if rel.startswith(prefix) and rel.endswith(
         ".jsonl" if kind == "reject" else "")), "other")
+
+
+def _shard_file_kind(name: str) -> str:
+    """The kind of a file of a shard's outputs dir, by the layout's own name patterns."""
+    if name in (FANOUT_PART, FANOUT_ERRORS):
+        return "output" if name == FANOUT_PART else "error"
+    match = IN_SHARD_RE.match(name)
+    if match is None:
+        return "other"
+    if match.group(1):  # a committed batch: its records, or its errors (merged into errors/ at commit)
+        return "output" if match.group(1) == "part" else "error_batch"
+    if match.group(2) is not None:
+        return "image"
+    return "shard_manifest" if name == SHARD_MANIFEST else "metrics"
 
 
 def count_records(data: bytes) -> int:
@@ -116,13 +123,16 @@ def schema(name: str) -> dict[str, Any]:
     return loaded
 
 
+_RECORD_SCHEMAS = {"error": "error", "error_batch": "error", "reject": "reject"}
+
+
 def record_schema(kind: str, task: str) -> str:
     """Which schema the records of a file of ``kind`` follow in a run of ``task`` (text or image)."""
     if kind == "output":
         return f"output_{task}"
-    if kind in ("error", "error_batch", "reject"):
-        return "reject" if kind == "reject" else "error"
-    raise KeyError(f"files of kind {kind!r} hold no records of the contract")
+    if kind not in _RECORD_SCHEMAS:
+        raise KeyError(f"files of kind {kind!r} hold no records of the contract")
+    return _RECORD_SCHEMAS[kind]
 
 
 def success_problem(success_data: bytes, manifest_data: bytes) -> str | None:
@@ -139,6 +149,6 @@ def success_problem(success_data: bytes, manifest_data: bytes) -> str | None:
         return "_SUCCESS is not the contract's JSON marker (no manifest_sha256); the run dir was altered"
     actual = hashlib.sha256(manifest_data).hexdigest()
     if actual != expected:
-        return (f"manifest.json has sha256 {actual[:12]}…, but _SUCCESS vouches for {expected[:12]}… "
-                "(generation " f"{marker.get('manifest_generation')}); the manifest was changed or is being rewritten")
+        return (f"manifest.json has sha256 {actual[:12]}…, but _SUCCESS vouches for {expected[:12]}… (generation "
+                f"{marker.get('manifest_generation')}); the manifest was changed or is being rewritten")
     return None

@@ -26,6 +26,7 @@ OPERATOR_DIRS = (f"{ERASURES_DIR}/", f"{RETENTION_DIR}/")
 ATTEMPTS_DIR = "attempts/"
 REJECTS_PART_PREFIX = "rejects/part-"
 FANOUT_PART, FANOUT_ERRORS = "part-fanout.jsonl", "errors-fanout.jsonl"  # in a shard's outputs dir
+SHARD_MANIFEST = "_manifest.json"  # a shard's commit point, in its outputs dir
 ATTEMPT_SUFFIXES = {"start": ".json", "end": ".end.json", "batches": ".batches.jsonl"}
 INPUT_DOCS = ("validation/accepted.jsonl", "validation/data_docs.html", REPORT)  # carry input text
 
@@ -196,7 +197,7 @@ class RunLayout:
 
     def shard_manifest(self, shard: int) -> str:
         """Written last by the worker: the shard's commit point."""
-        return join(self.outputs_dir(shard), "_manifest.json")
+        return join(self.outputs_dir(shard), SHARD_MANIFEST)
 
     def errors_file(self, shard: int) -> str:
         """One shard's error records, merged from its per-batch error parts when the shard commits."""

@@ -3,8 +3,8 @@
 Written once per failed attempt of a run (create-only: the first failed task names the run's failure),
 only into a prepared run (``spec.json`` exists: refused params leave nothing anywhere), never into a
 published one (``_SUCCESS`` wins), and removed again when the run starts again (genbatch.stages.prepare)
-or publishes (genbatch.stages.publish). Writing it is best effort: a marker that cannot be written is logged, never
-raised, so it cannot hide the failure it reports.
+or publishes (genbatch.stages.publish). Writing it is best effort: a marker that cannot be written is
+logged, never raised, so it cannot hide the failure it reports.
 """
 
 from __future__ import annotations

@@ -102,15 +102,14 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     }
 
 
-def _write_success(layout: RunLayout, run_id: str, *, overwrite: bool = False) -> None:
-    """``_SUCCESS`` for the manifest.json now stored (its bytes as written, so the sha256 is what consumers read).
+def _write_success(layout: RunLayout, run_id: str, manifest_data: bytes, *, overwrite: bool = False) -> None:
+    """``_SUCCESS`` for ``manifest_data``, the manifest.json bytes as stored (so the sha256 is what consumers read).
 
     Its bytes derive from the manifest alone, so a retried publish rewrites identical bytes (create-only holds).
     """
-    data = storage.read_bytes(layout.manifest)
-    manifest = json.loads(data)
+    manifest = json.loads(manifest_data)
     stamp = str(manifest.get("rewritten_at") or manifest["published_at"])
-    marker = contract.success_marker(run_id, data, int(manifest.get("generation", 1)), stamp)
+    marker = contract.success_marker(run_id, manifest_data, int(manifest.get("generation", 1)), stamp)
     storage.write_json(layout.success, marker, overwrite=overwrite)
 
 
@@ -122,11 +121,11 @@ def publish(run: RunRef) -> dict[str, Any]:
         return dict(storage.read_json(layout.manifest))
     if not storage.exists(layout.manifest):
         storage.write_json(layout.manifest, build_manifest(state))
-    manifest = dict(storage.read_json(layout.manifest))
+    manifest_data = storage.read_bytes(layout.manifest)  # as stored: a retry may find an earlier attempt's
     if storage.exists(layout.failed):
         storage.delete(layout.failed)  # this attempt succeeded: the run is no longer failed
-    _write_success(layout, state.run_id)
-    return manifest
+    _write_success(layout, state.run_id, manifest_data)
+    return dict(json.loads(manifest_data))
 
 
 def published_event(run_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -189,5 +188,5 @@ def rewrite_manifest(state: RunState, *, notes: Sequence[tuple[str, dict[str, An
     manifest["rewritten_at"] = contract.now_iso()
     storage.write_json(layout.manifest, manifest, overwrite=True)
     if storage.exists(layout.success):
-        _write_success(layout, state.run_id, overwrite=True)
+        _write_success(layout, state.run_id, storage.dumps_json(manifest).encode("utf-8"), overwrite=True)
     return manifest
