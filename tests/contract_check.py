@@ -16,7 +16,7 @@ import jsonschema
 
 from genbatch.io import storage
 from genbatch.run import contract
-from genbatch.run.layout import MANIFESTS_DIR, MARKERS, RunLayout
+from genbatch.run.layout import RunLayout, listed_in_manifest
 
 
 def validate(record: Any, name: str, where: str) -> None:
@@ -40,8 +40,7 @@ def check_against_contract(root: str) -> dict[str, Any]:
     assert manifest["contract_version"] == success["contract_version"] == contract.CONTRACT_VERSION
 
     listed = {entry["path"]: entry for entry in manifest["files"]}
-    present = {rel for rel in (layout.rel(uri) for uri in storage.list_uris(root))
-               if rel not in MARKERS and not rel.startswith(f"{MANIFESTS_DIR}/")}
+    present = {rel for rel in (layout.rel(uri) for uri in storage.list_uris(root)) if listed_in_manifest(rel)}
     assert present == set(listed), f"objects not listed: {sorted(present - set(listed))}; listed, missing: " \
                                    f"{sorted(set(listed) - present)}"
     kinds = Counter(entry["kind"] for entry in manifest["files"])

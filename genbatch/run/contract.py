@@ -22,7 +22,7 @@ from genbatch.run.layout import (
     FANOUT_ERRORS,
     FANOUT_PART,
     IN_SHARD_RE,
-    MANIFESTS_DIR,
+    MANIFESTS_PREFIX,
     OPERATOR_DIRS,
     REJECTS_PART_PREFIX,
     REPORT,
@@ -48,7 +48,7 @@ _FIXED_KINDS = {SPEC: "spec", REPORT: "report", SHARD_PLAN: "plan", SHARD_FANOUT
                 "validation/data_docs.html": "report"}
 _PREFIX_KINDS: tuple[tuple[str, str], ...] = (
     (REJECTS_PART_PREFIX, "reject"), ("validation/", "validation"), (ATTEMPTS_DIR, "attempt"),
-    (f"{MANIFESTS_DIR}/", "manifest"), *((d, "operator") for d in OPERATOR_DIRS))
+    (MANIFESTS_PREFIX, "manifest"), *((d, "operator") for d in OPERATOR_DIRS))
 
 
 def file_kind(rel: str) -> str:

@@ -20,6 +20,7 @@ SHARD_PLAN, SHARD_FANOUT = "shards/_plan.json", "shards/_fanout.jsonl"
 ROOT_FILES = frozenset({SPEC, MANIFEST, SUCCESS, FAILED, REPORT})
 MARKERS = frozenset({MANIFEST, SUCCESS, FAILED})  # what manifest.json cannot list: itself and the markers
 MANIFESTS_DIR = "_manifests"  # earlier generations of manifest.json, kept when erasure or retention rewrites it
+MANIFESTS_PREFIX = f"{MANIFESTS_DIR}/"
 STAGE_DIRS = ("validation/", "quality/")  # report artefacts of those stages: any file in them is theirs
 ERASURES_DIR, RETENTION_DIR = "_erasures", "_retention"  # records `genbatch erase` and retention keep at a root
 OPERATOR_DIRS = (f"{ERASURES_DIR}/", f"{RETENTION_DIR}/")
@@ -41,6 +42,12 @@ SHARD_DIR_RE = re.compile(r"shard-(\d+)/")  # searched in a path: the shard a fi
 ERRORS_FILE_RE = re.compile(r"^errors/shard-(\d{5})\.jsonl$")
 ATTEMPT_RECORD_RE = re.compile(
     r"^attempts/shard-(\d{5})/r(\d{2})-(\d{8}T\d{12}Z-[0-9a-f]{8})(\.end\.json|\.batches\.jsonl|\.json)$")
+
+
+def listed_in_manifest(rel: str) -> bool:
+    """Whether manifest.json lists the run object ``rel``: everything but itself, the markers and its kept
+    earlier generations (history, scrubbed by erasure: their bytes may change)."""
+    return rel not in MARKERS and not rel.startswith(MANIFESTS_PREFIX)
 
 
 def is_rejects_part(uri: str, stage: str | None = None) -> bool:

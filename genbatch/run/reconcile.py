@@ -28,8 +28,7 @@ from genbatch.run.layout import (
     FAILED,
     IN_SHARD_RE,
     MANIFEST,
-    MANIFESTS_DIR,
-    MARKERS,
+    MANIFESTS_PREFIX,
     OPERATOR_DIRS,
     REJECTS_PART_PREFIX,
     ROOT_FILES,
@@ -40,6 +39,7 @@ from genbatch.run.layout import (
     STAGE_DIRS,
     SUCCESS,
     RunLayout,
+    listed_in_manifest,
 )
 from genbatch.run.records import iter_jsonl, iter_many, reject_files, reject_row_index
 from genbatch.run.state import RunRef, RunState, as_run_state
@@ -271,7 +271,7 @@ def _orphans(state: RunState, listing: list[str], parts: list[_Part]) -> list[st
     for rel in listing:
         if rel in fanout_rels:
             continue
-        if rel in ROOT_FILES or rel.startswith(STAGE_DIRS + OPERATOR_DIRS + (f"{MANIFESTS_DIR}/", REJECTS_PART_PREFIX)):
+        if rel in ROOT_FILES or rel.startswith(STAGE_DIRS + OPERATOR_DIRS + (MANIFESTS_PREFIX, REJECTS_PART_PREFIX)):
             continue
         if rel.startswith("_tmp/"):
             if plan_committed:
@@ -393,8 +393,8 @@ def _check_run_manifest(state: RunState, listing: list[str], rec: Reconciliation
     # Attempt records are the workers' bookkeeping, never outputs: one written after manifest.json (a
     # worker that was still running) is reported in ``attempts.after_publish``, not as an orphan; any
     # output object it wrote is.
-    unlisted = [rel for rel in listing if rel not in files and rel not in MARKERS
-                and not rel.startswith(OPERATOR_DIRS + (ATTEMPTS_DIR, f"{MANIFESTS_DIR}/"))]
+    unlisted = [rel for rel in listing if rel not in files and listed_in_manifest(rel)
+                and not rel.startswith(OPERATOR_DIRS + (ATTEMPTS_DIR,))]
     if unlisted:
         problems.append(f"{len(unlisted)} objects are not in manifest.json (written after publishing?): {unlisted[:_MAX_LISTED]}")
         rec.orphans.extend(r for r in unlisted if r not in rec.orphans)

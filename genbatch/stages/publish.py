@@ -20,7 +20,7 @@ from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.plan import cost
 from genbatch.run import contract, fanout
-from genbatch.run.layout import MANIFESTS_DIR, MARKERS, RunLayout
+from genbatch.run.layout import RunLayout, listed_in_manifest
 from genbatch.run.reconcile import reconcile
 from genbatch.run.state import RunRef, RunState, as_run_state
 
@@ -31,7 +31,7 @@ def _file_entries(state: RunState) -> list[dict[str, Any]]:
     entries = []
     for uri in storage.list_uris(state.layout.root):
         rel = state.layout.rel(uri)
-        if rel not in MARKERS and not rel.startswith(f"{MANIFESTS_DIR}/"):
+        if listed_in_manifest(rel):
             entries.append(contract.file_entry(rel, storage.read_bytes(uri)))
     return entries
 

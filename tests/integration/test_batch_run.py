@@ -6,7 +6,6 @@ home and registry under one session directory so the DB migration happens once.
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
 import importlib.util
@@ -26,6 +25,7 @@ import yaml
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from tests.contract_check import check_against_contract
+from tests.unit.test_import_direction import imported_modules
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -178,9 +178,7 @@ SCHEMA_DIR = REPO / "genbatch" / "run" / "schemas"
 
 def _consumer_module() -> Any:
     """docs/operations.md's consumer example, loaded from its file; it may import nothing of genbatch's."""
-    tree = ast.parse(CONSUMER_EXAMPLE.read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported = {module.split(".")[0] for _, module in imported_modules(CONSUMER_EXAMPLE.read_text())}
     assert imported == {"hashlib", "json", "time", "google"}, imported
     spec = importlib.util.spec_from_file_location("read_run_gcs", CONSUMER_EXAMPLE)
     assert spec is not None and spec.loader is not None

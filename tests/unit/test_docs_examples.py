@@ -3,12 +3,13 @@ and the consumer examples need nothing of genbatch (or Airflow) installed."""
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.unit.test_import_direction import imported_modules
 
 REPO = Path(__file__).resolve().parents[2]
 # example file (run by a test) -> the doc that shows it whole, and the only non-stdlib package it may import
@@ -32,7 +33,5 @@ def test_the_doc_shows_the_example_file_exactly(example: str) -> None:
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
 def test_the_example_needs_only_the_stdlib_and_one_client(example: str) -> None:
-    tree = ast.parse((REPO / example).read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {str(node.module).split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    roots = {module.split(".")[0] for _, module in imported_modules((REPO / example).read_text())}
     assert roots - set(sys.stdlib_module_names) == {EXAMPLES[example][1]}
