@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): constraints.txt setup.cfg pyproject.toml docker/pip-install.sh
 	# Headless Chromium for the browser tests, from Debian (never `playwright install`).
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	# redis-server for the message-queue (AssetWatcher) tests, from Debian; they start their own on a free port.
+	test -x /usr/bin/redis-server || (apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The same install command the images run (docker/pip-install.sh), with every extra.

@@ -33,3 +33,10 @@ class ObjectConflictError(StorageError):
 
 class PathNotAllowedError(GenbatchError):
     """A user-supplied path lies outside the allowed prefixes."""
+
+
+class RunAlreadyPublished(GenbatchError):
+    """The run dir is published with this very spec: nothing to do (a cleared or redelivered run).
+
+    A published run is never rewritten; callers treat this as "done", not as a failure.
+    """

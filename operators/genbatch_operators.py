@@ -8,17 +8,41 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 
+def interval_values(context: Any) -> dict[str, Any]:
+    """The run's logical date and data interval, for the spec's allow-listed URI placeholders."""
+    from genbatch.schedule.templating import template_values
+
+    return template_values(logical_date=context.get("logical_date"),
+                           data_interval_start=context.get("data_interval_start"),
+                           data_interval_end=context.get("data_interval_end"))
+
+
+def prepare_or_skip(spec_data: dict[str, Any], run_id: str, context: Any, *, template_values: dict[str, Any],
+                    started_by: dict[str, Any] | None = None) -> str:
+    """prepare_run; a run dir already published with this spec skips the task (and so every stage after it)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from genbatch.errors import RunAlreadyPublished
+    from genbatch.stages.prepare import prepare_run
+    from models.registry import resolve_for_spec
+
+    user = getattr(context.get("dag_run"), "triggering_user_name", None)
+    try:
+        return prepare_run(spec_data, run_id, resolve_model=resolve_for_spec, triggered_by=user,
+                           template_values=template_values, started_by=started_by)
+    except RunAlreadyPublished as done:
+        raise AirflowSkipException(f"{done} (nothing is regenerated; the stages after this one skip)") from None
+
+
 class PrepareRunOperator(BaseOperator):
-    """Validate the params as a RunSpec, pin the model version, write spec.json; returns the run dir."""
+    """Validate the params as a RunSpec, pin the model version, write spec.json; returns the run dir.
+
+    A run dir that is already published with the same spec skips the run instead (a rerun of a
+    published run id changes nothing)."""
 
     def execute(self, context: Any) -> str:
-        from genbatch.stages.prepare import prepare_run
-        from models.registry import resolve_for_spec
-
-        dag_run = context.get("dag_run")
-        user = getattr(dag_run, "triggering_user_name", None)
-        return prepare_run(dict(context["params"]), str(context["run_id"]), resolve_model=resolve_for_spec,
-                           triggered_by=user)
+        return prepare_or_skip(dict(context["params"]), str(context["run_id"]), context,
+                               template_values=interval_values(context))
 
 
 class _RunDirOperator(BaseOperator):

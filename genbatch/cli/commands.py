@@ -99,10 +99,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_spec(args: argparse.Namespace) -> int:
-    """``genbatch check-spec``: validate a spec file and print its resolved form (defaults filled in) as JSON."""
-    from genbatch.run.spec import load_spec
+    """``genbatch check-spec``: validate a spec file and print its resolved form (defaults filled in) as JSON.
 
-    print(json.dumps(load_spec(args.spec).to_json_dict(), indent=2))
+    A file with a ``schedule`` section is checked as a scheduled spec (the specs folder's files)."""
+    from genbatch.run.spec import parse_spec, read_spec_file
+
+    data = read_spec_file(args.spec)
+    if isinstance(data, dict) and "schedule" in data:
+        from genbatch.schedule.spec import parse_scheduled_spec
+
+        scheduled = parse_scheduled_spec(data, Path(args.spec))
+        print(json.dumps({"schedule": scheduled.schedule.model_dump(mode="json"), **scheduled.spec.to_json_dict()},
+                         indent=2))
+        return 0
+    print(json.dumps(parse_spec(data, source=str(args.spec)).to_json_dict(), indent=2))
     return 0
 
 

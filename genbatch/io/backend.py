@@ -59,6 +59,14 @@ class Backend(Protocol):
         """Every object under a directory-like prefix, sorted, helper files left out."""
         ...
 
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Every object under the prefix (as :meth:`list_uris`) with its version: a new version means new content."""
+        ...
+
+    def version(self, uri: str) -> str:
+        """One object's version (as :meth:`list_versions` gives it)."""
+        ...
+
     def remove_stale_temp_files(self, prefix: str, *, older_than_s: float) -> int:
         """Delete temp files killed writers left under ``prefix``; returns how many."""
         ...

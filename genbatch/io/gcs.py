@@ -239,6 +239,22 @@ class GcsBackend:
         names = [b.name for b in blobs if not b.name.endswith("/") and not is_helper_file(b.name.rsplit("/", 1)[-1])]
         return sorted(f"{GCS_SCHEME}{bucket_name}/{n}" for n in names)
 
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Every object under the prefix with its generation (GCS's own version number), in one listing."""
+        bucket_name, key = split_gcs(prefix)
+        key_prefix = key if (not key or key.endswith("/")) else key + "/"
+        blobs = client().list_blobs(bucket_name, prefix=key_prefix, retry=_retry(), timeout=_timeout())
+        return {f"{GCS_SCHEME}{bucket_name}/{b.name}": str(b.generation) for b in blobs
+                if not b.name.endswith("/") and not is_helper_file(b.name.rsplit("/", 1)[-1])}
+
+    def version(self, uri: str) -> str:
+        """The object's generation."""
+        bucket, key = _bucket(uri)
+        blob = bucket.get_blob(key, retry=_retry(), timeout=_timeout())
+        if blob is None:
+            raise ObjectNotFoundError(f"stat {uri}: no such object")
+        return str(blob.generation)
+
     def remove_stale_temp_files(self, prefix: str, *, older_than_s: float) -> int:
         """GCS uploads leave no temp objects."""
         return 0

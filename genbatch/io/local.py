@@ -168,6 +168,20 @@ class LocalBackend:
                     out.append(style + os.path.join(dirpath, name))
         return sorted(out)
 
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """Every file under the directory with a version from its inode, size and mtime: a file replaced by
+        rename (how every writer here publishes) or rewritten gets a new one."""
+        versions = {}
+        for uri in self.list_uris(prefix):
+            with contextlib.suppress(FileNotFoundError):  # gone between the walk and the stat
+                versions[uri] = self.version(uri)
+        return versions
+
+    def version(self, uri: str) -> str:
+        """inode, size and mtime of the file."""
+        st = local_path(uri).stat()
+        return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
     def remove_stale_temp_files(self, prefix: str, *, older_than_s: float) -> int:
         """Temp files older than ``older_than_s`` under ``prefix`` (a live writer's are younger)."""
         root = local_path(prefix)

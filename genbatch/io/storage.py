@@ -47,8 +47,9 @@ __all__ = [
     "CAS_WRITE_ID_KEY", "ENV_ALLOWED_PREFIXES", "ENV_KMS_KEY", "ENV_RETRY_DEADLINE", "ENV_TIMEOUT", "FILE_SCHEME",
     "GCS_SCHEME", "SHA256_METADATA_KEY", "ObjectNotFoundError", "absolute_uri", "allowed_prefixes_from_env", "backend_for",
     "compare_and_swap_json", "confine", "delete", "digest", "download_file", "dumps_json", "exists", "is_gcs", "iter_lines",
-    "join", "list_uris", "local_path", "read_bytes", "read_json", "read_text", "remove_empty_dirs", "remove_stale_temp_files",
-    "reset_client", "sha256_file", "size", "upload_file", "write_bytes", "write_json", "write_text",
+    "join", "list_uris", "list_versions", "local_path", "read_bytes", "read_json", "read_text", "remove_empty_dirs",
+    "remove_stale_temp_files",
+    "reset_client", "sha256_file", "size", "upload_file", "version", "write_bytes", "write_json", "write_text",
 ]
 
 _LOCAL = LocalBackend()
@@ -177,6 +178,21 @@ def list_uris(prefix: str) -> list[str]:
     backend = backend_for(prefix)
     with backend.errors(prefix, "list"):
         return backend.list_uris(prefix)
+
+
+def list_versions(prefix: str) -> dict[str, str]:
+    """Every object under a prefix (as :func:`list_uris`) with its version (GCS generation; locally inode,
+    size and mtime): what tells a new or replaced input apart from one already seen."""
+    backend = backend_for(prefix)
+    with backend.errors(prefix, "list"):
+        return backend.list_versions(prefix)
+
+
+def version(uri: str) -> str:
+    """The version of one object (as :func:`list_versions` gives it); ObjectNotFoundError when there is none."""
+    backend = backend_for(uri)
+    with backend.errors(uri, "stat", read=True):
+        return backend.version(uri)
 
 
 # --------------------------------------------------------------------------- writes

@@ -350,7 +350,7 @@ class RunSpec(_Section):
 
 def _describe_error(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
     if err["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see `genbatch spec-schema`)"
     elif err["type"] == "missing":
@@ -376,18 +376,25 @@ def parse_spec(data: Any, *, source: str = "spec") -> RunSpec:
         ) from None
 
 
-def load_spec(path: str | Path) -> RunSpec:
-    """Load a spec from a YAML or JSON file (JSON is valid YAML)."""
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the DAG factory reads many
+
+
+def read_spec_file(path: str | Path) -> Any:
+    """A spec file's data (YAML or JSON, safe loader only); SpecError naming the file when unreadable."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"cannot read spec file {path}: {exc.strerror}; check the path") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML/JSON: {exc}") from None
-    return parse_spec(data, source=str(path))
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Load a spec from a YAML or JSON file (JSON is valid YAML)."""
+    return parse_spec(read_spec_file(path), source=str(path))
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:

@@ -27,6 +27,9 @@ class RunState:
     layout: RunLayout
     num_shards: int
     canary_model: ModelVersion | None = None  # the candidate arm when spec.canary is enabled
+    # What started the run, when a schedule or an event did: kind, logical date and interval, or the
+    # arrived object / queue message (uri, version, message id). spec.json records it for audit.
+    started_by: dict[str, Any] | None = None
 
     @property
     def params_hash(self) -> str:
@@ -46,6 +49,7 @@ class RunState:
                 "requested_alias": self.spec.canary.alias},
             "params_hash": self.params_hash,
             "code_version": __version__,
+            **({"started_by": self.started_by} if self.started_by else {}),
         }
 
 
@@ -78,4 +82,5 @@ def load_run_state(run_dir: str) -> RunState:
     c = raw.get("canary_model")
     canary = None if c is None else ModelVersion(c["name"], int(c["version"]), c["uri"])
     return RunState(run_id=raw["run_id"], spec=spec, model=ModelVersion(m["name"], int(m["version"]), m["uri"]),
-                    layout=layout, num_shards=int(raw["num_shards"]), canary_model=canary)
+                    layout=layout, num_shards=int(raw["num_shards"]), canary_model=canary,
+                    started_by=raw.get("started_by"))

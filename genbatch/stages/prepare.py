@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from genbatch.errors import ShardInputError, SpecError
+from genbatch.errors import RunAlreadyPublished, ShardInputError, SpecError
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.model_ref import ModelVersion
 from genbatch.run.spec import RunSpec, parse_spec, sanitize_run_id
 from genbatch.run.state import RunState, write_run_state
+from genbatch.schedule.templating import render_spec
 from genbatch.stages.failure import clear_failed
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,40 @@ def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[st
     return int(decision["num_shards"]), decision
 
 
+def refuse_published(spec: RunSpec, layout: RunLayout) -> None:
+    """A published run is never rewritten: the same spec again is done already, another spec a conflict.
+
+    This is what makes a cleared scheduled interval, a backfill over a published one and a redelivered
+    event safe: the same run id lands here and nothing is regenerated or doubled.
+    """
+    if not storage.exists(layout.success):
+        return
+    recorded = storage.read_json(layout.spec).get("spec") if storage.exists(layout.spec) else None
+    if recorded == spec.to_json_dict():
+        raise RunAlreadyPublished(f"run {layout.root} is already published with this spec ({layout.success} "
+                                  "exists): nothing to do")
+    differing = sorted(k for k in spec.to_json_dict() if (recorded or {}).get(k) != spec.to_json_dict()[k])
+    raise SpecError(f"run {layout.root} is already published with a different spec (sections that differ: "
+                    f"{', '.join(differing) or 'unknown'}); a published run is never rewritten: use another run id "
+                    "(or output.uri), or erase the run first")
+
+
 def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
-            triggered_by: str | None = None) -> RunState:
-    """Validate the spec, pin the model version and write spec.json; returns the resolved run."""
-    spec = parse_spec(spec_data, source="run params")
+            triggered_by: str | None = None, template_values: Mapping[str, Any] | None = None,
+            started_by: dict[str, Any] | None = None) -> RunState:
+    """Validate the spec, pin the model version and write spec.json; returns the resolved run.
+
+    ``template_values`` fill the allow-listed placeholders of ``input.uri`` and ``output.uri``
+    (genbatch.schedule.templating); ``started_by`` (the schedule or event) is recorded in spec.json.
+    Raises RunAlreadyPublished when the run dir is published with this spec already.
+    """
+    spec = parse_spec(render_spec(spec_data, template_values or {}), source="run params")
     confine_spec_paths(spec)
     check_override_allowed(spec, triggered_by)
-    check_input_size(spec)
     run_id = spec.run_id or sanitize_run_id(airflow_run_id)
     layout = RunLayout.for_run(spec.output.uri, run_id)
+    refuse_published(spec, layout)
+    check_input_size(spec)
     clear_failed(layout.root)  # a new attempt of the run: it is running again, not failed
     model = resolve_model(spec)
     canary = None
@@ -90,7 +116,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
                             "production arm: nothing to compare; point the alias at the candidate version")
     num_shards, auto = resolve_num_shards(spec, model)
     state = RunState(run_id=run_id, spec=spec, model=model, layout=layout, num_shards=num_shards,
-                     canary_model=canary)
+                     canary_model=canary, started_by=started_by)
     write_run_state(state)
     if auto is not None:  # how `num_shards: auto` was decided (a retry decides the same and overwrites)
         storage.write_json(layout.auto_shards, auto, overwrite=True)
@@ -99,6 +125,8 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
 
 
 def prepare_run(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
-                triggered_by: str | None = None) -> str:
+                triggered_by: str | None = None, template_values: Mapping[str, Any] | None = None,
+                started_by: dict[str, Any] | None = None) -> str:
     """:func:`prepare`, returning the run dir URI (what the prepare task hands the other tasks)."""
-    return prepare(spec_data, airflow_run_id, resolve_model=resolve_model, triggered_by=triggered_by).layout.root
+    return prepare(spec_data, airflow_run_id, resolve_model=resolve_model, triggered_by=triggered_by,
+                   template_values=template_values, started_by=started_by).layout.root
