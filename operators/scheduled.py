@@ -8,18 +8,17 @@
   watcher (ArrivalTrigger, or the common-messaging MessageQueueTrigger) runs in the triggerer; it turns
   the events that woke it into runs of ``genbatch__NAME`` named after the input version, so the same
   input never starts two runs.
-Invalid spec files become one import error of the factory file that names each file and field,
-while every valid spec still gets its DAG.
+Invalid spec files become one import error of ``dags/scheduled_specs_errors.py`` that names each
+file and field, while every valid spec still gets its DAG from ``dags/scheduled_specs.py``.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, BaseOperator
-from airflow.sdk.bases.timetable import BaseTimetable
-from airflow.sdk.exceptions import AirflowTimetableInvalid
 
 from operators.alerts import mark_run_failed, notify_failure
 from operators.batch_stages import add_batch_stages
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
     from genbatch.schedule.spec import QueueSpec, ScheduledSpec
 
-INVALID_SPECS_DAG = "genbatch__invalid_specs"
+log = logging.getLogger(__name__)
 DEFAULT_ARGS: dict[str, Any] = {"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5),
                                 "on_failure_callback": [notify_failure, mark_run_failed]}
 
@@ -88,18 +87,6 @@ class CheckRejectedEventsOperator(BaseOperator):
         if rejected:
             reasons = "; ".join(f"{r['reason']} (event: {str(r['event'])[:200]})" for r in rejected)
             raise ValueError(f"{len(rejected)} event(s) started no run: {reasons}")
-
-
-class _InvalidSpecs(BaseTimetable):
-    """Never schedules; fails DagBag validation with the spec errors, so they show as an import error."""
-
-    can_be_scheduled = False
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def validate(self) -> None:
-        raise AirflowTimetableInvalid(self.message)
 
 
 def _main_schedule(spec: ScheduledSpec) -> Any:
@@ -184,23 +171,37 @@ def build_spec_dags(spec: ScheduledSpec) -> list[DAG]:
     return [main, events]
 
 
-def invalid_specs_dag(errors: dict[Path, str]) -> DAG:
-    """A DAG that never bags: its validation error (every invalid file and field) is the import error."""
-    message = (f"{len(errors)} invalid scheduled spec(s); their DAGs are not created, the others are:\n"
-               + "\n".join(errors.values()))
-    return DAG(dag_id=INVALID_SPECS_DAG, schedule=_InvalidSpecs(message), tags=["genbatch"],
-               default_args={"owner": "genbatch", "retries": 0})
-
-
 def build_dags(folder: Path | None = None) -> dict[str, DAG]:
-    """Every DAG of the specs folder, by DAG id (what the DAG file puts in its globals)."""
+    """Every valid spec's DAGs, by DAG id (what dags/scheduled_specs.py puts in its globals).
+
+    Invalid files are skipped here and reported by dags/scheduled_specs_errors.py: Airflow marks every
+    DAG of a file with an import error stale, so the error must live in a file of its own. A spec that
+    validates but fails to build (a bug) is logged and skipped, never taking the other specs down.
+    """
     from genbatch.schedule.spec import load_specs_folder
 
-    specs, errors = load_specs_folder(folder)
+    specs, _ = load_specs_folder(folder)
     dags: dict[str, DAG] = {}
     for spec in specs:
-        for dag in build_spec_dags(spec):
+        try:
+            built = build_spec_dags(spec)
+        except Exception:  # noqa: BLE001 - one spec's bug must not stop the other specs' DAGs
+            log.exception("scheduled spec %s: building its DAG failed; its DAG is left out", spec.path)
+            continue
+        for dag in built:
             dags[dag.dag_id] = dag
-    if errors:
-        dags[INVALID_SPECS_DAG] = invalid_specs_dag(errors)
     return dags
+
+
+class InvalidSpecsError(ValueError):
+    """Raised at parse time by dags/scheduled_specs_errors.py: one import error listing every invalid spec."""
+
+
+def raise_for_invalid_specs(folder: Path | None = None) -> None:
+    """Raise InvalidSpecsError naming each invalid spec file and its bad fields; nothing when all are valid."""
+    from genbatch.schedule.spec import load_specs_folder
+
+    _, errors = load_specs_folder(folder)
+    if errors:
+        raise InvalidSpecsError(f"{len(errors)} invalid scheduled spec(s); their DAGs are not created, the other "
+                                "specs' DAGs are:\n" + "\n".join(errors.values()))
