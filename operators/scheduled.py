@@ -8,8 +8,10 @@
   watcher (ArrivalTrigger, or the common-messaging MessageQueueTrigger) runs in the triggerer; it turns
   the events that woke it into runs of ``genbatch__NAME`` named after the input version, so the same
   input never starts two runs.
-Invalid spec files become one import error of the factory file that names each file and field,
-while every valid spec still gets its DAG.
+Invalid spec files become one import error that names each file and field, while every valid spec
+still gets its DAG and is scheduled. The error comes from a DAG file of its own
+(``dags/scheduled_specs_invalid.py`` calls :func:`build_invalid_specs_dags`): Airflow marks every DAG
+of a file with an import error stale (``has_import_errors``), and the scheduler starts no run of those.
 """
 
 from __future__ import annotations
@@ -193,14 +195,25 @@ def invalid_specs_dag(errors: dict[Path, str]) -> DAG:
 
 
 def build_dags(folder: Path | None = None) -> dict[str, DAG]:
-    """Every DAG of the specs folder, by DAG id (what the DAG file puts in its globals)."""
+    """Every DAG of the specs folder's valid specs, by DAG id (what dags/scheduled_specs.py puts in its globals).
+
+    Invalid files are :func:`build_invalid_specs_dags`' (another DAG file): an import error in this file
+    would stop the scheduler from starting any of these DAGs.
+    """
     from genbatch.schedule.spec import load_specs_folder
 
-    specs, errors = load_specs_folder(folder)
+    specs, _errors = load_specs_folder(folder)
     dags: dict[str, DAG] = {}
     for spec in specs:
         for dag in build_spec_dags(spec):
             dags[dag.dag_id] = dag
-    if errors:
-        dags[INVALID_SPECS_DAG] = invalid_specs_dag(errors)
     return dags
+
+
+def build_invalid_specs_dags(folder: Path | None = None) -> dict[str, DAG]:
+    """The DAG whose import error names every invalid spec file and field, when there is one (else none);
+    what dags/scheduled_specs_invalid.py puts in its globals."""
+    from genbatch.schedule.spec import load_specs_folder
+
+    _specs, errors = load_specs_folder(folder)
+    return {INVALID_SPECS_DAG: invalid_specs_dag(errors)} if errors else {}
