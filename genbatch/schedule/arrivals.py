@@ -27,6 +27,7 @@ class Arrival:
         return event_key(self.uri, self.version)
 
     def payload(self) -> dict[str, str]:
+        """The trigger event's payload: uri, version and key."""
         return {"uri": self.uri, "version": self.version, "key": self.key}
 
 
