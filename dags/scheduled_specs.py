@@ -2,7 +2,8 @@
 
 The folder is $GENBATCH_SPECS_DIR (default: the repository's ``specs/``; on GKE a mounted ConfigMap,
 see docker/helm/airflow-values.yaml). Parsing reads only those small YAML files: no network, no
-heavy imports. See operators/scheduled.py and docs/operations.md, "Scheduling".
+heavy imports. Invalid spec files are reported by ``dags/scheduled_specs_errors.py``, so they never
+stop these DAGs. See operators/scheduled.py and docs/operations.md, "Scheduling".
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ class Arrival:
         return event_key(self.uri, self.version)
 
     def payload(self) -> dict[str, str]:
+        """The trigger event's payload: uri, version and key."""
         return {"uri": self.uri, "version": self.version, "key": self.key}
 
 
@@ -35,8 +36,16 @@ def event_key(uri: str, version: str) -> str:
     return hashlib.sha256(f"{uri}\n{version}".encode()).hexdigest()[:20]
 
 
-def _relative(prefix: str, uri: str) -> str:
-    base = prefix.rstrip("/") + "/"
+def _listing_base(prefix: str) -> str:
+    """The prefix as the listing spells the URIs under it: a local path as its walk does (``./in`` lists
+    as ``in/...``, ``a//b`` as ``a/b/...``), so the pattern is matched on the path under the prefix."""
+    if storage.is_gcs(prefix):
+        return prefix.rstrip("/") + "/"
+    style = storage.FILE_SCHEME if prefix.startswith(storage.FILE_SCHEME) else ""
+    return style + str(storage.local_path(prefix)).rstrip("/") + "/"
+
+
+def _relative(base: str, uri: str) -> str:
     return uri[len(base):] if uri.startswith(base) else uri
 
 
@@ -48,9 +57,10 @@ def find_arrivals(prefix: str, *, pattern: str = "*.jsonl", ready_marker: str | 
     ``pattern``.
     """
     listed = storage.list_versions(prefix.rstrip("/") + "/")
+    base = _listing_base(prefix)
     found: list[Arrival] = []
     for uri, version in sorted(listed.items()):
-        rel = _relative(prefix, uri)
+        rel = _relative(base, uri)
         if ready_marker is not None:
             folder, _, leaf = uri.rpartition("/")
             if leaf == ready_marker:

@@ -67,10 +67,12 @@ def run_start(name: str, kind: str, *, airflow_run_id: str, logical_date: dt.dat
         return RunStart(run_id=f"{name}__{started['key']}", values=template_values(event_uri=arrival.uri),
                         started_by=started)
     if logical_date is not None:
+        # All three dates in UTC, as the run id: {{ data_interval_start | ds }} is the same calendar as {{ ds }}.
         logical = _utc(logical_date)
-        started.update(logical_date=_iso(logical), data_interval=[_iso(data_interval_start), _iso(data_interval_end)])
-        values = template_values(logical_date=logical, data_interval_start=data_interval_start,
-                                 data_interval_end=data_interval_end)
+        start = None if data_interval_start is None else _utc(data_interval_start)
+        end = None if data_interval_end is None else _utc(data_interval_end)
+        started.update(logical_date=_iso(logical), data_interval=[_iso(start), _iso(end)])
+        values = template_values(logical_date=logical, data_interval_start=start, data_interval_end=end)
         return RunStart(run_id=f"{name}__{logical.strftime('%Y%m%dT%H%M%S')}", values=values, started_by=started)
     # An asset-started run (or a manual one without a logical date): named after the Airflow run.
     return RunStart(run_id=sanitize_run_id(f"{name}__{airflow_run_id}"), values={}, started_by=started)

@@ -151,6 +151,7 @@ class ScheduledSpec:
 
     @property
     def dag_id(self) -> str:
+        """The pipeline DAG of this spec: ``genbatch__<name>``."""
         return DAG_PREFIX + self.name
 
     @property

@@ -52,6 +52,7 @@ def check_placeholders(text: str, *, allowed: tuple[str, ...]) -> None:
 
 
 def has_placeholders(text: str) -> bool:
+    """Whether ``text`` holds any template syntax at all (allowed or not)."""
     return bool(_ANY_TEMPLATE.search(text))
 
 

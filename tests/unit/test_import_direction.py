@@ -24,7 +24,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "dags": frozenset({"models", "beam_jobs", "devstack"}),
 }
 # genbatch's own layers, lowest first: a module may import its own layer and the ones before it.
-CORE_LAYERS = ("errors", "io", "run", "plan", "quality", "stages", "ops", "cli")
+CORE_LAYERS = ("errors", "io", "run", "plan", "quality", "schedule", "stages", "ops", "cli")
 
 
 def imported_modules(source: str) -> Iterator[tuple[int, str]]:

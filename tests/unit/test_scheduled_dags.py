@@ -1,0 +1,163 @@
+"""The DAG factory of scheduled specs, parsed by a real DagBag in a fresh interpreter (as test_dag_integrity).
+
+The specs folder ($GENBATCH_SPECS_DIR) holds a cron, an arrival and a queue spec and two invalid files:
+each valid spec gets its DAGs with batch_generation's stages and the policy, the invalid ones become
+one import error naming each file and field, and nothing heavy is imported while parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ["torch", "transformers", "diffusers", "apache_beam", "great_expectations"]
+SCHEDULED = ["genbatch__drops", "genbatch__drops__events", "genbatch__nightly", "genbatch__orders",
+             "genbatch__orders__events"]
+
+PROBE = r"""
+import json, sys
+HEAVY = json.loads(sys.argv[2])
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+
+def describe(d):
+    return {
+        "tasks": {t.task_id: sorted(t.downstream_task_ids) for t in d.tasks},
+        "owners": sorted({t.owner for t in d.tasks}),
+        "tags": sorted(d.tags),
+        "retries": {t.task_id: t.retries for t in d.tasks},
+        "timetable": type(d.timetable).__name__,
+        "cron": d.timetable.serialize() if d.dag_id == "genbatch__nightly" else None,
+        "watchers": [[w.name, *w.trigger.serialize()] for a in getattr(getattr(d.timetable, "asset_condition", None),
+                                                                     "objects", []) for w in a.watchers],
+        "max_active_runs": d.max_active_runs,
+        "catchup": d.catchup,
+        "start_date": d.start_date.isoformat() if d.start_date else None,
+        "fileloc": d.fileloc,
+        "prepare_op": type(d.task_dict["prepare_run"]).__name__ if "prepare_run" in d.task_dict else None,
+    }
+
+out = {
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "heavy": [m for m in HEAVY if m in sys.modules],
+    "dags": {dag_id: describe(d) for dag_id, d in bag.dags.items()},
+}
+print(json.dumps(out))
+"""
+
+BASE: dict[str, Any] = {"task": "text", "model": {"name": "catalog-copy", "alias": "production"}}
+SPECS: dict[str, dict[str, Any]] = {
+    "nightly.yaml": {"schedule": {"cron": "0 2 * * *", "timezone": "Europe/Berlin", "interval": "P1D",
+                                  "max_active_runs": 2},
+                     "input": {"uri": "in/{{ data_interval_start | ds }}.jsonl"}, "output": {"uri": "runs/{{ ds }}"}},
+    "drops.yaml": {"schedule": {"arrival": {"prefix": "/srv/drops/", "pattern": "*.jsonl", "poll_s": 5}},
+                   "input": {"uri": "{{ event_uri }}"}, "output": {"uri": "runs/drops"}},
+    "orders.yaml": {"schedule": {"queue": {"scheme": "redis+pubsub", "channels": ["genbatch-orders"]}},
+                    "input": {"uri": "{{ event_uri }}"}, "output": {"uri": "runs/orders/{{ event_name }}"}},
+    "broken-cron.yaml": {"schedule": {"cron": "every night"}, "input": {"uri": "in.jsonl"},
+                         "output": {"uri": "runs/x"}},
+    "typo-model.yaml": {"schedule": {"cron": "@daily"}, "model": {"nmae": "catalog-copy", "alias": "production"},
+                        "input": {"uri": "in.jsonl"}, "output": {"uri": "runs/y"}},
+}
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    specs_dir = tmp_path_factory.mktemp("specs")
+    for name, data in SPECS.items():
+        (specs_dir / name).write_text(json.dumps({**BASE, **data}))
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path_factory.mktemp("airflow")),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "GENBATCH_SPECS_DIR": str(specs_dir)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags"), json.dumps(HEAVY)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["specs_dir"] = str(specs_dir)
+    return result
+
+
+def test_each_valid_spec_gets_its_dags_and_the_invalid_ones_none(parsed: dict[str, Any]) -> None:
+    scheduled = sorted(d for d in parsed["dags"] if d.startswith("genbatch__"))
+    assert scheduled == SCHEDULED
+    assert "batch_generation" in parsed["dags"]
+
+
+def test_the_invalid_specs_are_one_import_error_naming_each_file_and_field(parsed: dict[str, Any]) -> None:
+    [(key, error)] = parsed["errors"].items()
+    assert Path(key) == REPO / "dags" / "scheduled_specs_errors.py"
+    assert "2 invalid scheduled spec(s); their DAGs are not created, the other specs' DAGs are:" in error
+    specs_dir = Path(parsed["specs_dir"])
+    assert f"{specs_dir / 'broken-cron.yaml'}: 1 invalid field(s):" in error
+    assert "  - schedule.cron: 'every night' is not a cron expression" in error
+    assert f"{specs_dir / 'typo-model.yaml'}: 2 invalid field(s):" in error
+    assert "  - model.name: required field is missing" in error and "  - model.nmae: unknown field" in error
+    for valid in ("nightly.yaml", "drops.yaml", "orders.yaml"):
+        assert valid not in error
+
+
+def test_the_valid_dags_do_not_share_a_file_with_the_import_error(parsed: dict[str, Any]) -> None:
+    """Airflow marks every DAG of a file with an import error stale (the scheduler then starts none of them):
+    the error must come from a file that holds none of the valid specs' DAGs."""
+    [key] = parsed["errors"]
+    for dag_id in SCHEDULED:
+        fileloc = Path(parsed["dags"][dag_id]["fileloc"])
+        assert fileloc == REPO / "dags" / "scheduled_specs.py" != Path(key), dag_id
+
+
+def test_parsing_imports_nothing_heavy(parsed: dict[str, Any]) -> None:
+    assert parsed["heavy"] == []
+
+
+def test_the_scheduled_dags_follow_the_policy(parsed: dict[str, Any]) -> None:
+    for dag_id in SCHEDULED:
+        info = parsed["dags"][dag_id]
+        assert info["owners"] == ["genbatch"], dag_id
+        assert "genbatch" in info["tags"] and "scheduled" in info["tags"], dag_id
+        assert all(r is not None for r in info["retries"].values()), dag_id
+    for dag_id, kind in (("genbatch__nightly", "cron"), ("genbatch__drops", "arrival"), ("genbatch__orders", "queue")):
+        assert kind in parsed["dags"][dag_id]["tags"]
+        assert parsed["dags"][dag_id]["retries"]["prepare_run"] == 0, "a published run skips; nothing to retry"
+        assert parsed["dags"][dag_id]["retries"]["publish"] >= 1
+
+
+def test_the_pipeline_dags_have_batch_generations_tasks(parsed: dict[str, Any]) -> None:
+    reference = parsed["dags"]["batch_generation"]["tasks"]
+    assert len(reference) == 10
+    for dag_id in ("genbatch__nightly", "genbatch__drops", "genbatch__orders"):
+        assert parsed["dags"][dag_id]["tasks"] == reference, dag_id
+        assert parsed["dags"][dag_id]["prepare_op"] == "ScheduledPrepareRunOperator", dag_id
+    assert parsed["dags"]["batch_generation"]["prepare_op"] == "PrepareRunOperator"
+
+
+def test_the_schedules_come_from_the_spec_files(parsed: dict[str, Any]) -> None:
+    nightly = parsed["dags"]["genbatch__nightly"]
+    assert nightly["timetable"] == "CronTriggerTimetable"
+    assert nightly["cron"] == {"expression": "0 2 * * *", "timezone": "Europe/Berlin", "interval": 86400.0,
+                               "run_immediately": False}
+    assert (nightly["max_active_runs"], nightly["catchup"]) == (2, False)
+    assert nightly["start_date"].startswith("2026-01-01T00:00:00")
+    for dag_id in ("genbatch__drops", "genbatch__orders"):  # started by their events DAGs only
+        assert parsed["dags"][dag_id]["timetable"] == "NullTimetable", dag_id
+        events = parsed["dags"][f"{dag_id}__events"]
+        assert events["max_active_runs"] == 1, dag_id
+        assert events["tasks"] == {"plan_runs": ["start_runs"], "start_runs": ["check_rejected"],
+                                   "check_rejected": []}, dag_id
+        assert events["retries"]["check_rejected"] == 0, dag_id
+
+
+def test_the_events_dags_watch_with_the_specs_trigger(parsed: dict[str, Any]) -> None:
+    [[name, classpath, kwargs]] = parsed["dags"]["genbatch__drops__events"]["watchers"]
+    assert (name, classpath) == ("genbatch__drops__watcher", "operators.triggers.ArrivalTrigger")
+    assert kwargs == {"prefix": "/srv/drops/", "pattern": "*.jsonl", "ready_marker": None, "poll_s": 5.0}
+    [[name, classpath, kwargs]] = parsed["dags"]["genbatch__orders__events"]["watchers"]
+    # common-messaging's MessageQueueTrigger hands the redis+pubsub scheme to the Redis provider's trigger.
+    assert (name, classpath) == ("genbatch__orders__watcher",
+                                 "airflow.providers.redis.triggers.redis_await_message.AwaitMessageTrigger")
+    assert kwargs == {"channels": ["genbatch-orders"], "redis_conn_id": "redis_default", "poll_interval": 1}
