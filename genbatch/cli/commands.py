@@ -38,7 +38,11 @@ def _summary(run_dir: str, state: str, tasks: dict[str, str], wall_s: float) -> 
 
     layout = RunLayout(run_dir)
     out: dict[str, Any] = {"dag_run": state, "run_dir": run_dir, "wall_s": round(wall_s, 1)}
-    failed = {k: v for k, v in tasks.items() if v not in {"success", "TaskInstanceState.SUCCESS"}}
+    if tasks.get("prepare_run", "").lower().endswith("skipped"):  # refuse_published: this spec is published there already
+        out["already_published"] = "nothing was run: the run dir is published with this spec (a published run " \
+                                   "is never rewritten; use another --run-id for a new run)"
+    failed = {k: v for k, v in tasks.items()
+              if v not in {"success", "TaskInstanceState.SUCCESS"} and "already_published" not in out}
     if failed:
         out["tasks_not_successful"] = failed
     if storage.exists(layout.manifest):

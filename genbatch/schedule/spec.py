@@ -190,7 +190,7 @@ def parse_scheduled_spec(data: Any, path: Path) -> ScheduledSpec:
             try:
                 check_placeholders(getattr(getattr(spec, section), key), allowed=schedule.placeholder_fields())
             except ValueError as exc:
-                problems.append(f"  - {section}.{key}: {exc} (a {schedule.kind} schedule)")
+                problems.append(f"  - {section}.{key}: {exc} (schedule kind: {schedule.kind})")
     if problems:
         raise SpecError(f"{path}: {len(problems)} invalid field(s):\n" + "\n".join(problems))
     assert spec is not None and schedule is not None

@@ -111,6 +111,16 @@ def test_text_run_end_to_end_on_local_disk(workdir: Path) -> None:
     manifest = _check_run(str(workdir / "runs" / "local-run"), rows)
     assert manifest["quality"]["metrics"]["attribute_mention_rate"] >= 0.85
 
+    # The same run again (a cleared or re-sent run): published with this spec, so nothing runs or changes.
+    run_dir = workdir / "runs" / "local-run"
+    before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    again = _run(workdir, _text_spec(input_path, str(workdir / "runs")), "local-run")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    # the summary is the last JSON document (Airflow logs lines with braces before it when every task skips)
+    summary = json.loads(again.stdout[again.stdout.rindex("\n{\n") + 1:])
+    assert "nothing was run" in summary["already_published"] and summary["success_marker"] is True
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
+
 
 @pytest.fixture(scope="module")
 def gcs_runs(workdir: Path, gcs_emulator: Any) -> dict[str, Any]:

@@ -277,7 +277,7 @@ def test_event_placeholders_are_refused_on_a_cron_spec(tmp_path: Path) -> None:
     assert "2 invalid field(s)" in message
     assert "  - input.uri: '{{ event_uri }}': {{ event_uri }} is not available here" in message
     assert "  - output.uri: 'runs/{{ event_name }}': {{ event_name }} is not available here" in message
-    assert "available: ds, ds_nodash" in message and "(a cron schedule)" in message
+    assert "available: ds, ds_nodash" in message and "(schedule kind: cron)" in message
 
 
 @pytest.mark.parametrize("schedule", [{"arrival": {"prefix": "gs://b/in/"}}, {"queue": {"channels": ["orders"]}}])
