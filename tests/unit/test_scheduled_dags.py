@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ["torch", "transformers", "diffusers", "apache_beam", "great_expectations"]
 SCHEDULED = ["genbatch__drops", "genbatch__drops__events", "genbatch__nightly", "genbatch__orders",
-             "genbatch__orders__events"]
+             "genbatch__orders__events", "genbatch__upstream"]
 
 PROBE = r"""
 import json, sys
@@ -34,6 +34,7 @@ def describe(d):
         "tags": sorted(d.tags),
         "retries": {t.task_id: t.retries for t in d.tasks},
         "timetable": type(d.timetable).__name__,
+        "asset_uris": sorted(a.uri for a in getattr(getattr(d.timetable, "asset_condition", None), "objects", [])),
         "cron": d.timetable.serialize() if d.dag_id == "genbatch__nightly" else None,
         "watchers": [[w.name, *w.trigger.serialize()] for a in getattr(getattr(d.timetable, "asset_condition", None),
                                                                      "objects", []) for w in a.watchers],
@@ -61,6 +62,8 @@ SPECS: dict[str, dict[str, Any]] = {
                    "input": {"uri": "{{ event_uri }}"}, "output": {"uri": "runs/drops"}},
     "orders.yaml": {"schedule": {"queue": {"scheme": "redis+pubsub", "channels": ["genbatch-orders"]}},
                     "input": {"uri": "{{ event_uri }}"}, "output": {"uri": "runs/orders/{{ event_name }}"}},
+    "upstream.yaml": {"schedule": {"assets": ["genbatch://batch_generation/published"]},
+                      "input": {"uri": "in.jsonl"}, "output": {"uri": "runs/upstream"}},
     "broken-cron.yaml": {"schedule": {"cron": "every night"}, "input": {"uri": "in.jsonl"},
                          "output": {"uri": "runs/x"}},
     "typo-model.yaml": {"schedule": {"cron": "@daily"}, "model": {"nmae": "catalog-copy", "alias": "production"},
@@ -98,7 +101,7 @@ def test_the_invalid_specs_are_one_import_error_naming_each_file_and_field(parse
     assert "  - schedule.cron: 'every night' is not a cron expression" in error
     assert f"{specs_dir / 'typo-model.yaml'}: 2 invalid field(s):" in error
     assert "  - model.name: required field is missing" in error and "  - model.nmae: unknown field" in error
-    for valid in ("nightly.yaml", "drops.yaml", "orders.yaml"):
+    for valid in ("nightly.yaml", "drops.yaml", "orders.yaml", "upstream.yaml"):
         assert valid not in error
 
 
@@ -130,7 +133,7 @@ def test_the_scheduled_dags_follow_the_policy(parsed: dict[str, Any]) -> None:
 def test_the_pipeline_dags_have_batch_generations_tasks(parsed: dict[str, Any]) -> None:
     reference = parsed["dags"]["batch_generation"]["tasks"]
     assert len(reference) == 10
-    for dag_id in ("genbatch__nightly", "genbatch__drops", "genbatch__orders"):
+    for dag_id in ("genbatch__nightly", "genbatch__drops", "genbatch__orders", "genbatch__upstream"):
         assert parsed["dags"][dag_id]["tasks"] == reference, dag_id
         assert parsed["dags"][dag_id]["prepare_op"] == "ScheduledPrepareRunOperator", dag_id
     assert parsed["dags"]["batch_generation"]["prepare_op"] == "PrepareRunOperator"
@@ -143,6 +146,9 @@ def test_the_schedules_come_from_the_spec_files(parsed: dict[str, Any]) -> None:
                                "run_immediately": False}
     assert (nightly["max_active_runs"], nightly["catchup"]) == (2, False)
     assert nightly["start_date"].startswith("2026-01-01T00:00:00")
+    upstream = parsed["dags"]["genbatch__upstream"]  # runs when another DAG's Asset is updated
+    assert (upstream["timetable"], upstream["asset_uris"]) == ("AssetTriggeredTimetable",
+                                                              ["genbatch://batch_generation/published"])
     for dag_id in ("genbatch__drops", "genbatch__orders"):  # started by their events DAGs only
         assert parsed["dags"][dag_id]["timetable"] == "NullTimetable", dag_id
         events = parsed["dags"][f"{dag_id}__events"]
