@@ -10,6 +10,7 @@
     genbatch cost URI... [--table]                   cost per run, per model version and per 1k items
     genbatch erase --id ID | --match F=V ROOT...     erase a data subject from every run (GDPR), with a record
     genbatch model register|list|show|alias|promote|rollback   the model registry (see genbatch model -h)
+    genbatch schedule list [--specs-dir DIR] [--json]  scheduled specs: what starts each, next run, last outcome
 """
 
 from __future__ import annotations
@@ -209,6 +210,18 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    """``genbatch schedule list``: a row per spec file (table or ``--json``); exit 1 when a file is invalid."""
+    from genbatch.schedule.listing import list_specs, table
+
+    now = dt.datetime.fromisoformat(args.now) if args.now else None
+    if now is not None and now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+    rows = list_specs(Path(args.specs_dir) if args.specs_dir else None, now=now)
+    print(json.dumps([r.to_json() for r in rows], indent=2) if args.json else table(rows))
+    return 1 if any(r.error is not None for r in rows) else 0
+
+
 def _plugin(group: str, name: str) -> Callable[..., Any]:
     """The callable another package registered under entry-point ``group`` as ``name`` (setup.cfg)."""
     found = entry_points(group=group, name=name)
@@ -271,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also rewrite runs with shards still generating (only when no worker is running)")
     p.add_argument("--dry-run", action="store_true", help="report what would be erased; change nothing")
     p.set_defaults(func=cmd_erase)
+    p = sub.add_parser("schedule", help="scheduled specs (the specs folder): list them")
+    actions = p.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("list", help="each spec: what starts it, its next run and how its last run ended "
+                                        "(exit 1 when a spec file is invalid)")
+    p.add_argument("--specs-dir", metavar="DIR", help="the specs folder (default: $GENBATCH_SPECS_DIR, else specs/)")
+    p.add_argument("--json", action="store_true", help="a JSON list instead of the table")
+    p.add_argument("--now", metavar="ISO", help="list as of this time (default: now; naive means UTC)")
+    p.set_defaults(func=cmd_schedule_list)
     args = parser.parse_args(argv)
     from genbatch.ops import logs
 
