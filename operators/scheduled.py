@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, BaseOperator
@@ -89,12 +90,19 @@ class CheckRejectedEventsOperator(BaseOperator):
             raise ValueError(f"{len(rejected)} event(s) started no run: {reasons}")
 
 
+@cache
+def _cron_timetable(expression: str, timezone: str, interval: timedelta) -> Any:
+    """One timetable per (cron, timezone, interval), shared by the specs that have it: each new one loads
+    cron_descriptor's locale to describe its cron (~1 ms, on every parse), and a timetable never changes."""
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    return CronTriggerTimetable(expression, timezone=timezone, interval=interval)
+
+
 def _main_schedule(spec: ScheduledSpec) -> Any:
     s = spec.schedule
     if s.kind == "cron":
-        from airflow.timetables.trigger import CronTriggerTimetable
-
-        return CronTriggerTimetable(s.cron_expression, timezone=s.timezone, interval=s.interval)
+        return _cron_timetable(s.cron_expression, s.timezone, s.interval)
     if s.kind == "assets":
         return [Asset(uri) for uri in s.assets]
     return None  # started by its events DAG
