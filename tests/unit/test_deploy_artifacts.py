@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -12,14 +14,20 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S_VERSION = "1.33.0"
-MANIFESTS = sorted((REPO / "docker" / "k8s").glob("*.yaml"))
+MANIFESTS = sorted((REPO / "docker" / "k8s").rglob("*.yaml"))  # airflow/: the Airflow release's namespace
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
+HELM_VALUES = REPO / "docker" / "helm" / "airflow-values.yaml"
+SPECS_CONFIGMAP = REPO / "docker" / "k8s" / "airflow" / "specs-configmap.yaml"
+# The official chart's Airflow components, by values key: the dag-processor parses the DAG files, the
+# KubernetesExecutor's task pods (workers) parse a task's DAG file before running it, the triggerer runs the
+# arrival and queue watchers; the scheduler and api-server get the same folder so no component disagrees.
+AIRFLOW_COMPONENTS = ("dagProcessor", "workers", "triggerer", "scheduler", "apiServer")
 
 
 def test_there_are_manifests_and_dockerfiles() -> None:
     names = {p.name for p in MANIFESTS}
     assert {"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "resourcequota.yaml", "priorityclass.yaml",
-            "networkpolicy.yaml"} <= names
+            "networkpolicy.yaml", "specs-configmap.yaml"} <= names
     assert {p.name for p in DOCKERFILES} == {"worker.Dockerfile", "airflow.Dockerfile"}
 
 
@@ -62,3 +70,69 @@ def test_worker_image_never_installs_airflow_and_airflow_image_never_torch() -> 
     cfg.read(REPO / "setup.cfg")
     extras = cfg["options.extras_require"]
     assert "airflow" not in extras["worker"] and "torch" not in extras["airflow"] and "torch" not in extras["beam"]
+
+
+def chart_container(values: dict[str, Any], component: str) -> dict[str, list[dict[str, Any]]]:
+    """The volumes, mounts and env the official chart gives ``component``'s Airflow container: the global
+    ``volumes``, ``volumeMounts`` and ``env`` (every Airflow container: chart/templates/*/…-deployment.yaml,
+    files/pod-template-file.kubernetes-helm-yaml), then the component's ``extraVolumes``,
+    ``extraVolumeMounts`` and ``env``."""
+    own = values.get(component) or {}
+    return {"volumes": [*values.get("volumes", []), *own.get("extraVolumes", [])],
+            "mounts": [*values.get("volumeMounts", []), *own.get("extraVolumeMounts", [])],
+            "env": [*values.get("env", []), *own.get("env", [])]}
+
+
+@pytest.mark.parametrize("component", AIRFLOW_COMPONENTS)
+def test_every_airflow_component_mounts_the_specs_folder_where_genbatch_specs_dir_points(component: str) -> None:
+    from genbatch.schedule.spec import SPECS_DIR_ENV
+
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    container = chart_container(values, component)
+    specs_dirs = [e["value"] for e in container["env"] if e["name"] == SPECS_DIR_ENV]
+    assert len(specs_dirs) == 1, f"{component}: {SPECS_DIR_ENV} set {len(specs_dirs)} times"
+    mounts = [m for m in container["mounts"] if m["mountPath"] == specs_dirs[0]]
+    assert len(mounts) == 1 and mounts[0].get("readOnly") is True, component
+    volume = next(v for v in container["volumes"] if v["name"] == mounts[0]["name"])
+    configmap = yaml.safe_load(SPECS_CONFIGMAP.read_text())
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert not specs_dirs[0].startswith("/opt/airflow/dags")  # never walked as DAG files
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"airflow-{component.lower()}"},
+           "spec": {"containers": [{"name": "airflow", "image": "airflow", "env": container["env"],
+                                    "volumeMounts": container["mounts"]}], "volumes": container["volumes"]}}
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_the_triggerer_and_dag_processor_are_not_disabled() -> None:
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert values["triggerer"]["enabled"] is True
+    assert (values.get("dagProcessor") or {}).get("enabled", True) is not False  # the chart's default for Airflow 3
+
+
+def test_the_specs_configmap_holds_valid_scheduled_specs_in_the_airflow_namespace() -> None:
+    from genbatch.schedule.spec import parse_scheduled_spec
+
+    configmap = yaml.safe_load(SPECS_CONFIGMAP.read_text())
+    assert configmap["metadata"]["namespace"] == "airflow"  # the release's (helm -n airflow), where pods mount it
+    assert configmap["data"]
+    for key, text in configmap["data"].items():
+        assert key.endswith(".yaml")
+        parse_scheduled_spec(yaml.safe_load(text), Path(key))  # raises naming every bad field
+
+
+def test_a_mounted_configmap_reads_as_the_specs_folder(tmp_path: Path) -> None:
+    """The kubelet writes a ConfigMap volume atomically: the files in a timestamped ``..<date>`` folder,
+    ``..data`` a link to it, each key a link through ``..data``. The factory sees exactly the keys."""
+    from genbatch.schedule.spec import load_specs_folder
+
+    data = yaml.safe_load(SPECS_CONFIGMAP.read_text())["data"]
+    mount = tmp_path / "specs"
+    version = mount / "..2026_12_06_19_00_00.123456789"
+    version.mkdir(parents=True)
+    for key, text in data.items():
+        (version / key).write_text(text)
+    os.symlink(version.name, mount / "..data")
+    for key in data:
+        os.symlink(f"..data/{key}", mount / key)
+    specs, errors = load_specs_folder(mount)
+    assert errors == {} and sorted(s.path.name for s in specs) == sorted(data)
