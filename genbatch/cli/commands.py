@@ -214,9 +214,7 @@ def cmd_schedule_list(args: argparse.Namespace) -> int:
     """``genbatch schedule list``: a row per spec file (table or ``--json``); exit 1 when a file is invalid."""
     from genbatch.schedule.listing import list_specs, table
 
-    now = dt.datetime.fromisoformat(args.now) if args.now else None
-    if now is not None and now.tzinfo is None:
-        now = now.replace(tzinfo=dt.UTC)
+    now = dt.datetime.fromisoformat(args.now) if args.now else None  # naive: UTC
     rows = list_specs(Path(args.specs_dir) if args.specs_dir else None, now=now)
     print(json.dumps([r.to_json() for r in rows], indent=2) if args.json else table(rows))
     return 1 if any(r.error is not None for r in rows) else 0

@@ -216,15 +216,18 @@ def describe(spec: ScheduledSpec, now: dt.datetime) -> SpecRow:
         next_run = ON_EVENT
     try:
         last = last_cron_run(spec, now) if spec.schedule.kind == "cron" else last_event_run(spec)
-    except GenbatchError as exc:  # an unreadable bucket or prefix: say so on this row, list the others
+    except (GenbatchError, ValueError) as exc:  # an unreadable bucket or marker: say so on this row, list the others
         last = LastRun("unknown", reason=str(exc))
     return SpecRow(name=spec.name, file=str(spec.path), dag_id=spec.dag_id, kind=spec.schedule.kind,
                    starts=starts(spec), next_run=next_run, last_run=last)
 
 
 def list_specs(folder: Path | None = None, *, now: dt.datetime | None = None) -> list[SpecRow]:
-    """A row per file of the specs folder (default $GENBATCH_SPECS_DIR), valid or not, sorted by name."""
-    now = dt.datetime.now(dt.UTC) if now is None else now.astimezone(dt.UTC)
+    """A row per file of the specs folder (default $GENBATCH_SPECS_DIR), valid or not, sorted by name, as of
+    ``now`` (default: the current time; a naive datetime is read as UTC)."""
+    if now is None:
+        now = dt.datetime.now(dt.UTC)
+    now = now.replace(tzinfo=dt.UTC) if now.tzinfo is None else now.astimezone(dt.UTC)
     specs, errors = load_specs_folder(folder)
     rows = [describe(spec, now) for spec in specs]
     rows += [SpecRow(name=path.stem, file=str(path), error=error) for path, error in errors.items()]

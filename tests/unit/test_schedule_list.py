@@ -246,3 +246,13 @@ def test_invalid_specs_are_listed_with_their_error_and_exit_1(
 
     text = table(list_specs(specs, now=NOW))
     assert text.splitlines()[1].split()[:2] == ["broken", "INVALID"] and "1 invalid spec file(s)" in text and "every day" in text
+
+
+def test_an_unreadable_marker_makes_that_row_unknown_and_the_others_still_list(specs: Path, tmp_path: Path) -> None:
+    inbox = load_scheduled_spec(specs / "inbox.yaml")
+    state = _run_dir(inbox, run_start("inbox", "arrival", airflow_run_id="manual__1",
+                                      conf={"event": {"uri": f"{tmp_path}/inbox/a.jsonl", "version": "1"}}))
+    Path(state.layout.failed).write_text("{not json")  # e.g. a truncated copy
+    rows = by_name(list_specs(specs, now=dt.datetime(2026, 12, 6, 12)))  # naive: read as UTC
+    assert rows["inbox"].last_run.outcome == "unknown" and rows["inbox"].last_run.reason
+    assert rows["nightly"].next_run == "2026-12-07T01:00:00Z"
