@@ -2,15 +2,14 @@
 
     genbatch run SPEC [--output URI] [--run-id ID]   run the batch_generation DAG end to end (embedded)
     genbatch worker --run-dir URI --shard K          generate one shard (what a pod runs)
-    genbatch check-spec SPEC                         validate a spec and print the resolved form
-    genbatch spec-schema                             print the RunSpec JSON schema
+    genbatch check-spec SPEC | spec-schema           validate a spec, print its resolved form | the RunSpec schema
     genbatch registry-init [--registry URI]          register the shipped tiny models
     genbatch reconcile URI                           lost/doubled/orphans/manifest checks of a run, as JSON
     genbatch wait URI [--timeout S]                  wait for a run to publish: 0 published, 1 failed, 2 timed out
     genbatch cost URI... [--table]                   cost per run, per model version and per 1k items
     genbatch erase --id ID | --match F=V ROOT...     erase a data subject from every run (GDPR), with a record
     genbatch model register|list|show|alias|promote|rollback   the model registry (see genbatch model -h)
-    genbatch schedule list [--specs-dir DIR] [--json]  scheduled specs: what starts each, next run, last outcome
+    genbatch schedule list [--specs-dir DIR] [--json]   scheduled specs: what starts each, next run, last outcome
 """
 
 from __future__ import annotations
