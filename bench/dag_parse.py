@@ -9,7 +9,8 @@ and in alternating order, parses in a fresh child process pinned to one core:
 file legs  one DAG file alone, as the DAG processor does (one child per file, the parent's ``airflow.*``
            pre-imports first): ``BundleDagBag(<file>)``, whose ``dagbag_stats`` duration is what
            ``airflow dags report`` prints, then ``_serialize_dags`` (the processor's next step, timed apart):
-           ``scheduled_specs.py`` with N specs and with 0, and ``batch_generation.py``;
+           ``scheduled_specs.py`` with N specs and with 0, ``scheduled_specs_errors.py`` (the invalid specs'
+           import error) with N, and ``batch_generation.py``;
 report     ``airflow dags report -o json`` over the repository's dags/ with N specs (every file in one
            process: the first file to import genbatch's operators pays for them).
 
@@ -36,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 FACTORY, ONE_OFF = "scheduled_specs.py", "batch_generation.py"
+ERRORS = "scheduled_specs_errors.py"  # reads the same folder for invalid specs; a DAG file of its own
 TARGET_S = 2.0
 MARK = "DAG_PARSE_RESULT "
 CRONS = ("0 2 * * *", "30 */6 * * *", "0 * * * *", "15 4 * * 1-5", "@daily", "0 0 1 * *", "45 23 * * 0", "*/30 8-18 * * *")
@@ -271,6 +273,7 @@ def bench(n: int, repeat: int, profile: int) -> dict[str, Any]:
         legs: list[tuple[str, Any]] = [
             (f"{FACTORY}@{n}", lambda: file_leg(DAGS / FACTORY, home, full)),
             (f"{FACTORY}@0", lambda: file_leg(DAGS / FACTORY, home, empty)),
+            (f"{ERRORS}@{n}", lambda: file_leg(DAGS / ERRORS, home, full)),
             (ONE_OFF, lambda: file_leg(DAGS / ONE_OFF, home, empty)),
             ("report", lambda: report_leg(home, full)),
         ]

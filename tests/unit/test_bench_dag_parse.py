@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.dag_parse import FACTORY, ONE_OFF, mix, write_specs
+from bench.dag_parse import ERRORS, FACTORY, ONE_OFF, mix, write_specs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,8 @@ def test_a_small_run_reports_every_leg_and_one_dag_per_spec() -> None:
     assert summary["bench"] == "dag_parse" and summary["specs"] == n and summary["repeat"] == 1
     assert summary["mix"] == mix(n)
     files = summary["files"]
-    assert set(files) == {f"{FACTORY}@{n}", f"{FACTORY}@0", ONE_OFF}
+    assert set(files) == {f"{FACTORY}@{n}", f"{FACTORY}@0", f"{ERRORS}@{n}", ONE_OFF}
+    assert (files[f"{ERRORS}@{n}"]["dags"], files[f"{ERRORS}@{n}"]["import_errors"]) == (0, {})  # all valid
     full = files[f"{FACTORY}@{n}"]
     assert full["import_errors"] == {}
     assert full["dags"] - full["event_dags"] == n  # one genbatch__<name> DAG per spec
