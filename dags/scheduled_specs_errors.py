@@ -6,6 +6,6 @@ error stale: here, an invalid spec costs only its own DAG. This file defines no 
 
 from __future__ import annotations
 
-from operators.scheduled import raise_for_invalid_specs
+from genbatch.schedule.spec import raise_for_invalid_specs
 
 raise_for_invalid_specs()

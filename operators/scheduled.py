@@ -200,16 +200,3 @@ def build_dags(folder: Path | None = None) -> dict[str, DAG]:
             dags[dag.dag_id] = dag
     return dags
 
-
-class InvalidSpecsError(ValueError):
-    """Raised at parse time by dags/scheduled_specs_errors.py: one import error listing every invalid spec."""
-
-
-def raise_for_invalid_specs(folder: Path | None = None) -> None:
-    """Raise InvalidSpecsError naming each invalid spec file and its bad fields; nothing when all are valid."""
-    from genbatch.schedule.spec import load_specs_folder
-
-    _, errors = load_specs_folder(folder)
-    if errors:
-        raise InvalidSpecsError(f"{len(errors)} invalid scheduled spec(s); their DAGs are not created, the other "
-                                "specs' DAGs are:\n" + "\n".join(errors.values()))

@@ -220,3 +220,18 @@ def load_specs_folder(folder: Path | None = None) -> tuple[list[ScheduledSpec], 
         except SpecError as exc:
             errors[path] = str(exc)
     return specs, errors
+
+
+class InvalidSpecsError(ValueError):
+    """Raised at parse time by dags/scheduled_specs_errors.py: one import error listing every invalid spec."""
+
+
+def raise_for_invalid_specs(folder: Path | None = None) -> None:
+    """Raise InvalidSpecsError naming each invalid spec file and its bad fields; nothing when all are valid.
+
+    Here, not in operators.scheduled, so the errors' DAG file imports no Airflow operator or provider:
+    its own DAG processor child then costs the YAML and pydantic work only (bench/dag_parse.py)."""
+    _, errors = load_specs_folder(folder)
+    if errors:
+        raise InvalidSpecsError(f"{len(errors)} invalid scheduled spec(s); their DAGs are not created, the other "
+                                "specs' DAGs are:\n" + "\n".join(errors.values()))
