@@ -21,8 +21,9 @@ from croniter import croniter
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout, find_run_dirs
+from genbatch.schedule.runs import RunStart, run_start
 from genbatch.schedule.spec import ScheduledSpec, ScheduleSpec, load_specs_folder
-from genbatch.schedule.templating import has_placeholders, render, template_values
+from genbatch.schedule.templating import has_placeholders, render
 
 LOOKBACK_TICKS = 3  # a cron spec's last run is the newest run dir among this many past ticks
 ON_EVENT = "on event"
@@ -131,10 +132,12 @@ class CronTicks:
             tick = self.before(tick)
         return ticks
 
-    def run_values(self, tick: dt.datetime) -> tuple[dt.datetime, dict[str, Any]]:
-        """The logical date of the tick's run (tick − interval, as Airflow sets it) and its placeholder values."""
+    def run_for(self, name: str, tick: dt.datetime) -> RunStart:
+        """The run of spec ``name`` at ``tick`` as prepare_run names it: logical date = tick − interval (as
+        Airflow sets it), data interval [logical date, tick]."""
         logical = tick - self.interval
-        return logical, template_values(logical_date=logical, data_interval_start=logical, data_interval_end=tick)
+        return run_start(name, "cron", airflow_run_id="", logical_date=logical, data_interval_start=logical,
+                         data_interval_end=tick)
 
 
 def starts(spec: ScheduledSpec) -> str:
@@ -179,10 +182,9 @@ def last_cron_run(spec: ScheduledSpec, now: dt.datetime, lookback: int = LOOKBAC
     ticks = CronTicks(spec.schedule)
     past = ticks.past(now, lookback)
     for tick in past:
-        logical, values = ticks.run_values(tick)
-        output = render(spec.spec.output.uri, values, where=f"{spec.path.name}: output.uri")
-        run_id = f"{spec.name}__{logical.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%S')}"
-        found = run_outcome(RunLayout.for_run(output, run_id).root, run_id, iso_utc(tick))
+        run = ticks.run_for(spec.name, tick)
+        output = render(spec.spec.output.uri, run.values, where=f"{spec.path.name}: output.uri")
+        found = run_outcome(RunLayout.for_run(output, run.run_id).root, run.run_id, iso_utc(tick))
         if found.outcome != "not run":
             return found
     return LastRun("not run", tick=iso_utc(past[0]) if past else None)

@@ -109,8 +109,9 @@ def test_ticks_agree_with_airflows_cron_trigger_timetable(
     assert ticks.next_run(now) == runs[-1][2]
     assert ticks.past(now, 3) == [end for _, _, end in reversed(runs[:-1])][:3]
     for logical, start, end in runs:  # the logical date and interval each run gets, hence its run id
-        assert ticks.run_values(end)[0] == logical
-        assert ticks.run_values(end)[1]["data_interval_start"] == start
+        run = ticks.run_for("nightly", end)
+        assert run.values["logical_date"] == logical and run.values["data_interval_start"] == start
+        assert run.run_id == f"nightly__{logical.astimezone(dt.UTC):%Y%m%dT%H%M%S}"
 
 
 def test_start_and_end_date_bound_the_ticks() -> None:
