@@ -113,9 +113,16 @@ def _run(cmd: Sequence[str], env: dict[str, str], *, show_stderr: bool = False) 
     return proc.stdout
 
 
-def file_leg(path: Path, home: Path, specs: Path) -> dict[str, Any]:
-    """One DAG file parsed alone in a fresh child (:func:`_parse_one`)."""
-    out = _run([sys.executable, "-m", "bench.dag_parse", "_file", "--file", str(path)], child_env(home, specs))
+TASK_DAG = "genbatch__cron-000"  # the task leg parses as a task of this DAG would
+
+
+def file_leg(path: Path, home: Path, specs: Path, *, task_of: str | None = None) -> dict[str, Any]:
+    """One DAG file parsed alone in a fresh child (:func:`_parse_one`); with ``task_of``, as a task process of
+    that DAG parses it (Airflow's parsing context set: the factory builds that spec's DAGs only)."""
+    env = child_env(home, specs)
+    if task_of:
+        env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = task_of
+    out = _run([sys.executable, "-m", "bench.dag_parse", "_file", "--file", str(path)], env)
     line = next(ln for ln in reversed(out.splitlines()) if ln.startswith(MARK))
     return dict(json.loads(line[len(MARK):]))
 
@@ -273,6 +280,7 @@ def bench(n: int, repeat: int, profile: int) -> dict[str, Any]:
         legs: list[tuple[str, Any]] = [
             (f"{FACTORY}@{n}", lambda: file_leg(DAGS / FACTORY, home, full)),
             (f"{FACTORY}@0", lambda: file_leg(DAGS / FACTORY, home, empty)),
+            (f"{FACTORY}@{n} task", lambda: file_leg(DAGS / FACTORY, home, full, task_of=TASK_DAG)),
             (f"{ERRORS}@{n}", lambda: file_leg(DAGS / ERRORS, home, full)),
             (ONE_OFF, lambda: file_leg(DAGS / ONE_OFF, home, empty)),
             ("report", lambda: report_leg(home, full)),

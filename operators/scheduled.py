@@ -185,12 +185,20 @@ def build_dags(folder: Path | None = None) -> dict[str, DAG]:
     Invalid files are skipped here and reported by dags/scheduled_specs_errors.py: Airflow marks every
     DAG of a file with an import error stale, so the error must live in a file of its own. A spec that
     validates but fails to build (a bug) is logged and skipped, never taking the other specs down.
+
+    A task process parses this file only to find its own DAG (Airflow's parsing context names it): then
+    only that spec's DAGs are built, so a task does not pay for every spec of the folder.
     """
+    from airflow.sdk import get_parsing_context
+
     from genbatch.schedule.spec import load_specs_folder
 
+    wanted = get_parsing_context().dag_id
     specs, _ = load_specs_folder(folder)
     dags: dict[str, DAG] = {}
     for spec in specs:
+        if wanted and wanted not in (spec.dag_id, spec.events_dag_id):
+            continue
         try:
             built = build_spec_dags(spec)
         except Exception:  # noqa: BLE001 - one spec's bug must not stop the other specs' DAGs

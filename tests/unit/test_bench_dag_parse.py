@@ -35,7 +35,9 @@ def test_a_small_run_reports_every_leg_and_one_dag_per_spec() -> None:
     assert summary["bench"] == "dag_parse" and summary["specs"] == n and summary["repeat"] == 1
     assert summary["mix"] == mix(n)
     files = summary["files"]
-    assert set(files) == {f"{FACTORY}@{n}", f"{FACTORY}@0", f"{ERRORS}@{n}", ONE_OFF}
+    assert set(files) == {f"{FACTORY}@{n}", f"{FACTORY}@0", f"{FACTORY}@{n} task", f"{ERRORS}@{n}", ONE_OFF}
+    # a task process of genbatch__cron-000 builds that spec's DAG only: one DAG, batch_generation's 10 tasks
+    assert (files[f"{FACTORY}@{n} task"]["dags"], files[f"{FACTORY}@{n} task"]["tasks"]) == (1, 10)
     assert (files[f"{ERRORS}@{n}"]["dags"], files[f"{ERRORS}@{n}"]["import_errors"]) == (0, {})  # all valid
     full = files[f"{FACTORY}@{n}"]
     assert full["import_errors"] == {}

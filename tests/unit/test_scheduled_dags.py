@@ -167,3 +167,27 @@ def test_the_events_dags_watch_with_the_specs_trigger(parsed: dict[str, Any]) ->
     assert (name, classpath) == ("genbatch__orders__watcher",
                                  "airflow.providers.redis.triggers.redis_await_message.AwaitMessageTrigger")
     assert kwargs == {"channels": ["genbatch-orders"], "redis_conn_id": "redis_default", "poll_interval": 1}
+
+
+def test_a_task_process_builds_only_its_own_specs_dags(tmp_path: Path) -> None:
+    """Airflow's task runner parses the DAG file with its parsing context set to the task's DAG id: then the
+    factory builds that spec's DAGs only (the documented dynamic-DAG optimisation), not the whole folder's."""
+    specs_dir = tmp_path / "specs"
+    specs_dir.mkdir()
+    for name in ("nightly.yaml", "drops.yaml", "upstream.yaml"):
+        (specs_dir / name).write_text(json.dumps({**BASE, **SPECS[name]}))
+    probe = ("import json; from airflow.dag_processing.dagbag import DagBag; "
+             "import sys; print(json.dumps(sorted(DagBag(dag_folder=sys.argv[1]).dags)))")
+    found = {}
+    for context in ("genbatch__drops", "genbatch__drops__events", "genbatch__nightly", ""):
+        env = {**{k: v for k, v in os.environ.items() if k != "_AIRFLOW_PARSING_CONTEXT_DAG_ID"},
+               "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+               "GENBATCH_SPECS_DIR": str(specs_dir), **({"_AIRFLOW_PARSING_CONTEXT_DAG_ID": context} if context else {})}
+        proc = subprocess.run([sys.executable, "-c", probe, str(REPO / "dags" / "scheduled_specs.py")],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=180, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found[context] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["genbatch__drops"] == found["genbatch__drops__events"] == ["genbatch__drops",
+                                                                             "genbatch__drops__events"]
+    assert found["genbatch__nightly"] == ["genbatch__nightly"]
+    assert found[""] == ["genbatch__drops", "genbatch__drops__events", "genbatch__nightly", "genbatch__upstream"]
