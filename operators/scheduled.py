@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, BaseOperator
 
-from operators.alerts import mark_run_failed, notify_failure
+from operators.alerts import mark_run_failed, notify_failure, on_each_task_failure
 from operators.batch_stages import add_batch_stages
 from operators.genbatch_operators import prepare_or_skip
 
@@ -31,8 +31,7 @@ if TYPE_CHECKING:
     from genbatch.schedule.spec import QueueSpec, ScheduledSpec
 
 log = logging.getLogger(__name__)
-DEFAULT_ARGS: dict[str, Any] = {"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5),
-                                "on_failure_callback": [notify_failure, mark_run_failed]}
+DEFAULT_ARGS: dict[str, Any] = {"owner": "genbatch", "retries": 2, "retry_delay": timedelta(seconds=5)}
 
 
 class ScheduledPrepareRunOperator(BaseOperator):
@@ -159,6 +158,7 @@ def build_spec_dags(spec: ScheduledSpec) -> list[DAG]:
         prepare = ScheduledPrepareRunOperator(task_id="prepare_run", spec_name=spec.name, kind=s.kind,
                                               spec_data=spec.spec_data, retries=0)
         add_batch_stages(prepare, published=Asset(f"genbatch://{spec.dag_id}/published"))
+    on_each_task_failure(main, notify_failure, mark_run_failed)
     if s.kind not in ("arrival", "queue"):
         return [main]
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
@@ -166,9 +166,7 @@ def build_spec_dags(spec: ScheduledSpec) -> list[DAG]:
     inputs = _inputs_asset(spec)
     with DAG(dag_id=spec.events_dag_id, description=f"starts {spec.dag_id} once per new input ({s.kind})",
              schedule=[inputs], start_date=s.start_date, catchup=False, max_active_runs=1, tags=tags,
-             doc_md=_doc(spec), default_args={"owner": "genbatch", "retries": 2,
-                                              "retry_delay": timedelta(seconds=5),
-                                              "on_failure_callback": notify_failure}) as events:
+             doc_md=_doc(spec), default_args=DEFAULT_ARGS) as events:
         plan = PlanEventRunsOperator(task_id="plan_runs", kind=s.kind, inputs=inputs)
         start = TriggerDagRunOperator.partial(
             task_id="start_runs", trigger_dag_id=spec.dag_id, skip_when_already_exists=True,
@@ -176,6 +174,7 @@ def build_spec_dags(spec: ScheduledSpec) -> list[DAG]:
         ).expand_kwargs(plan.output)
         check = CheckRejectedEventsOperator(task_id="check_rejected", trigger_rule="all_done", retries=0)
         plan >> start >> check
+    on_each_task_failure(events, notify_failure)
     return [main, events]
 
 
