@@ -54,8 +54,17 @@ def ensure_db(home: Path) -> None:
 
 
 def run_dag(run_conf: dict[str, Any], dag_id: str = "batch_generation") -> tuple[str, dict[str, str]]:
-    """Run one DAG run in-process; returns its state and the state of every task instance."""
+    """Run one DAG run in-process; returns its state and the state of every task instance.
+
+    With ``GENBATCH_FORBID_HEAVY_IMPORTS=1`` the tasks may not import torch, transformers, diffusers or
+    Beam in this process (:mod:`genbatch.cli.light_process`), as in the production Airflow image.
+    """
     from airflow.dag_processing.dagbag import DagBag
+
+    from genbatch.cli.light_process import ENV_VAR, forbid_heavy_imports
+
+    if os.environ.get(ENV_VAR) == "1":
+        forbid_heavy_imports()
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
     if bag.import_errors:
