@@ -10,7 +10,8 @@ file legs  one DAG file alone, as the DAG processor does (one child per file, th
            pre-imports first): ``BundleDagBag(<file>)``, whose ``dagbag_stats`` duration is what
            ``airflow dags report`` prints, then ``_serialize_dags`` (the processor's next step, timed apart):
            ``scheduled_specs.py`` with N specs and with 0, ``scheduled_specs_errors.py`` (the invalid specs'
-           import error) with N, and ``batch_generation.py``;
+           import error) with N, and ``batch_generation.py``; the task leg parses ``scheduled_specs.py`` as a
+           task process of one spec's DAG does (parsing context set, no pre-imports: no processor parent);
 report     ``airflow dags report -o json`` over the repository's dags/ with N specs (every file in one
            process: the first file to import genbatch's operators pays for them).
 
@@ -113,6 +114,7 @@ def _run(cmd: Sequence[str], env: dict[str, str], *, show_stderr: bool = False) 
     return proc.stdout
 
 
+NO_PRE_IMPORT = "GENBATCH_BENCH_NO_PRE_IMPORT"
 TASK_DAG = "genbatch__cron-000"  # the task leg parses as a task of this DAG would
 
 
@@ -120,8 +122,9 @@ def file_leg(path: Path, home: Path, specs: Path, *, task_of: str | None = None)
     """One DAG file parsed alone in a fresh child (:func:`_parse_one`); with ``task_of``, as a task process of
     that DAG parses it (Airflow's parsing context set: the factory builds that spec's DAGs only)."""
     env = child_env(home, specs)
-    if task_of:
+    if task_of:  # a task process has no DAG-processor parent: it imports the providers itself
         env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = task_of
+        env[NO_PRE_IMPORT] = "1"
     out = _run([sys.executable, "-m", "bench.dag_parse", "_file", "--file", str(path)], env)
     line = next(ln for ln in reversed(out.splitlines()) if ln.startswith(MARK))
     return dict(json.loads(line[len(MARK):]))
@@ -148,7 +151,8 @@ def _parse_one(path: Path, profile: int = 0) -> dict[str, Any]:
     from airflow.dag_processing.processor import _pre_import_airflow_modules, _serialize_dags
 
     log = structlog.get_logger("bench.dag_parse")
-    _pre_import_airflow_modules(str(path), log)  # done in the processor's parent before the fork
+    if os.environ.get(NO_PRE_IMPORT) != "1":
+        _pre_import_airflow_modules(str(path), log)  # done in the processor's parent before the fork
     profiler = _start_profile() if profile else None
     cpu_start = time.process_time()
     bag = BundleDagBag(dag_folder=str(path), bundle_path=DAGS, bundle_name="dags-folder", load_op_links=False)
