@@ -27,13 +27,16 @@ HEAVY = json.loads(sys.argv[2])
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 
+def callbacks(value):
+    return [] if value is None else [value] if callable(value) else list(value)
+
 def describe(d):
     return {
         "tasks": {t.task_id: sorted(t.downstream_task_ids) for t in d.tasks},
         "owners": sorted({t.owner for t in d.tasks}),
         "tags": sorted(d.tags),
         "retries": {t.task_id: t.retries for t in d.tasks},
-        "failure_callbacks": {t.task_id: [f.__name__ for f in t.on_failure_callback or []] for t in d.tasks},
+        "failure_callbacks": {t.task_id: [f.__name__ for f in callbacks(t.on_failure_callback)] for t in d.tasks},
         "default_args": sorted(d.default_args),
         "timetable": type(d.timetable).__name__,
         "asset_uris": sorted(a.uri for a in getattr(getattr(d.timetable, "asset_condition", None), "objects", [])),
