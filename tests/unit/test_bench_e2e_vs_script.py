@@ -1,0 +1,39 @@
+"""bench/e2e_vs_script.py: the competent user's script writes every item once, and the fixed-cost line.
+
+The whole bench (genbatch run, the worker and the script, interleaved) is not run here: its legs are
+``genbatch run`` and ``genbatch worker``, which the integration suite runs on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.e2e_vs_script import line
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO / "models" / "zoo" / "catalog-copy" / "v2"
+
+
+def test_the_line_through_two_sizes_gives_fixed_cost_and_slope() -> None:
+    assert line({300: 27.0, 3000: 32.0}) == {"fixed_s": 26.44, "per_item_ms": 1.852}
+    assert line({100: 5.0}) == {"fixed_s": 5.0, "per_item_ms": 0.0}
+
+
+def test_the_script_baseline_writes_one_line_per_prompt(tmp_path: Path) -> None:
+    prompts = tmp_path / "items.jsonl"
+    rows = [{"id": f"i{i}", "prompt": f"colour: red | material: wool | item: scarf {'soft ' * (i % 7)}\ndescription:"}
+            for i in range(70)]  # two batches of up to 64, lengths out of order
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench.e2e_vs_script", "_script", "--model-dir", str(MODEL_DIR),
+                           "--prompts", str(prompts), "--out", str(out), "--max-new-tokens", "4"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in written) == sorted(r["id"] for r in rows)
+    assert all(isinstance(r["output"], str) for r in written)
