@@ -13,6 +13,7 @@ Matching, limits and compression in detail: docs/internals.md#genbatchioinput_fi
 from __future__ import annotations
 
 import gzip
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -22,7 +23,7 @@ from typing import IO, Any
 from genbatch.errors import PathNotAllowedError, ShardInputError, SpecError
 from genbatch.io import storage
 from genbatch.io.backend import READ_CHUNK
-from genbatch.io.input_rows import RawRow, detect_format, iter_input_rows
+from genbatch.io.input_rows import RawRow, _parquet_fixers, _parquet_rows, detect_format, iter_input_rows
 from genbatch.io.uris import is_gcs, local_path, split_gcs
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "open_input",
     "iter_rows_of_files",
     "read_input",
+    "sample_rows",
 ]
 
 GZIP_SUFFIX = ".gz"
@@ -262,3 +264,39 @@ def iter_rows_of_files(files: Sequence[InputFile], counts: list[int] | None = No
         offset += count
         if counts is not None:
             counts.append(count)
+
+
+def _head_rows(file: InputFile, max_rows: int, max_bytes: int) -> list[RawRow]:
+    """At most ``max_rows`` rows from the start of one file, reading at most ``max_bytes`` of it; a text file
+    cut short loses its last, possibly partial, row."""
+    if file.format == "parquet":
+        import pyarrow.parquet as pq
+
+        with open_input(file) as stream:
+            parquet = pq.ParquetFile(stream)
+            return list(itertools.islice(_parquet_rows(parquet, _parquet_fixers(parquet.schema_arrow), file.uri),
+                                         max_rows))
+    with open_input(file) as stream:
+        try:
+            data = stream.read(max_bytes + 1)
+        except (OSError, EOFError) as exc:
+            raise ShardInputError(f"input file {file.uri} is not valid gzip ({exc}); re-compress it or drop the "
+                                  ".gz suffix if it is plain text") from exc
+    cut = len(data) > max_bytes
+    if cut:
+        data = data[: data.rfind(b"\n", 0, max_bytes) + 1]
+    rows = list(iter_input_rows(data, file.format, source=file.uri))
+    return rows[: max_rows if not cut else max(0, min(max_rows, len(rows) - 1))]
+
+
+def sample_rows(files: Sequence[InputFile], max_rows: int, max_bytes: int) -> list[RawRow]:
+    """The first ``max_rows`` rows of the input (from the first files on), reading at most ``max_bytes`` of each
+    file: what the Airflow-side checks see when the row rules run in the pipeline. Indices are the rows' own
+    ``row_index`` up to the first file cut short, then positions in the sample."""
+    out: list[RawRow] = []
+    for file in files:
+        if len(out) >= max_rows:
+            break
+        for row in _head_rows(file, max_rows - len(out), max_bytes):
+            out.append(replace(row, index=len(out)))
+    return out

@@ -54,6 +54,12 @@ class InputSpec(_Section):
         1024**4, ge=1, description="inputs larger than this in all (as stored) are refused before any is read"
     )
     max_files: int = Field(10_000, ge=1, le=1_000_000, description="a glob or prefix matching more files is refused")
+    row_rules: Literal["validate", "pipeline"] = Field(
+        "validate", description="where the per-row rules run: 'validate' (the validate_input task reads every row, "
+        "with Great Expectations Data Docs of all of them: inputs one Airflow worker can hold) or 'pipeline' (the "
+        "Beam preprocess job applies the same rules while it reads the files, on its workers; validate_input checks "
+        "columns and types on a sample of the first rows)"
+    )
 
 
 class ModelSpec(_Section):

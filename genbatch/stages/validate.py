@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from genbatch.io import storage
-from genbatch.io.input_files import InputFile, iter_rows_of_files
+from genbatch.io.input_files import InputFile, iter_rows_of_files, sample_rows
 from genbatch.quality.expectations import InputSchemaError, ValidationOutcome, data_docs_html, validate_rows
 from genbatch.run.inputs import read_input_files
 from genbatch.run.records import jsonl_bytes
@@ -54,11 +54,14 @@ def validate_input(run: RunRef) -> dict[str, Any]:
     Rows are numbered across the run's pinned files in order (``row_index``).
 
     A table-level failure (no rows, a missing column, too many rejects) stops the run, but
-    still writes the report and the rejects so the user can see why.
+    still writes the report and the rejects so the user can see why. With ``input.row_rules: pipeline``
+    only a sample is checked here (:func:`validate_sample`); the Beam job judges every row.
     """
     state = as_run_state(run)
     spec = state.spec
     files = read_input_files(state.layout, spec.input)
+    if spec.input.row_rules == "pipeline":
+        return validate_sample(state, files)
     counts: list[int] = []
     rows = iter_rows_of_files(files, counts)
     try:
@@ -78,3 +81,41 @@ def validate_input(run: RunRef) -> dict[str, Any]:
                        overwrite=True, content_type="text/html; charset=utf-8")
     log.info("run %s: validated %s rows, %s rejected", state.run_id, report["rows"]["input"], report["rows"]["rejected"])
     return dict(report["rows"])
+
+
+SAMPLE_ROWS = 1000
+"""Rows ``validate_sample`` checks, from the first files on."""
+SAMPLE_BYTES = 8 * 1024 * 1024
+"""Bytes it reads at most from each file it samples (decompressed), so a 2 GiB file costs 8 MiB here."""
+
+
+def validate_sample(state: RunState, files: list[InputFile]) -> dict[str, Any]:
+    """``input.row_rules: pipeline``: the table-level checks on the first rows only (rows present, the ``id``
+    and ``prompt`` columns, something parses), with the same GX suite; row verdicts are the Beam job's.
+
+    Writes ``validation/sample.json`` (its GX report) and the sample's Data Docs; a failure also writes
+    ``validation/input.json`` with the reason, as a full validation does, and stops the run.
+    """
+    spec = state.spec
+    rows = sample_rows(files, SAMPLE_ROWS, SAMPLE_BYTES)
+    layout = state.layout
+    source = f"{spec.input.uri} (a sample of its first {len(rows)} rows)"
+    try:
+        outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars, max_reject_fraction=1.0,
+                                source=source)
+    except InputSchemaError as exc:
+        if exc.outcome is not None:
+            storage.write_json(layout.validation_report, {
+                "run_id": state.run_id, "input": spec.input.uri, "failure": str(exc), "validated_by": "sample",
+                "rows": {"sampled": len(rows)}, "great_expectations": exc.outcome.report})
+            storage.write_text(layout.validation_docs, data_docs_html(exc.outcome.gx_results), overwrite=True,
+                               content_type="text/html; charset=utf-8")
+        raise
+    storage.write_json(layout.validation_sample, {"run_id": state.run_id, "input": spec.input.uri,
+                                                  "files": len(files), "great_expectations": outcome.report},
+                       overwrite=True)
+    storage.write_text(layout.validation_docs, data_docs_html(outcome.gx_results), overwrite=True,
+                       content_type="text/html; charset=utf-8")
+    log.info("run %s: sampled %s rows of %s files; the Beam job applies the row rules", state.run_id, len(rows),
+             len(files))
+    return {"sampled": len(rows), "files": len(files), "sample_rejected": len(outcome.rejects)}

@@ -123,3 +123,35 @@ def test_globs_stay_confined(tmp_path: Path) -> None:
         list_input_files(f"{outside}/*.jsonl", None, ROOMY, allowed=[str(allowed)])
     os.unlink(allowed / "link.jsonl")
     assert len(list_input_files(f"{allowed}/*.jsonl", None, ROOMY, allowed=[str(allowed)])) == 1
+
+
+# --- input.row_rules: pipeline: validate_input checks a bounded sample only -----------------------------
+
+
+def test_the_sample_check_reads_a_bounded_head_and_stops_on_a_missing_column(storage_root: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from genbatch.quality.expectations import InputSchemaError
+    from genbatch.stages import validate
+    from tests.helpers import prepared_run
+
+    root = storage.join(storage_root, "drift")
+    storage.write_bytes(storage.join(root, "a-0.jsonl.gz"), gzip.compress(_jsonl(_rows("a", 50))))
+    # The second file drifted (no prompt column): rows the sample never reaches under a small budget.
+    storage.write_bytes(storage.join(root, "a-1.jsonl"), _jsonl([{"id": f"x{i}", "text": "t"} for i in range(50)]))
+    state = prepared_run(storage.join(storage_root, "runs"), run_id="sample",
+                         input={"uri": storage.join(root, "*.jsonl*"), "row_rules": "pipeline"})
+    monkeypatch.setattr(validate, "SAMPLE_ROWS", 20)
+    assert validate.validate_input(state) == {"sampled": 20, "files": 2, "sample_rejected": 0}
+    assert not storage.exists(state.layout.validation_accepted)  # row verdicts are the Beam job's
+    sample = storage.read_json(state.layout.validation_sample)["great_expectations"]
+    assert sample["row_count"] == 20 and sample["success"]
+
+    monkeypatch.setattr(validate, "SAMPLE_ROWS", 1000)
+    monkeypatch.setattr(validate, "SAMPLE_BYTES", 200)  # a few rows of each file; the cut row is dropped
+    broken = prepared_run(storage.join(storage_root, "runs"), run_id="sample-2",
+                          input={"uri": storage.join(root, "a-1.jsonl"), "row_rules": "pipeline"})
+    with pytest.raises(InputSchemaError, match=r"a sample of its first \d+ rows\) has no 'prompt' column.*'text'"):
+        validate.validate_input(broken)
+    report = storage.read_json(broken.layout.validation_report)
+    assert report["validated_by"] == "sample" and "no 'prompt' column" in report["failure"]
+    assert 0 < report["rows"]["sampled"] < 50

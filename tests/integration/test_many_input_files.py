@@ -75,11 +75,13 @@ def write_input(folder: Path) -> tuple[int, dict[str, int]]:
     return total, expected
 
 
-def test_sixty_four_file_glob_runs_end_to_end_with_every_row_accounted_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_rules", ["validate", "pipeline"])
+def test_sixty_four_file_glob_runs_end_to_end_with_every_row_accounted_for(tmp_path: Path, row_rules: str) -> None:
+    """``row_rules``: the row rules in the validate_input task, or in the Beam job (validate_input samples)."""
     total, expected_rejects = write_input(tmp_path / "in")
     spec = {
         "task": "text",
-        "input": {"uri": str(tmp_path / "in" / "part-*"), "max_files": 64},
+        "input": {"uri": str(tmp_path / "in" / "part-*"), "max_files": 64, "row_rules": row_rules},
         "model": {"name": "catalog-copy", "alias": "production", "registry": ".genbatch/registry"},
         "generation": {"max_new_tokens": 6, "seed": 5},
         "sharding": {"num_shards": 4},
@@ -99,6 +101,9 @@ def test_sixty_four_file_glob_runs_end_to_end_with_every_row_accounted_for(tmp_p
     assert report["rows"]["input"] == total
     assert [f["rows"] for f in report["files"]] == [
         ROWS_PER_FILE + (n in (5, 20, 24, 33, 63)) for n in range(NUM_FILES)]
+    assert [f["first_row_index"] for f in report["files"]][:3] == [0, 3, 6]
+    assert storage.exists(layout.validation_accepted) is (row_rules == "validate")
+    assert storage.exists(layout.validation_sample) is (row_rules == "pipeline")
 
     # Every row_index 0..total-1 in exactly one place; ids once among outputs and errors.
     def records(prefix: str) -> list[dict[str, Any]]:
