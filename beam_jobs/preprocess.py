@@ -70,6 +70,7 @@ from beam_jobs.sorted_files import SPILL_BYTES, SpillSortedRuns, delete_prefix, 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.quality.expectations import InputSchemaError
+from genbatch.run.inputs import read_input_files
 from genbatch.run.items import estimate_prompt_tokens
 from genbatch.run.layout import RunLayout, shard_name
 from genbatch.run.state import load_run_state
@@ -255,8 +256,13 @@ def commit_input(layout: RunLayout, raw: RawInput, summaries: list[dict[str, Any
     """``--input``: write ``validation/input.json`` and stop the run on the input-level failures that
     ``validate_input`` stops on (row bounds, nothing readable, too many rejects)."""
     report = {"run_id": raw.run_id, **raw_input.input_report(raw.pattern, summaries), "failure": None,
-              "validated_by": "beam_jobs.preprocess --input (genbatch.quality.expectations row rules, batches of "
+              "validated_by": "beam_jobs.preprocess (genbatch.quality.expectations row rules, batches of "
                               f"{raw_input.VALIDATE_ROWS} rows)"}
+    if storage.exists(layout.validation_sample):  # input.row_rules=pipeline: the table checks validate_input ran
+        report["great_expectations"] = {
+            "rows": {"input": report["rows"]["input"], "rejects_by_rule": report["rejects_by_rule"]},
+            "sample": storage.read_json(layout.validation_sample)["great_expectations"],
+        }
     rows, rejected = report["rows"]["input"], report["rows"]["rejected"]
     if not raw.min_rows <= rows <= (raw.max_rows or rows):
         report["failure"] = (f"input {raw.pattern} has {rows} rows, outside the expected {raw.min_rows}.."
@@ -346,15 +352,18 @@ def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_byte
     # 0. The accepted rows: validation/accepted.jsonl, or (--input) the raw input read and judged here.
     raw: RawInput | None = None
     spills: list[Any] = []
-    if input_uri is None:
+    pinned = input_uri is None and state.spec.input.row_rules == "pipeline"
+    if input_uri is None and not pinned:
         ingested = p | "NoRawInput" >> beam.Create([])
         rows_for_plan = p | "ReadForPlan" >> beam.io.ReadFromText(layout.validation_accepted)
         rows_for_shards = p | "ReadForShards" >> beam.io.ReadFromText(layout.validation_accepted)
     else:
         spec_input = state.spec.input
-        raw = RawInput(input_uri, state.run_id, spec_input.min_rows, spec_input.max_rows,
+        raw = RawInput(input_uri or spec_input.uri, state.run_id, spec_input.min_rows, spec_input.max_rows,
                        spec_input.max_reject_fraction)
-        files = raw_input.match_input(input_uri, input_format)
+        # input.row_rules=pipeline: the files prepare pinned (validation/input_files.json), never a new match.
+        files = (raw_input.pinned_input(read_input_files(layout, spec_input)) if pinned
+                 else raw_input.match_input(input_uri or "", input_format))
         ingested = (
             p
             | "InputFiles" >> beam.Create(files)

@@ -33,7 +33,7 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import IO, Any
 
@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.records import index_sort_key, keyed_line
 from genbatch.errors import ShardInputError
-from genbatch.io import storage
+from genbatch.io import input_files, storage
 from genbatch.io.input_rows import (
     _BOM,
     RawRow,
@@ -61,7 +61,7 @@ VALIDATE_ROWS = 4096
 """Rows judged per GX validation call (about 0.25 s a call, nearly independent of the size)."""
 
 RAW_CHARS = 64 * 1024
-"""Characters of a malformed line kept in its reject (``raw``); longer ones are cut with a marker."""
+"""Characters of a malformed line kept in its reject (as its ``row``); longer ones are cut with a marker."""
 
 
 
@@ -89,6 +89,11 @@ def match_input(pattern: str, fmt: str = "auto") -> list[InputFile]:
     if not paths:
         raise ShardInputError(f"--input {pattern!r} matches no file; check the path or glob")
     return [InputFile(rank, path, file_format(path, fmt)) for rank, path in enumerate(paths)]
+
+
+def pinned_input(files: list[input_files.InputFile]) -> list[InputFile]:
+    """The run's pinned files (``validation/input_files.json``, already sorted) as the job's ranked files."""
+    return [InputFile(rank, f.uri, f.format) for rank, f in enumerate(files)]
 
 
 def file_format(path: str, fmt: str = "auto") -> str:
@@ -186,8 +191,13 @@ def open_input(path: str, fmt: str) -> IO[bytes]:
 
 
 def iter_file_rows(file: InputFile) -> Iterator[tuple[RawRow, str | None]]:
+    """The file's rows; a parse error names the file and line (as ``validate_input``'s do)."""
     with open_input(file.path, file.fmt) as stream:
-        yield from READERS[file.fmt](stream, file.path)
+        for row, text in READERS[file.fmt](stream, file.path):
+            if row.parse_error is not None:
+                where = f"line {row.line}" if row.line is not None else f"row {row.index}"
+                row = replace(row, parse_error=f"{file.path} {where}: {row.parse_error}")
+            yield row, text
 
 
 # --- judging rows: the validate_input stage's GX suite, a batch at a time -----------------------
@@ -220,7 +230,7 @@ def judged_lines(rows: Iterable[tuple[RawRow, str | None]], rules: RowRules, sou
     """``({"local": i, "row"|"reject": ...}, rule or None)`` for every row, in row order.
 
     A reject is validation's record (``{id, reason, rule, row, row_index}``, ``row_index`` local to
-    the file until :class:`ToAccepted` makes it global), plus ``raw`` (the line as read) when the row
+    the file until :class:`ToAccepted` makes it global), with ``row`` the line(s) as read when the row
     could not be parsed at all.
     """
     for batch in _batches(rows, batch_rows):
@@ -233,7 +243,7 @@ def judged_lines(rows: Iterable[tuple[RawRow, str | None]], rules: RowRules, sou
         for raw, text in batch:
             verdict = verdicts[raw.index]
             if text is not None and "reject" in verdict:
-                verdict["reject"]["raw"] = text
+                verdict["reject"]["row"] = text  # the row as read: its line(s), when it could not be parsed
             yield verdict, rules_of.get(raw.index)
 
 
@@ -308,5 +318,15 @@ def input_report(pattern: str, summaries: list[dict[str, Any]]) -> dict[str, Any
         "input": pattern,
         "rows": {"input": rows, "accepted": rows - rejected, "rejected": rejected},
         "rejects_by_rule": dict(sorted(by_rule.items())),
-        "files": [{k: s[k] for k in ("path", "format", "rows", "rejected")} for s in files],
+        "files": [{**{k: s[k] for k in ("path", "format", "rows", "rejected")}, "first_row_index": first}
+                  for s, first in zip(files, _firsts(files), strict=True)],
     }
+
+
+def _firsts(files: list[dict[str, Any]]) -> list[int]:
+    """The global row index of each file's first row (files in rank order)."""
+    out, at = [], 0
+    for summary in files:
+        out.append(at)
+        at += int(summary["rows"])
+    return out

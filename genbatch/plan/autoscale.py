@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from genbatch.io import storage
-from genbatch.io.input_rows import detect_format
+from genbatch.io.input_files import InputFile, open_input
 from genbatch.plan.cost import accelerator_for, devices_per_shard, model_throughput
+from genbatch.run.inputs import resolve_input_files
 from genbatch.run.items import estimate_cost
 from genbatch.run.spec import MAX_MAP_LENGTH, RunSpec
 
@@ -82,8 +83,12 @@ class InputEstimate:
         return self.rows * self.cost_per_row
 
 
+COUNT_BUDGET_BYTES = 256 * 1024 * 1024
+"""Decompressed bytes :func:`estimate_input` reads to count rows; the rest of a large input is extrapolated."""
+
+
 def count_rows(uri: str, fmt: str) -> int:
-    """Rows of an input file without parsing them (the approximations: docs/internals.md#genbatchplanautoscale)."""
+    """Rows of one uncompressed input file without parsing them (the approximations: docs/internals.md#genbatchplanautoscale)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -92,12 +97,49 @@ def count_rows(uri: str, fmt: str) -> int:
     return max(0, lines - 1) if fmt == "csv" else lines
 
 
-def estimate_input(spec: RunSpec) -> InputEstimate:
-    """Rows and estimated cost per row of the spec's input (before preprocessing)."""
-    uri = spec.input.uri
-    fmt = detect_format(uri, None if spec.input.format == "auto" else spec.input.format)
-    rows = count_rows(uri, fmt)
-    size = storage.size(uri)
+def _count_file(file: InputFile, budget: int) -> tuple[float, int]:
+    """(rows, decompressed bytes read) of one file; a file cut off by ``budget`` is extrapolated by how much
+    of its stored bytes the cut consumed."""
+    with open_input(file) as stream:
+        if file.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return float(pq.ParquetFile(stream).metadata.num_rows), 0
+        raw = getattr(stream, "fileobj", stream)  # the stored bytes under a gzip stream
+        lines = read = 0
+        for line in stream:
+            read += len(line)
+            lines += bool(line.strip())
+            if read >= budget:
+                break
+        else:
+            return float(max(0, lines - 1) if file.format == "csv" else lines), read
+        consumed = max(1, int(raw.tell()))
+        return lines * file.bytes / min(consumed, file.bytes or 1), read
+
+
+def estimate_rows(files: list[InputFile], budget: int = COUNT_BUDGET_BYTES) -> int:
+    """Rows of the input: counted in whole files while ``budget`` lasts, the remaining files extrapolated
+    from the rows per stored byte of the counted ones."""
+    rows = 0.0
+    counted_bytes = 0
+    left = budget
+    for position, file in enumerate(files):
+        if left <= 0 and counted_bytes:
+            rest = sum(f.bytes for f in files[position:])
+            return round(rows + rest * rows / counted_bytes)
+        file_rows, read = _count_file(file, max(left, 1))
+        rows += file_rows
+        counted_bytes += file.bytes
+        left -= read
+    return round(rows)
+
+
+def estimate_input(spec: RunSpec, files: list[InputFile] | None = None) -> InputEstimate:
+    """Rows and estimated cost per row of the spec's input files (before preprocessing)."""
+    files = resolve_input_files(spec.input) if files is None else files
+    rows = estimate_rows(files)
+    size = sum(f.bytes for f in files)
     gen = spec.generation
     prompt_chars = min(size / rows if rows else 0.0, float(spec.input.max_prompt_chars))
     per_row = estimate_cost(spec.task, prompt_tokens=math.ceil(prompt_chars / CHARS_PER_TOKEN),

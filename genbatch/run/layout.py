@@ -147,6 +147,8 @@ class RunLayout:
     validation_report = _RunPath("validation", "input.json")  # counts; retention records what it stripped
     validation_accepted = _RunPath("validation", "accepted.jsonl")  # rows that passed, the Beam stage's input
     validation_docs = _RunPath("validation", "data_docs.html")  # GX Data Docs of the input suite
+    validation_sample = _RunPath("validation", "sample.json")  # input.row_rules=pipeline: GX results of a sample
+    input_files = _RunPath("validation", "input_files.json")  # the input's files, pinned by prepare (sorted)
     auto_shards = _RunPath("validation", "auto_shards.json")  # how `num_shards: auto` was decided
     cost_preflight = _RunPath("validation", "cost.json")  # the estimate cost_check made before generation
     tmp_dir = _RunPath("_tmp")  # scratch space of the stages, empty once they commit

@@ -31,15 +31,35 @@ class _Section(BaseModel):
 class InputSpec(_Section):
     """Where the input rows are, their format, and the limits that stop a run before generation."""
 
-    uri: str = Field(description="JSONL, CSV or Parquet file, local path or gs:// URI.")
-    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    uri: str = Field(
+        description="JSONL, CSV or Parquet input, local path or gs:// URI: one file, a glob "
+        "(gs://b/new/*.jsonl, data/part-*.csv.gz; * and ? stay inside one folder, ** crosses folders) or a "
+        "prefix ending in / (every file under it, except names starting with _ or .). A .gz suffix means gzip. "
+        "Files are read in sorted URI order."
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field(
+        "auto", description="the format of every input file; auto: from each file's extension (under .gz)"
+    )
     max_prompt_chars: int = Field(4000, ge=1, le=100_000)
     max_reject_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Stop the run when more rows than this are rejected."
     )
     min_rows: int = Field(1, ge=1, description="fewer input rows than this stops the run")
     max_rows: int | None = Field(None, ge=1, description="more input rows than this stops the run")
-    max_bytes: int = Field(2 * 1024**3, ge=1, description="a larger input file is refused before it is read")
+    max_file_bytes: int = Field(
+        2 * 1024**3, ge=1, description="an input file larger than this (as stored: compressed for .gz) is refused "
+        "before any is read"
+    )
+    max_total_bytes: int = Field(
+        1024**4, ge=1, description="inputs larger than this in all (as stored) are refused before any is read"
+    )
+    max_files: int = Field(10_000, ge=1, le=1_000_000, description="a glob or prefix matching more files is refused")
+    row_rules: Literal["validate", "pipeline"] = Field(
+        "validate", description="where the per-row rules run: 'validate' (the validate_input task reads every row, "
+        "with Great Expectations Data Docs of all of them: inputs one Airflow worker can hold) or 'pipeline' (the "
+        "Beam preprocess job applies the same rules while it reads the files, on its workers; validate_input checks "
+        "columns and types on a sample of the first rows)"
+    )
 
 
 class ModelSpec(_Section):
@@ -300,8 +320,8 @@ class RunSpec(_Section):
         description="What the model generates from each row's prompt: 'text' (a completion) or 'image' (a PNG)."
     )
     input: InputSpec = Field(
-        description="The input rows (a JSONL, CSV or Parquet file, local or gs://) and the limits that stop a run "
-        "before generation."
+        description="The input rows (JSONL, CSV or Parquet files, local or gs://: one file, a glob or a prefix) and "
+        "the limits that stop a run before generation."
     )
     model: ModelSpec = Field(
         description="The registered model to run, pinned by exactly one of alias (e.g. 'production') or version."

@@ -11,8 +11,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from genbatch.errors import RunAlreadyPublished, ShardInputError, SpecError
+from genbatch.errors import RunAlreadyPublished, SpecError
 from genbatch.io import storage
+from genbatch.io.input_files import InputFile
+from genbatch.run.inputs import resolve_input_files, write_input_files
 from genbatch.run.layout import RunLayout
 from genbatch.run.model_ref import ModelVersion
 from genbatch.run.spec import RunSpec, parse_spec, sanitize_run_id
@@ -33,20 +35,13 @@ def confine_spec_paths(spec: RunSpec) -> None:
             storage.confine(uri, allowed)
 
 
-def check_input_size(spec: RunSpec) -> None:
-    """Refuse an input over min(input.max_bytes, $GENBATCH_MAX_INPUT_BYTES) before reading it.
+def check_input_files(spec: RunSpec) -> list[InputFile]:
+    """List the input's files and refuse too many or too large ones (``input.max_files``, ``max_file_bytes``,
+    ``max_total_bytes``, each capped by $GENBATCH_MAX_INPUT_BYTES) before any is read.
 
     Users set params, so the deployment's ceiling (the environment) is what makes this a control.
     """
-    ceiling = os.environ.get("GENBATCH_MAX_INPUT_BYTES")
-    limit = min(spec.input.max_bytes, int(ceiling)) if ceiling else spec.input.max_bytes
-    if not storage.exists(spec.input.uri):
-        raise ShardInputError(f"input {spec.input.uri!r} does not exist; check input.uri in the spec")
-    size = storage.size(spec.input.uri)
-    if size > limit:
-        raise SpecError(f"input {spec.input.uri!r} is {size} bytes, over the limit of {limit} bytes "
-                        f"(input.max_bytes={spec.input.max_bytes}, GENBATCH_MAX_INPUT_BYTES={ceiling or 'unset'}); "
-                        "split it into several runs")
+    return resolve_input_files(spec.input)
 
 
 def check_override_allowed(spec: RunSpec, triggered_by: str | None) -> None:
@@ -103,7 +98,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
     run_id = spec.run_id or sanitize_run_id(airflow_run_id)
     layout = RunLayout.for_run(spec.output.uri, run_id)
     refuse_published(spec, layout)
-    check_input_size(spec)
+    input_files = check_input_files(spec)
     clear_failed(layout.root)  # a new attempt of the run: it is running again, not failed
     model = resolve_model(spec)
     canary = None
@@ -117,6 +112,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
     num_shards, auto = resolve_num_shards(spec, model)
     state = RunState(run_id=run_id, spec=spec, model=model, layout=layout, num_shards=num_shards,
                      canary_model=canary, started_by=started_by)
+    write_input_files(layout, spec.input.uri, input_files)
     write_run_state(state)
     if auto is not None:  # how `num_shards: auto` was decided (a retry decides the same and overwrites)
         storage.write_json(layout.auto_shards, auto, overwrite=True)

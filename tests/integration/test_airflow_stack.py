@@ -49,7 +49,7 @@ BAD_ROWS = [{"id": "bad/slash", "prompt": "colour: red | material: wool | item: 
 def _size_limit_implemented() -> bool:
     from genbatch.run.spec import json_schema
 
-    return "max_bytes" in json_schema()["properties"]["input"]["properties"]
+    return "max_total_bytes" in json_schema()["properties"]["input"]["properties"]
 
 
 SIZE_LIMIT_IMPLEMENTED = _size_limit_implemented()
@@ -205,8 +205,9 @@ def test_publish_event_triggers_the_consumer(api: Api, good_run: dict[str, Any],
 def test_bad_params_fail_before_any_work(api: Api, stack: Stack, triggered: dict[str, str], work: Path,
                                          case: str) -> None:
     if case not in triggered:
-        pytest.fail("no input size limit yet: RunSpec needs input.max_bytes and prepare_run must refuse an input "
-                    "over min(input.max_bytes, GENBATCH_MAX_INPUT_BYTES) before any work (see docs/operations.md)")
+        pytest.fail("no input size limit yet: RunSpec needs input.max_total_bytes and prepare_run must refuse an "
+                    "input over min(input.max_total_bytes, GENBATCH_MAX_INPUT_BYTES) before any work "
+                    "(see docs/operations.md)")
     run = api.wait(DAG, triggered[case], timeout_s=300)
     states = api.task_states(DAG, triggered[case])
     assert run["state"] == "failed", states

@@ -89,11 +89,12 @@ def test_raw_glob_of_gzip_jsonl_csv_parquet(tmp_path: Path, monkeypatch: pytest.
     rejects = _jsonl(layout.rejects_part("preprocess"))
     assert [(r["row_index"], r["id"], r["rule"]) for r in rejects] == EXPECTED_REJECTS
     by_index = {r["row_index"]: r for r in rejects}
-    # A malformed line keeps its raw text (bad bytes escaped); a parsed row keeps the row as read.
-    assert by_index[1]["row"] is None and "broken JSON" in by_index[1]["reason"]
-    assert by_index[1]["raw"] == '{"id": "a-broken", "prompt": "unterminated'
-    assert "invalid UTF-8" in by_index[2]["reason"] and by_index[2]["raw"] == '{"id": "a-utf8", "prompt": "caf\\xe9"}'
-    assert "fields but the header has" in by_index[7]["reason"] and by_index[7]["raw"] == "b-ragged,too,many,fields,here\r\n"
+    # A malformed line keeps its raw text as its row (bad bytes escaped), and its reason names file and line;
+    # a parsed row keeps the row as read.
+    assert "a.jsonl.gz line 2: broken JSON" in by_index[1]["reason"]
+    assert by_index[1]["row"] == '{"id": "a-broken", "prompt": "unterminated'
+    assert "invalid UTF-8" in by_index[2]["reason"] and by_index[2]["row"] == '{"id": "a-utf8", "prompt": "caf\\xe9"}'
+    assert "fields but the header has" in by_index[7]["reason"] and by_index[7]["row"] == "b-ragged,too,many,fields,here\r\n"
     assert by_index[6]["row"] == {"id": "a4", "prompt": "green mug " * 6, "params": {"secret": 1}}  # the raw row
     assert by_index[11]["row"] == {"id": "b3", "prompt": "teal lamp", "seed": -4, "category": "home"}
 
@@ -180,6 +181,9 @@ def test_raw_input_on_gcs_gives_the_same_shards_as_local(tmp_path: Path, gcs_buc
                              input={"uri": "unused.jsonl", "max_reject_fraction": 0.9})
         plan = run(["--run-dir", state.layout.root, "--input", pattern])
         plans.append({k: plan[k] for k in ("rows", "rejects_by_rule", "shards")})
-        shards.append(_shard_bytes(state.layout) + [storage.read_bytes(state.layout.rejects_part("preprocess"))])
+        # Parse errors name their file, whose URI is the one thing allowed to differ.
+        rejects = storage.read_bytes(state.layout.rejects_part("preprocess")).replace(pattern[:-1].encode(), b"IN/")
+        shards.append([*_shard_bytes(state.layout), rejects])
     assert plans[0] == plans[1] and shards[0] == shards[1]
+    assert b"IN/a.jsonl.gz line 2: broken JSON" in shards[1][-1]
     assert plans[1]["rows"]["input"] == 15
