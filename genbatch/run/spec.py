@@ -61,6 +61,19 @@ class InputSpec(_Section):
         "columns and types on a sample of the first rows)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _max_bytes_is_max_file_bytes(cls, data: Any) -> Any:
+        """``max_bytes`` (the one-file limit before inputs could be many files) still reads as ``max_file_bytes``:
+        spec files written for it, and the spec.json of runs made before, keep working (resume, compare)."""
+        if isinstance(data, dict) and "max_bytes" in data:
+            data = dict(data)
+            legacy = data.pop("max_bytes")
+            if "max_file_bytes" in data and data["max_file_bytes"] != legacy:
+                raise ValueError("max_bytes is the old name of max_file_bytes: set only max_file_bytes")
+            data["max_file_bytes"] = legacy
+        return data
+
 
 class ModelSpec(_Section):
     """The registered model to run, pinned by exactly one of alias or version, and its precision."""

@@ -98,3 +98,13 @@ def test_a_null_optional_section_means_its_defaults_and_a_null_required_one_is_r
 def test_every_top_level_field_has_a_description_the_form_shows() -> None:
     properties = json_schema()["properties"]
     assert {k for k, v in properties.items() if len(v.get("description", "")) < 20} == set()
+
+
+def test_the_old_max_bytes_reads_as_max_file_bytes() -> None:
+    """Spec files and the spec.json of earlier runs name the one-file limit ``max_bytes``."""
+    base = {"task": "text", "model": {"name": "m", "alias": "production"}, "output": {"uri": "runs"}}
+    spec = parse_spec({**base, "input": {"uri": "in.jsonl", "max_bytes": 1234}})
+    assert spec.input.max_file_bytes == 1234
+    assert "max_bytes" not in spec.to_json_dict()["input"]
+    with pytest.raises(SpecError, match="max_bytes is the old name of max_file_bytes"):
+        parse_spec({**base, "input": {"uri": "in.jsonl", "max_bytes": 1, "max_file_bytes": 2}})
