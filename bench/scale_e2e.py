@@ -5,7 +5,8 @@
 Per size, ``--files`` input files of heavy-tailed catalog prompts are generated under a temp dir (JSONL,
 every fourth one gzip-compressed; a few bad rows: a missing prompt every 10,007 rows) and a spec runs the
 zoo's catalog-copy (its production alias, the zoo registered in a temp registry), greedy, with a tiny
-``max_new_tokens``, on ``input.uri`` = a glob over the files (``--files 1``: one plain file). Two legs, each
+``max_new_tokens``, on ``input.uri`` = a glob over the files (``--files 1``: one plain file), with
+``input.row_rules: pipeline`` (the row rules in the Beam job: what an input this size needs). Two legs, each
 a fresh child process pinned to one core (affinity is inherited by every process it starts), one after
 the other, the same spec (``wall_s`` is the run: the stage sequence, or ``dag.test``'s trigger → success,
 without the one-off metadata DB set-up of the fresh home; ``process_s`` is the whole child):
@@ -77,11 +78,13 @@ def write_inputs(folder: Path, rows: int, files: int, seed: int = 11) -> dict[st
     return {"uri": uri, "bad_rows": bad}
 
 
-def make_spec(work: Path, input_uri: str, shards: int, max_new_tokens: int, run_id: str) -> dict[str, Any]:
+def make_spec(work: Path, input_uri: str, shards: int, max_new_tokens: int, run_id: str,
+              row_rules: str = "pipeline") -> dict[str, Any]:
     from bench.overhead import make_spec as overhead_spec
 
     data = overhead_spec(work, 1, shards, run_id)  # the catalog example's spec, outputs and registry set
     data["input"]["uri"] = input_uri
+    data["input"]["row_rules"] = row_rules
     data["generation"]["max_new_tokens"] = max_new_tokens
     # A 1-token description repeats across items and mentions no attribute: the content gates would stop the
     # run by design, so this spec keeps the default gates minus those two (the quality stage still runs).
@@ -208,20 +211,21 @@ def stage_rates(leg: str, leg_result: dict[str, Any], rows: int, generated: int)
     return rates
 
 
-def measure(sizes: list[int], files: int, shards: int, max_new_tokens: int) -> dict[str, Any]:
+def measure(sizes: list[int], files: int, shards: int, max_new_tokens: int, row_rules: str = "pipeline"
+            ) -> dict[str, Any]:
     from devstack.airflow_stack import REGISTRY
     from models.zoo.seed import ensure_zoo_registered
 
     ensure_zoo_registered(str(REGISTRY))
     out: dict[str, Any] = {"bench": "scale_e2e", "files": files, "shards": shards, "max_new_tokens": max_new_tokens,
-                           "sizes": {}}
+                           "row_rules": row_rules, "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="genbatch-scale-e2e-") as tmp:
         for rows in sizes:
             work = Path(tmp) / f"rows-{rows}"
             inputs = write_inputs(work / "input", rows, files)
             size: dict[str, Any] = {"bad_rows": inputs["bad_rows"]}
             for leg in ("direct", "embedded"):
-                spec = make_spec(work, inputs["uri"], shards, max_new_tokens, f"scale-{leg}-{rows}")
+                spec = make_spec(work, inputs["uri"], shards, max_new_tokens, f"scale-{leg}-{rows}", row_rules)
                 print(f"scale_e2e: {rows} rows, {leg} ...", file=sys.stderr, flush=True)
                 res = run_leg(leg, spec, work, f"{leg}-{rows}")
                 n = counts(spec)
@@ -253,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=64, help="input files per size (default 64)")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=1)
+    parser.add_argument("--row-rules", default="pipeline", choices=["pipeline", "validate"],
+                        help="input.row_rules: pipeline (default; the row rules in the Beam job) or validate "
+                             "(every row read in the validate_input task)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(json.dumps(measure(sizes, args.files, args.shards, args.max_new_tokens)))
+    print(json.dumps(measure(sizes, args.files, args.shards, args.max_new_tokens, args.row_rules)))
     return 0
 
 

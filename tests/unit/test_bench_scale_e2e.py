@@ -34,7 +34,7 @@ def test_the_generated_inputs_hold_every_row_once_over_the_files(tmp_path: Path)
 
 
 def test_a_tiny_run_accounts_for_every_row_in_both_legs() -> None:
-    proc = subprocess.run([sys.executable, "-m", "bench.scale_e2e", "--sizes", "120", "--files", "1", "--shards", "2"],
+    proc = subprocess.run([sys.executable, "-m", "bench.scale_e2e", "--sizes", "120", "--files", "4", "--shards", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
