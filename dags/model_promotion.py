@@ -1,13 +1,19 @@
 """model_promotion: evaluate a candidate against production on the golden set, then promote or reject.
 
 Triggered with params (model, candidate alias or version) or by the registration Asset event
-that the optimisation DAG emits. Thin: no I/O at parse time.
+that the optimisation DAG emits. Thin: no I/O at parse time. The tasks stay light: each evaluation
+runs the batch pipeline (Beam, torch) as the worker command ``genbatch model evaluate-arm``, a local
+process or a pod as the model's promotion policy spec says (``execution.backend``); resolving and
+deciding only read and write the registry.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+# Naming the providers operators/ builds on lets the DAG processor import them once, not in every parse child
+# (see dags/batch_generation.py; tests/unit/test_scheduled_dags.py checks the list is complete).
+import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 from airflow.sdk import DAG, Asset, Param
 
 from operators.alerts import notify_failure

@@ -8,6 +8,8 @@
     genbatch model rollback NAME [--reason TEXT]
     genbatch model evaluate NAME CANDIDATE      run the model_promotion DAG: promote or reject
     genbatch model optimize NAME VERSION [--methods int8,prune50,distill] [--candidate]
+    genbatch model evaluate-arm NAME VERSION --run-id ID --result URI   worker side of evaluate (models.model_jobs)
+    genbatch model build-variant NAME VERSION METHOD --result URI [--candidate]   worker side of optimize
 
 Every command takes ``--registry URI`` (default ``.genbatch/registry``; local path or gs://).
 """
@@ -73,6 +75,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("version", type=int)
     p.add_argument("--methods", default="int8", help="comma-separated: int8, prune50, distill")
     p.add_argument("--candidate", action="store_true", help="point the candidate alias at the new variant")
+    p = sub.add_parser("evaluate-arm", help="worker command: one version on the golden set (what model_promotion runs)")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--run-id", required=True, help="the evaluation run's id")
+    p.add_argument("--result", required=True, help="URI the JSON result is written to (create-only)")
+    p = sub.add_parser("build-variant", help="worker command: build and register one variant (what model_optimization runs)")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("method", help="int8, prune50 or distill")
+    p.add_argument("--result", required=True, help="URI the JSON result is written to (create-only)")
+    p.add_argument("--candidate", action="store_true", help="point the candidate alias at the new variant")
     p = sub.add_parser("rollback", help="production -> previous")
     p.add_argument("name")
     p.add_argument("--reason", default="manual rollback")
@@ -99,6 +112,14 @@ def main(argv: list[str]) -> int:
         conf = {"model": args.name, "version": args.version, "methods": args.methods.split(","), "registry": r,
                 "set_candidate_alias": args.candidate}
         return _embedded("model_optimization", conf, "optimize")
+    elif args.cmd == "evaluate-arm":
+        from models.model_jobs import evaluate_arm_main
+
+        return evaluate_arm_main(r, args.name, args.version, args.run_id, args.result)
+    elif args.cmd == "build-variant":
+        from models.model_jobs import build_variant_main
+
+        return build_variant_main(r, args.name, args.version, args.method, args.result, args.candidate)
     elif args.cmd == "rollback":
         _print(reg.rollback(r, args.name, reason=args.reason))
     return 0

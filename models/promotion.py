@@ -1,6 +1,7 @@
 """Promotion: pin the arms, compare a candidate with production on the golden set, then act on the registry.
 
-The evaluation runs go through the same batch pipeline as any run (``operators.pipeline_inline``);
+The evaluation runs go through the same batch pipeline as any run (``models.pipeline_inline``, run by
+the worker command ``genbatch model evaluate-arm``, never in the Airflow process);
 this module holds the policy, the comparison, and the registry actions (promote, record a rejection,
 a canary's verdict). A metric passes only when the 95% bootstrap bound on the candidate's side is
 within the tolerance: a candidate must be no worse than production *with confidence*, so a mean
@@ -157,14 +158,17 @@ def resolve_arms(params: dict[str, Any], asset_extras: Sequence[dict[str, Any]] 
     return {"production": int(aliases["production"]), "candidate": cand.version, "registry": registry, "model": name}
 
 
-def evaluation_spec(versions: dict[str, Any], arm: str) -> dict[str, Any]:
-    """The run spec that evaluates one arm (``production`` or ``candidate``) on the model's golden set."""
-    registry, name = versions["registry"], versions["model"]
+def evaluation_spec(registry: str, name: str, version: int) -> dict[str, Any]:
+    """The run spec that evaluates ``name@version`` (one arm of a promotion) on the model's golden set.
+
+    The policy's ``spec`` supplies everything else, its ``execution`` section included: where the
+    evaluation runs (a local process or a pod) is chosen there, as for any batch run.
+    """
     policy = Policy.load(registry, name)
     return {
         **policy.spec,
         "input": {"uri": policy.golden_set},
-        "model": {"name": name, "version": int(versions[arm]), "registry": registry},
+        "model": {"name": name, "version": int(version), "registry": registry},
         "output": {"uri": storage.join(reg.model_root(registry, name), "evaluations", "runs")},
     }
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator
+
+from operators.worker_pod import WorkerPodOperator
 
 DEVICE_POOL = "genbatch_devices"
 LOCAL_TASK = "generate_local"
@@ -57,33 +58,21 @@ class LocalShardOperator(BaseOperator):
             raise
 
 
-class GenbatchPodOperator(KubernetesPodOperator):
+class GenbatchPodOperator(WorkerPodOperator):
     """One pod per shard (deferrable, reattaches on restart, deleted on finish with logs kept).
 
     The spec is read when the pod is built, so image, GPUs and namespace come from the run.
     """
 
-    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "run_dir", "shard")
+    template_fields: Sequence[str] = (*WorkerPodOperator.template_fields, "run_dir", "shard")
 
     def __init__(self, *, run_dir: Any, shard: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("deferrable", True)
-        kwargs.setdefault("reattach_on_restart", True)
-        kwargs.setdefault("on_finish_action", "delete_pod")
-        kwargs.setdefault("get_logs", True)
-        kwargs.setdefault("log_events_on_failure", True)
-        kwargs.setdefault("do_xcom_push", True)
-        kwargs.setdefault("image", "set-from-the-run-spec")
         super().__init__(**kwargs)
         self.run_dir = run_dir
         self.shard = shard
 
-    def apply_spec(self) -> None:
+    def pod_settings(self, context: Any) -> dict[str, Any]:
         from genbatch.run.state import load_run_state
         from operators.pod_spec import pod_settings
 
-        for name, value in pod_settings(load_run_state(self.run_dir), int(self.shard)).items():
-            setattr(self, name, value)
-
-    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
-        self.apply_spec()
-        return super().build_pod_request_obj(context, dry_run=dry_run)
+        return pod_settings(load_run_state(self.run_dir), int(self.shard))

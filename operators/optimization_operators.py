@@ -1,4 +1,8 @@
-"""Operators of the model_optimization DAG: build an optimised variant, register it, announce it."""
+"""Operators of the model_optimization DAG: build an optimised variant, register it, announce it.
+
+The build (quantise / prune / distil) needs torch, so it runs as the worker command
+``genbatch model build-variant`` (:mod:`operators.model_jobs`), never in the Airflow task itself.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
+
+from operators.model_jobs import ModelJob, ModelJobOperator
 
 REGISTERED = Asset("genbatch://registry/version-registered")
 
@@ -17,22 +23,49 @@ class MethodsOperator(BaseOperator):
         return list(context["params"]["methods"])
 
 
-class OptimizeVersionOperator(BaseOperator):
-    """Build one variant of a registry version, register it with lineage, emit the registration Asset."""
+class OptimizeVersionOperator(ModelJobOperator):
+    """Build one variant of a registry version, register it with lineage, emit the registration Asset.
 
-    template_fields: Sequence[str] = ("method",)
+    Where the build runs is the DAG's ``execution`` param (the RunSpec's execution section: backend,
+    image, GPUs...): an optimisation has no run spec of its own, and the same form field as a batch
+    run's says it. The default is a local process.
+    """
+
+    template_fields: Sequence[str] = (*ModelJobOperator.template_fields, "method")
 
     def __init__(self, *, method: Any, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [REGISTERED])
         super().__init__(**kwargs)
         self.method = method
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        from models.optimize.variants import build_variant
+    def model_job(self, context: Any) -> ModelJob:
+        from genbatch.errors import SpecError
+        from genbatch.run.spec import ExecutionSpec
+        from genbatch.stages.model_jobs import BUILD_VARIANT, build_variant_command
+        from models.model_jobs import variant_result_uri
+        from operators.pod_spec import model_job_labels
 
         p = context["params"]
-        result = build_variant(p["registry"], p["model"], int(p["version"]), self.method,
-                               set_candidate_alias=bool(p.get("set_candidate_alias")))
+        try:
+            execution = ExecutionSpec.model_validate(p.get("execution") or {})
+        except ValueError as exc:
+            raise SpecError(f"model_optimization param execution: {exc}") from None
+        registry, model, version, run_id = p["registry"], p["model"], int(p["version"]), str(context["run_id"])
+        command = build_variant_command(registry, model, version, str(self.method),
+                                        variant_result_uri(registry, model, run_id, str(self.method)),
+                                        set_candidate_alias=bool(p.get("set_candidate_alias")))
+        return ModelJob(f"{self.method} variant of {model}@{version}", command, execution,
+                        model_job_labels(BUILD_VARIANT, model, version, run_id))
+
+    def execute(self, context: Any) -> Any:
+        return self._announce(context, super().execute(context))
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        """A deferred pod finished: its result came back through the XCom sidecar."""
+        return self._announce(context, super().trigger_reentry(context, event))
+
+    def _announce(self, context: Any, result: dict[str, Any]) -> dict[str, Any]:
+        p = context["params"]
         context["outlet_events"][REGISTERED].extra = {"model": p["model"], "version": result["version"],
                                                       "registry": p["registry"], "method": self.method}
         return result

@@ -1,4 +1,4 @@
-"""The Kubernetes settings of one shard's worker pod, derived from the run's spec.
+"""The Kubernetes settings of a worker pod (one shard's, or a model job's), derived from the execution spec.
 
 Kept apart from the operator so it reads as one list of settings; the operator applies
 them before the provider builds the pod, so tests can validate the provider's own pod.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from genbatch.run.spec import ExecutionSpec
 from genbatch.run.state import RunState
 from genbatch.stages.generate import worker_command
 
@@ -26,10 +27,31 @@ def _label_value(value: str) -> str:
 
 def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
     """KubernetesPodOperator attributes for one shard (kubernetes client model objects)."""
+    labels = {
+        "genbatch/run-id": _label_value(state.run_id),
+        "genbatch/shard": str(shard),
+        "genbatch/model": _label_value(state.model.name),
+        "genbatch/model-version": str(state.model.version),
+    }
+    return job_pod_settings(state.spec.execution, worker_command(state.layout.root, shard), labels,
+                            spot=state.spec.cost.spot)
+
+
+def model_job_labels(job: str, model: str, version: int, run_id: str) -> dict[str, str]:
+    """The labels of a model job's pod (``evaluate-arm``, ``build-variant``): what, which model, which run."""
+    return {"genbatch/job": _label_value(job), "genbatch/run-id": _label_value(run_id),
+            "genbatch/model": _label_value(model), "genbatch/model-version": str(int(version))}
+
+
+def job_pod_settings(ex: ExecutionSpec, command: list[str], labels: dict[str, str], *,
+                     spot: bool = False) -> dict[str, Any]:
+    """KubernetesPodOperator attributes for any worker-contract command: one pod builder, one security context.
+
+    Shard workers and the model jobs (evaluation, optimisation) all get the same image, resources,
+    GPU scheduling, non-root read-only security context, Secret-only env and empty-dir volumes.
+    """
     from kubernetes.client import models as k8s
 
-    ex = state.spec.execution
-    command = worker_command(state.layout.root, shard)
     limits = {"cpu": ex.cpu, "memory": ex.memory, "ephemeral-storage": ex.ephemeral_storage}
     if ex.gpus_per_pod:
         limits["nvidia.com/gpu"] = str(ex.gpus_per_pod)
@@ -40,7 +62,7 @@ def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
         tolerations.append(k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"))
         if ex.gpu_type:
             node_selector[GKE_ACCELERATOR_LABEL] = ex.gpu_type
-    if state.spec.cost.spot:
+    if spot:
         # Priced at spot rates, so it must run on spot capacity: a preempted pod is retried and the
         # worker resumes from its committed parts (at most one batch redone).
         node_selector[GKE_SPOT_LABEL] = "true"
@@ -60,13 +82,7 @@ def pod_settings(state: RunState, shard: int) -> dict[str, Any]:
         "arguments": command[1:],
         "namespace": ex.namespace,
         "service_account_name": ex.service_account,
-        "labels": {
-            "app.kubernetes.io/name": "genbatch-worker",
-            "genbatch/run-id": _label_value(state.run_id),
-            "genbatch/shard": str(shard),
-            "genbatch/model": _label_value(state.model.name),
-            "genbatch/model-version": str(state.model.version),
-        },
+        "labels": {"app.kubernetes.io/name": "genbatch-worker", **labels},
         "container_resources": k8s.V1ResourceRequirements(limits=limits, requests=requests),
         "node_selector": node_selector,
         "tolerations": tolerations,

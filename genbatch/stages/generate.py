@@ -275,25 +275,41 @@ def _follow(path_fd: int, proc: subprocess.Popen[bytes], sink: Callable[[str], N
 
 
 def run_worker_process(run_dir: str, shard: int, timeout_s: float | None = None) -> dict[str, Any]:
-    """Run the worker, streaming its log lines into our log as they come.
+    """Run the worker for one shard (:func:`run_logged_command`), after stopping a stale one.
 
-    First stops (or waits for) a worker an earlier launch of this shard left running; the new worker
-    dies with this process; if this function is interrupted (the task is stopped), the worker is
-    stopped too (SIGTERM, then SIGKILL after the grace period). The worker writes its output to an
-    unlinked temp file this process follows, not to a pipe: a worker whose launcher was killed must
-    not die of a broken pipe in the middle of committing its batch.
+    First stops (or waits for) a worker an earlier launch of this shard left running; a lease file
+    names the new worker while it runs, so the next launch can do the same.
     """
     stop_stale_worker(run_dir, shard, wait_s=timeout_s)
-    cmd = local_worker_command(run_dir, shard)
-    log.info("shard %s: running %s", shard, " ".join(cmd))
+
+    def lease(pid: int) -> Callable[[], None]:
+        path = _take_lease(run_dir, shard, pid)
+        return lambda: _release_lease(path, pid)
+
+    return run_logged_command(local_worker_command(run_dir, shard), f"worker for shard {shard}", f"worker[{shard}]",
+                              timeout_s=timeout_s, on_start=lease)
+
+
+def run_logged_command(cmd: list[str], what: str, log_prefix: str, *, timeout_s: float | None = None,
+                       on_start: Callable[[int], Callable[[], None]] | None = None) -> dict[str, Any]:
+    """Run a worker-contract command, streaming its log lines into our log; returns its last line's JSON.
+
+    The child dies with this process; if this function is interrupted (the task is stopped), the
+    child is stopped too (SIGTERM, then SIGKILL after the grace period). The child writes its output
+    to an unlinked temp file this process follows, not to a pipe: a worker whose launcher was killed
+    must not die of a broken pipe in the middle of committing its work. ``on_start(pid)`` returns
+    what to call when the child is gone (the shard lease). A non-zero exit raises :class:`WorkerFailed`
+    (``permanent`` for :data:`EXIT_PERMANENT`), naming ``what`` and the last lines of its output.
+    """
+    log.info("%s: running %s", what, " ".join(cmd))
     tail: list[str] = []
 
     def sink(line: str) -> None:
         nonlocal tail
-        log.info("worker[%s] %s", shard, line)
+        log.info("%s %s", log_prefix, line)
         tail = [*tail[-19:], line]
 
-    fd, path = tempfile.mkstemp(prefix=f"genbatch-worker-{shard}-", suffix=".log")
+    fd, path = tempfile.mkstemp(prefix="genbatch-worker-", suffix=".log")
     try:
         read_fd = os.open(path, os.O_RDONLY)
         try:
@@ -305,7 +321,7 @@ def run_worker_process(run_dir: str, shard: int, timeout_s: float | None = None)
             raise
     finally:
         os.unlink(path)  # both ends stay open; nothing is left behind whoever exits first
-    lease = _take_lease(run_dir, shard, proc.pid)
+    release = on_start(proc.pid) if on_start is not None else None
     try:
         _follow(read_fd, proc, sink)
         code = proc.wait(timeout=timeout_s)
@@ -313,10 +329,15 @@ def run_worker_process(run_dir: str, shard: int, timeout_s: float | None = None)
         _stop(proc, _stale_grace_s())
         raise
     finally:
-        _release_lease(lease, proc.pid)
+        if release is not None:
+            release()
     if code != 0:
         reason = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
         detail = "\n".join(tail[-5:])
-        raise WorkerFailed(f"worker for shard {shard} {reason}: {detail}", exit_code=code)
-    result: dict[str, Any] = json.loads(tail[-1])
+        raise WorkerFailed(f"{what} {reason}: {detail}", exit_code=code)
+    try:
+        result: dict[str, Any] = json.loads(tail[-1])
+    except (IndexError, ValueError):
+        raise WorkerFailed(f"{what} exited 0 but its last output line is not its JSON result: {tail[-1:]}; "
+                           "check the worker image runs the same genbatch version", exit_code=1) from None
     return result

@@ -16,11 +16,14 @@ from models import registry as reg
 from models.zoo.seed import ZOO_DIR, ensure_zoo_registered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The DAG runs in the CLI process as in the Airflow image: no torch, transformers, diffusers or Beam there
+# (genbatch.cli.light_process); the evaluations and builds run as worker commands in their own processes.
+LIGHT_AIRFLOW_ENV = {**os.environ, "GENBATCH_FORBID_HEAVY_IMPORTS": "1"}
 
 
 def _genbatch(workdir: Path, *args: str) -> tuple[int, Any, str]:
     proc = subprocess.run([sys.executable, "-m", "genbatch", "model", "--registry", ".genbatch/registry", *args],
-                          cwd=workdir, capture_output=True, text=True, timeout=600, env=os.environ.copy(), check=False)
+                          cwd=workdir, capture_output=True, text=True, timeout=600, env=LIGHT_AIRFLOW_ENV, check=False)
     out = proc.stdout
     return proc.returncode, json.loads(out[out.index("{"):]) if "{" in out else None, proc.stderr
 

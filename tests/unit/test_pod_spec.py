@@ -18,7 +18,7 @@ from genbatch.stages.generate import worker_command
 from tests.helpers import prepared_run
 
 K8S_VERSION = "1.33.0"
-K8S_SPEC = {
+K8S_SPEC: dict[str, Any] = {
     "backend": "kubernetes",
     "image": "europe-docker.pkg.dev/acme/genbatch/worker:0.1.0",
     "gpus_per_pod": 1,

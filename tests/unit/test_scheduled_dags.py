@@ -222,7 +222,8 @@ PROVIDER_PREFIXES = ("kubernetes", "kubernetes_asyncio", "aiohttp", "redis", "ai
                      "airflow.providers.standard.operators.branch", "airflow.providers.standard.operators.trigger_dagrun")
 
 
-@pytest.mark.parametrize("dag_file", ["scheduled_specs.py", "batch_generation.py"])
+@pytest.mark.parametrize("dag_file", ["scheduled_specs.py", "batch_generation.py", "model_promotion.py",
+                                      "model_optimization.py"])
 def test_the_dag_file_names_the_providers_its_operators_import(dag_file: str, tmp_path: Path) -> None:
     """Airflow's DAG processor pre-imports the ``airflow.*`` modules a DAG file names, once, before it forks the
     child that parses the file. Every provider our operators build on must be named there, or each parse pays
