@@ -132,12 +132,13 @@ def test_dataflow_operator_carries_the_job_request(google: Any) -> None:
     assert config.check_if_running == google.CheckJobRunning.WaitForRun
 
 
-def test_dataflow_launch_command_and_deferral(google: Any, tmp_path: Path) -> None:
+def test_dataflow_launch_command_and_deferral(google: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.providers.google.cloud.triggers.dataflow import DataflowJobStateCompleteTrigger
     from airflow.sdk.exceptions import TaskDeferred
 
     from operators.beam import dataflow_operator
 
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")  # an empty GCP connection
     launcher = tmp_path / "python"
     launcher.write_text(LAUNCHER.format(job=SUBMITTED_JOB))
     launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
