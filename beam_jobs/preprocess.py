@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs import plan as planning
@@ -475,6 +475,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         pipeline = beam.Pipeline(runner=runner, options=PipelineOptions(beam_args))
     with pipeline as p:
         build(p, known.run_dir, known.token_counts, known.spill_bytes, known.input_uri, known.input_format)
+    if PipelineOptions(beam_args).view_as(StandardOptions).no_wait_until_finish:
+        # Submitted only (Dataflow from Airflow): the caller waits for the job, then reads the plan.
+        return {"submitted": True, "run_dir": known.run_dir}
     return dict(storage.read_json(RunLayout(known.run_dir).shard_plan))
 
 

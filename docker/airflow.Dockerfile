@@ -1,5 +1,8 @@
-# The Airflow image: the official Airflow 3.3 image + the `airflow` and `beam` extras and the DAGs;
-# never torch (shards run in worker pods).
+# The Airflow image: the official Airflow 3.3 image + the `airflow` and `beam` extras and the DAGs.
+# `airflow` brings the providers, the google one included (the preprocess task submits Dataflow jobs
+# with it); `beam` brings apache-beam for the launcher subprocess `python -m beam_jobs.preprocess`
+# (the task's own process never imports it). Never the worker pins (torch, transformers, diffusers):
+# shards run in worker pods, the Beam job's tokenizer work on the Beam workers' image.
 # Build (from the repo root): docker build -f docker/airflow.Dockerfile -t REGION-docker.pkg.dev/PROJECT/genbatch/airflow:TAG .
 FROM apache/airflow:3.3.2-python3.11
 

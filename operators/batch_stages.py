@@ -12,10 +12,10 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator
 
 from genbatch.stages.sequence import STAGE_IDS
+from operators.beam import PreprocessOperator
 from operators.cost_check import CostCheckOperator
 from operators.genbatch_operators import (
     CanaryVerdictOperator,
-    PreprocessOperator,
     PublishOperator,
     QualityGateOperator,
     ValidateInputOperator,

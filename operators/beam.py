@@ -1,22 +1,26 @@
-"""The preprocess stage through the apache-beam provider's ``BeamRunPythonPipelineOperator``.
+"""The preprocess task: ``beam_jobs.preprocess`` through the apache-beam provider, never in this process.
 
-A factory, not a copy of provider code (DESIGN §5): it returns the provider's operator set up to
-run ``python -m beam_jobs.preprocess --run_dir=<run dir> --token_counts=... [pipeline options]``
-with the runner chosen by the caller:
+Design (issue 17): **one operator that picks the provider's launch path at execute time**, rather
+than a branch between an inline task and a provider task. The runner lives in the spec, which
+``batch_generation`` only knows at run time (params → ``prepare_run`` → ``spec.json``), and a branch
+would add two tasks, a skipped one on every run and a join before the generate mapping. Here the
+task keeps its id, its place and its output (the shard numbers the generate tasks expand over), for
+one-off and scheduled runs alike:
 
-* locally: ``runner="FnApiRunner"`` (default): Beam's in-process engine, no network needed
-  (``beam_jobs.preprocess`` maps the name to the FnApiRunner; ``DirectRunner`` works too but may
-  first try to start Prism);
-* on Dataflow: ``runner="DataflowRunner"`` with ``dataflow_config`` (project, location, job name,
-  service account...) and worker options in ``pipeline_options`` (``temp_location``,
-  ``sdk_container_image`` or ``extra_packages``...); the provider submits the job, links it in
-  the UI and waits (or defers, with ``deferrable=True``);
-* on Flink or Spark: ``runner="FlinkRunner"`` / ``"SparkRunner"`` with ``flink_master`` /
-  ``spark_master_url`` and ``environment_type`` in ``pipeline_options`` (see docs/beam.md).
+* ``inline``, ``flink``, ``spark``: the provider's ``BeamHook.start_python_pipeline`` runs
+  ``python -m beam_jobs.preprocess --runner=... [options]`` as a subprocess and streams its log
+  (inline: the FnApiRunner with ``preprocess.inline_workers`` processes). Needs only the apache-beam
+  provider, which can build no operator without the google provider, so the hook is used directly.
+* ``dataflow``: the provider's ``BeamRunPythonPipelineOperator`` with a ``DataflowConfiguration``, built
+  from the spec in ``execute`` (:func:`dataflow_operator`) and executed in place. It defers to the
+  triggerer while the job runs; the trigger's event resumes **this** task's :meth:`execute_complete`
+  (a fresh instance after deferral: it needs only ``run_dir``), which checks the event and reads the
+  committed plan. The provider's Python operator ignores ``check_if_running`` (Java only), so this
+  operator does it: the job name is stable per run dir (:mod:`genbatch.stages.beam_launch`), and a
+  retried task that finds an active job of that name waits for it instead of submitting a second.
 
-The provider operator returns no shard list (``None``, or the Dataflow job id), so the mapped
-generate tasks expand over :class:`PlanShardsOperator`, which reads ``shards/_plan.json``.
-Importing this module imports the provider but not ``apache_beam``.
+Every path first looks for ``shards/_plan.json``: the plan is written last, so a committed plan means
+the job already finished (a retry after the job succeeded but the task died) and nothing is rerun.
 """
 
 from __future__ import annotations
@@ -25,60 +29,118 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.sdk import BaseOperator
 
 from genbatch.stages.preprocess import PIPELINE_MODULE
 
-LOCAL_RUNNER = "FnApiRunner"
+GOOGLE_PROVIDER_MISSING = (
+    "preprocess.runner is 'dataflow' but apache-airflow-providers-google is not installed in the Airflow "
+    "environment: install the `airflow` extra of genbatch (docker/airflow.Dockerfile does), or set "
+    "preprocess.runner to inline, flink or spark"
+)
 
 
-def preprocess_operator(
-    *,
-    run_dir: Any,
-    task_id: str = "preprocess",
-    runner: str = LOCAL_RUNNER,
-    pipeline_options: dict[str, Any] | None = None,
-    dataflow_config: Any = None,
-    token_counts: str = "auto",
-    py_interpreter: str | None = None,
-    py_requirements: list[str] | None = None,
-    **kwargs: Any,
-) -> BeamRunPythonPipelineOperator:
-    """The provider's operator running ``beam_jobs.preprocess`` on ``run_dir`` (a string, a
-    Jinja template or an XComArg such as ``prepare.output``: ``pipeline_options`` is templated).
+class PreprocessOperator(BaseOperator):
+    """Run the Beam preprocess job where the spec says (``preprocess.runner``); return the shard numbers."""
 
-    ``pipeline_options`` are Beam options in snake_case (``{"temp_location": "gs://...",
-    "direct_num_workers": 2}``); ``dataflow_config`` is the provider's ``DataflowConfiguration`` or
-    its dict. ``py_interpreter`` defaults to the interpreter parsing the DAG (the same virtualenv);
-    ``py_requirements`` makes the provider build a fresh virtualenv instead (slow; for workers
-    without genbatch installed). Other keyword arguments (``retries``, ``deferrable``, ``pool``...)
-    go to the operator.
+    template_fields: Sequence[str] = ("run_dir",)
+
+    def __init__(self, *, run_dir: Any, token_counts: str = "auto", py_interpreter: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run_dir = run_dir
+        self.token_counts = token_counts
+        self.py_interpreter = py_interpreter
+        self._dataflow: Any = None  # the provider operator of a Dataflow run, for on_kill
+
+    def execute(self, context: Any) -> list[int]:
+        from genbatch.run.state import load_run_state
+        from genbatch.stages.preprocess import committed_shards
+
+        done = committed_shards(self.run_dir)
+        if done is not None:
+            self.log.info("shards/_plan.json of %s is committed: the job already ran, nothing is resubmitted",
+                          self.run_dir)
+            return done
+        state = load_run_state(self.run_dir)
+        if state.spec.preprocess.runner == "dataflow":
+            self._run_on_dataflow(state, context)
+        else:
+            self._run_launcher(state)
+        return self._planned()
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> list[int]:
+        """Resumed after the Dataflow trigger fired: fail on its error event, else read the plan."""
+        from airflow.sdk.exceptions import AirflowException
+
+        if event.get("status") == "error":
+            raise AirflowException(f"Dataflow preprocess job failed: {event.get('message')}")
+        self.log.info("Dataflow preprocess job finished: %s", event.get("message"))
+        return self._planned()
+
+    def on_kill(self) -> None:
+        if self._dataflow is not None:
+            self._dataflow.on_kill()  # cancels the Dataflow job it submitted
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    def _interpreter(self) -> str:
+        return self.py_interpreter or sys.executable
+
+    def _run_launcher(self, state: Any) -> None:
+        from airflow.providers.apache.beam.hooks.beam import BeamHook
+
+        from genbatch.stages.beam_launch import beam_runner, pipeline_options
+
+        BeamHook(runner=beam_runner(state.spec.preprocess)).start_python_pipeline(
+            variables=pipeline_options(state, str(self.run_dir), self.token_counts),
+            py_file=PIPELINE_MODULE, py_options=["-m"], py_interpreter=self._interpreter(),
+        )
+
+    def _run_on_dataflow(self, state: Any, context: Any) -> None:
+        from operators.dataflow import wait_for_active_job
+
+        self._dataflow = dataflow_operator(state, str(self.run_dir), task_id=self.task_id,
+                                           token_counts=self.token_counts, py_interpreter=self._interpreter())
+        if wait_for_active_job(self, self._dataflow, context):
+            return  # a job of this run was still active and has finished now (or we deferred on it)
+        self._dataflow.execute(context)  # submits; defers to execute_complete when deferrable
+
+    def _planned(self) -> list[int]:
+        from genbatch.errors import GenbatchError
+        from genbatch.stages.preprocess import committed_shards
+
+        shards = committed_shards(self.run_dir)
+        if shards is None:
+            raise GenbatchError(f"the preprocess job of {self.run_dir} ended without shards/_plan.json; see the "
+                                "job's log above (inline) or the Dataflow job's worker logs")
+        return shards
+
+
+def dataflow_operator(state: Any, run_dir: str, *, task_id: str = "preprocess", token_counts: str = "auto",
+                      py_interpreter: str | None = None) -> Any:
+    """The provider's ``BeamRunPythonPipelineOperator`` for ``runner: dataflow``, built from the spec.
+
+    Raises :class:`genbatch.errors.SpecError` naming the package when the google provider is missing.
     """
-    options: dict[str, Any] = {"run_dir": run_dir, "token_counts": token_counts, **(pipeline_options or {})}
+    from genbatch.errors import SpecError
+    from genbatch.stages.beam_launch import beam_runner, dataflow_configuration, pipeline_options
+
+    try:
+        from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+        from airflow.providers.google.cloud.operators.dataflow import CheckJobRunning, DataflowConfiguration
+    except ImportError:
+        raise SpecError(GOOGLE_PROVIDER_MISSING) from None
+    spec = state.spec.preprocess
+    config = DataflowConfiguration(**dataflow_configuration(state, run_dir), check_if_running=CheckJobRunning.WaitForRun)
     return BeamRunPythonPipelineOperator(
         task_id=task_id,
         py_file=PIPELINE_MODULE,
         py_options=["-m"],
-        runner=runner,
-        pipeline_options=options,
-        dataflow_config=dataflow_config,
+        runner=beam_runner(spec),
+        pipeline_options=pipeline_options(state, run_dir, token_counts),
+        dataflow_config=config,
+        gcp_conn_id=spec.gcp_conn_id,
         py_interpreter=py_interpreter or sys.executable,
-        py_requirements=py_requirements,
-        **kwargs,
+        deferrable=spec.deferrable,
     )
-
-
-class PlanShardsOperator(BaseOperator):
-    """Return the shard numbers of the committed plan (``shards/_plan.json``), for ``.expand()``."""
-
-    template_fields: Sequence[str] = ("run_dir",)
-
-    def __init__(self, *, run_dir: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.run_dir = run_dir
-
-    def execute(self, context: Any) -> list[int]:
-        from genbatch.stages.preprocess import planned_shards
-
-        return planned_shards(self.run_dir)

@@ -62,22 +62,6 @@ class ValidateInputOperator(_RunDirOperator):
         return validate_input(self.run_dir)
 
 
-class PreprocessOperator(_RunDirOperator):
-    """Beam preprocessing (in-process FnApiRunner here; Dataflow/Flink via ``beam_args``)."""
-
-    template_fields: Sequence[str] = ("run_dir", "beam_args")
-
-    def __init__(self, *, beam_args: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.beam_args = beam_args or []
-
-    def execute(self, context: Any) -> list[int]:
-        from beam_jobs.preprocess import run
-        from genbatch.stages.preprocess import pipeline_argv, shard_numbers
-
-        return shard_numbers(run(pipeline_argv(self.run_dir, self.beam_args)))
-
-
 class QualityGateOperator(_RunDirOperator):
     """Metrics + gates; fails the task (QualityGateFailed) when a gate misses."""
 

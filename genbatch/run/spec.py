@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
 
 from genbatch.errors import SpecError
+from genbatch.run.preprocess_spec import PreprocessSpec
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -316,7 +317,7 @@ class OutputSpec(_Section):
     uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
 
 
-def _optional(section: type[_Section], description: str) -> Any:
+def _optional(section: type[BaseModel], description: str) -> Any:
     """A section with defaults: left out or null means all its defaults (so the form does not mark it required)."""
     return Field(default_factory=section, description=f"Optional. {description}")
 
@@ -343,6 +344,9 @@ class RunSpec(_Section):
         GenerationSpec, "Decoding (text) or diffusion (image) settings, and the run seed that item seeds derive from.")
     sharding: ShardingSpec = _optional(
         ShardingSpec, "How many shards (one mapped task or pod each), or 'auto' sizing, and dedupe.")
+    preprocess: PreprocessSpec = _optional(
+        PreprocessSpec, "Where the Beam preprocess job runs: inline (default, a local subprocess) or on "
+        "Dataflow, Flink or Spark.")
     execution: ExecutionSpec = _optional(
         ExecutionSpec, "Where shards run: local processes (default) or one Kubernetes pod per shard.")
     quality: QualitySpec = _optional(
@@ -369,6 +373,13 @@ class RunSpec(_Section):
         if self.sharding.num_shards != "auto" and self.sharding.num_shards > MAX_MAP_LENGTH:
             raise ValueError(f"sharding.num_shards={self.sharding.num_shards} exceeds Airflow's max_map_length "
                              f"({MAX_MAP_LENGTH}); use fewer, larger shards (shards are mapped, never items)")
+        if self.preprocess.runner == "dataflow":
+            local = [f"{name}={uri!r}" for name, uri in (("output.uri", self.output.uri),
+                                                         ("model.registry", self.model.registry))
+                     if not uri.startswith("gs://")]
+            if local:
+                raise ValueError(f"preprocess.runner dataflow needs gs:// for {', '.join(local)}: the Dataflow workers "
+                                 "read the run directory and the model's tokenizer from there")
         return self
 
     def to_json_dict(self) -> dict[str, Any]:

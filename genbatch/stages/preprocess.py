@@ -1,7 +1,9 @@
 """The preprocess hand-off: what the core tells the Beam pipeline, and what it reads back.
 
-The pipeline itself (``beam_jobs.preprocess``) is run by the caller: in-process, by the apache-beam
-provider's operator, or on Dataflow. The core only names it and reads the committed shard plan.
+The pipeline itself (``beam_jobs.preprocess``) is run by the caller: the Airflow task launches it as a
+subprocess or a Dataflow/Flink/Spark job (``operators/beam.py``, options from
+:mod:`genbatch.stages.beam_launch`); embedded tools may run it in-process. The core only names it and
+reads the committed shard plan.
 """
 
 from __future__ import annotations
@@ -28,3 +30,11 @@ def shard_numbers(plan: Mapping[str, Any]) -> list[int]:
 def planned_shards(run_dir: str) -> list[int]:
     """The shards of the run's committed plan, read back from ``shards/_plan.json``."""
     return shard_numbers(storage.read_json(RunLayout(run_dir).shard_plan))
+
+
+def committed_shards(run_dir: str) -> list[int] | None:
+    """The shards of the committed plan, or None before the job commits (``_plan.json`` is written last)."""
+    layout = RunLayout(run_dir)
+    if not storage.exists(layout.shard_plan):
+        return None
+    return shard_numbers(storage.read_json(layout.shard_plan))

@@ -50,13 +50,25 @@ def _input(workdir: Path, n_good: int) -> tuple[Path, list[dict[str, Any]]]:
     return path, rows
 
 
+# Every run here keeps the Airflow process light, as the production image does: a task that imports
+# torch, transformers, diffusers or apache_beam in it fails (genbatch.cli.light_process).
+LIGHT = {"GENBATCH_FORBID_HEAVY_IMPORTS": "1"}
+
+
 def _run(workdir: Path, spec: dict[str, Any], run_id: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     spec_path = workdir / f"{run_id}.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     return subprocess.run(
         [sys.executable, "-m", "genbatch", "run", str(spec_path), "--run-id", run_id],
-        cwd=workdir, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}, check=False,
+        cwd=workdir, capture_output=True, text=True, timeout=900, env={**os.environ, **LIGHT, **(env or {})}, check=False,
     )
+
+
+def _summary(stdout: str) -> dict[str, Any]:
+    """``genbatch run``'s summary: the last JSON document of its output (task logs, such as the Beam job's
+    log lines that the provider relays, may hold braces before it)."""
+    start = stdout.rindex("\n{\n") + 1 if "\n{\n" in stdout else stdout.index("{")
+    return dict(json.loads(stdout[start:]))
 
 
 def _text_spec(input_path: Path, output: str) -> dict[str, Any]:
@@ -105,7 +117,7 @@ def test_text_run_end_to_end_on_local_disk(workdir: Path) -> None:
     input_path, rows = _input(workdir, 60)
     proc = _run(workdir, _text_spec(input_path, str(workdir / "runs")), "local-run")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = _summary(proc.stdout)
     assert summary["dag_run"].endswith("success") and summary["success_marker"] is True
     assert all(v.startswith("PASS") for v in summary["gates"].values())
     manifest = _check_run(str(workdir / "runs" / "local-run"), rows)
@@ -117,7 +129,7 @@ def test_text_run_end_to_end_on_local_disk(workdir: Path) -> None:
     again = _run(workdir, _text_spec(input_path, str(workdir / "runs")), "local-run")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     # the summary is the last JSON document (Airflow logs lines with braces before it when every task skips)
-    summary = json.loads(again.stdout[again.stdout.rindex("\n{\n") + 1:])
+    summary = _summary(again.stdout)
     assert "nothing was run" in summary["already_published"] and summary["success_marker"] is True
     assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
 
