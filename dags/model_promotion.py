@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 # Naming the providers operators/ builds on lets the DAG processor import them once, not in every parse child
 # (see dags/batch_generation.py; tests/unit/test_scheduled_dags.py checks the list is complete).
 import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
+import airflow.providers.google.assets.bigquery  # noqa: F401 (asset URI handlers: loaded with the first Asset)
+import airflow.providers.google.assets.gcs  # noqa: F401
 from airflow.sdk import DAG, Asset, Param
 
 from operators.alerts import notify_failure

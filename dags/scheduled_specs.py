@@ -15,6 +15,8 @@ from __future__ import annotations
 # (bench/dag_parse_stack.py); tests/unit/test_scheduled_dags.py checks the list is complete.
 import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 import airflow.providers.common.messaging.triggers.msg_queue  # noqa: F401
+import airflow.providers.google.assets.bigquery  # noqa: F401 (asset URI handlers: loaded with the first Asset)
+import airflow.providers.google.assets.gcs  # noqa: F401
 import airflow.providers.standard.operators.branch  # noqa: F401
 import airflow.providers.standard.operators.trigger_dagrun  # noqa: F401
 import airflow.timetables.trigger  # noqa: F401
