@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 HEAVY_PACKAGES = ("torch", "transformers", "diffusers", "apache_beam")
-ENV_VAR = "GENBATCH_FORBID_HEAVY_IMPORTS"  # "1": embedded runs install the guard (tests set it)
+ENV_VAR = "GENBATCH_FORBID_HEAVY_IMPORTS"  # embedded runs install the guard unless it is "0"
 
 
 class HeavyImportRefused(ImportError):
