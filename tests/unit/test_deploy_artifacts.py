@@ -136,3 +136,46 @@ def test_a_mounted_configmap_reads_as_the_specs_folder(tmp_path: Path) -> None:
         os.symlink(f"..data/{key}", mount / key)
     specs, errors = load_specs_folder(mount)
     assert errors == {} and sorted(s.path.name for s in specs) == sorted(data)
+
+
+# The worker's model stack. (tokenizers, the Rust library alone, does reach the Airflow image: litellm needs it,
+# through the Google provider's aiplatform extra; it loads no model and imports no torch.)
+WORKER_ONLY = {"torch", "transformers", "diffusers", "accelerate", "torchvision", "torchao"}
+
+
+def _closure(roots: list[tuple[str, set[str]]]) -> set[str]:
+    """Every distribution the given (name, extras) pull in, transitively, by the installed packages' own metadata
+    (the dev venv holds the whole lock, so this is the Airflow image's install set, resolved offline)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [(canonicalize_name(n), frozenset(e)) for n, e in roots]
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in done:
+            continue
+        done.add((name, extras))
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue  # a requirement whose marker excludes this platform was never installed
+        for line in requires:
+            req = Requirement(line)
+            envs = [{"extra": e} for e in extras] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return seen
+
+
+def test_the_airflow_image_install_set_holds_no_worker_package() -> None:
+    """docker/airflow.Dockerfile installs the airflow and beam extras: nothing they pull in, however deep (the
+    Google provider brings ~100 packages), may be torch, transformers, diffusers or their loaders."""
+    closure = _closure([("genbatch", {"airflow", "beam"})])
+    assert {"apache-airflow", "apache-airflow-providers-google", "apache-beam"} <= closure
+    assert closure & WORKER_ONLY == set()
+    assert WORKER_ONLY & _closure([("genbatch", {"worker"})]) >= {"torch", "transformers"}  # the walk sees deps
