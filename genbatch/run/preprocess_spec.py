@@ -36,7 +36,8 @@ class PreprocessSpec(BaseModel):
         "dataflow / flink / spark: the same job submitted to that cluster (see docs/beam.md)",
     )
     inline_workers: int = Field(
-        2, ge=1, le=64, description="inline: Beam worker processes (direct_num_workers, multi_processing mode)"
+        1, ge=1, le=64, description="inline: Beam worker processes (direct_num_workers, multi_processing mode); 1 "
+        "(default) runs the job in the subprocess itself, which spares small runs the workers' start-up"
     )
     project: str | None = Field(
         None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", description="dataflow: the Google Cloud project id"

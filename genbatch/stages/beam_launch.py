@@ -62,8 +62,10 @@ def pipeline_options(state: RunState, run_dir: str, token_counts: str = "auto") 
     spec = state.spec.preprocess
     options: dict[str, Any] = {"run_dir": run_dir, "token_counts": token_counts}
     if spec.runner == "inline":
-        # A few local worker processes: real parallelism on a small machine, no network needed.
-        return {**options, "direct_num_workers": spec.inline_workers, "direct_running_mode": "multi_processing"}
+        # One worker runs in the launcher's own process (no workers to start: most of a small run's cost);
+        # more are local worker processes: real parallelism on a small machine, no network needed.
+        mode = "in_memory" if spec.inline_workers == 1 else "multi_processing"
+        return {**options, "direct_num_workers": spec.inline_workers, "direct_running_mode": mode}
     if spec.runner == "dataflow":
         return {**options, **_dataflow_options(spec), "labels": job_labels(state),
                 # The launcher submits and exits; the provider (or its trigger) waits for the job.

@@ -68,6 +68,9 @@ def test_inline_runs_the_fnapi_runner_with_worker_processes() -> None:
     args = beam_options_to_args(pipeline_options(_state({"inline_workers": 3}), RUN_DIR))
     assert args == [f"--run_dir={RUN_DIR}", "--token_counts=auto", "--direct_num_workers=3",
                     "--direct_running_mode=multi_processing"]
+    args = beam_options_to_args(pipeline_options(_state({}), RUN_DIR))  # the default: no worker processes
+    assert args == [f"--run_dir={RUN_DIR}", "--token_counts=auto", "--direct_num_workers=1",
+                    "--direct_running_mode=in_memory"]
 
 
 def test_flink_and_spark_get_their_master_and_worker_environment() -> None:

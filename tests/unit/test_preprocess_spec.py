@@ -23,7 +23,7 @@ def _spec(preprocess: dict[str, Any], **more: Any) -> Any:
 
 def test_inline_is_the_default_with_two_worker_processes() -> None:
     spec = parse_spec(MINIMAL)
-    assert (spec.preprocess.runner, spec.preprocess.inline_workers) == ("inline", 2)
+    assert (spec.preprocess.runner, spec.preprocess.inline_workers) == ("inline", 1)
 
 
 def test_a_complete_dataflow_section_on_gcs_is_accepted() -> None:
