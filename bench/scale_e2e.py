@@ -19,7 +19,8 @@ While a leg runs, the parent walks the leg's process tree every 0.2 s (psutil) a
 ``VmHWM`` (the kernel's peak-RSS high-water mark, so a peak between two polls is not missed), by role:
 ``airflow`` (the leg's own process: ``dag.test`` runs every task in it; in the direct leg, the process
 that calls the stages), ``worker`` (``genbatch worker``), ``beam`` (a ``beam_jobs.preprocess`` process),
-``other``. Per stage, items/s = rows ÷ the task's duration (generate: generated items ÷ the span from
+``stage`` (``genbatch stage``: quality_gate and publish of a run over ``execution.inline_max_rows``, as
+worker commands), ``other``. Per stage, items/s = rows ÷ the task's duration (generate: generated items ÷ the span from
 the first shard's start to the last one's end). Accounting: generated + errored + rejected == rows, read
 from the run's manifest-side counts (nothing lost, nothing doubled).
 
@@ -100,6 +101,8 @@ def role(cmdline: list[str], root_pid: int, pid: int) -> str:
         return "beam"
     if " worker" in text or "models.worker" in text:
         return "worker"
+    if " stage " in text:
+        return "stage"
     return "other"
 
 

@@ -15,18 +15,16 @@ work again: an optimisation is never registered twice for one task. Exit codes f
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from genbatch.errors import GenbatchError
 from genbatch.io import storage
 from genbatch.ops import logs
 from genbatch.run.spec import sanitize_run_id
+from genbatch.stages.stage_jobs import hand_back
 from models.registry import model_root
 
 log = logging.getLogger(__name__)
@@ -77,11 +75,7 @@ def run_job(result_uri: str, job: Callable[[], dict[str, Any]], name: str) -> in
     except GenbatchError as exc:
         print(f"genbatch model {name}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_PERMANENT
-    target = os.environ.get("GENBATCH_XCOM_RETURN")  # in a KubernetesPodOperator pod: the XCom sidecar's file
-    if target:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(json.dumps(result))
-    print(json.dumps(result, sort_keys=True), flush=True)
+    hand_back(result)
     return 0
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from operators.worker_job import WorkerJob, WorkerJobOperator
+
 
 def interval_values(context: Any) -> dict[str, Any]:
     """The run's logical date and data interval, for the spec's allow-listed URI placeholders."""
@@ -62,17 +64,62 @@ class ValidateInputOperator(_RunDirOperator):
         return validate_input(self.run_dir)
 
 
-class QualityGateOperator(_RunDirOperator):
+class _StageJobOperator(WorkerJobOperator):
+    """A stage that reads every output of the run: inside the task up to ``execution.inline_max_rows``
+    sharded items, above it the stage's worker command, a local process or a CPU pod
+    (:mod:`genbatch.stages.stage_jobs`), so the Airflow worker's memory does not grow with the run."""
+
+    template_fields: Sequence[str] = (*WorkerJobOperator.template_fields, "run_dir")
+    stage = ""
+
+    def __init__(self, *, run_dir: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run_dir = run_dir
+
+    def worker_job(self, context: Any) -> WorkerJob:
+        from genbatch.run.state import load_run_state
+        from genbatch.stages.stage_jobs import stage_command
+        from operators.pod_spec import stage_job_settings
+
+        state = load_run_state(self.run_dir)
+        execution, labels = stage_job_settings(state, self.stage)
+        return WorkerJob(f"{self.stage} of run {state.run_id}", stage_command(self.stage, self.run_dir),
+                         execution, labels)
+
+    def run_inline(self) -> Any:
+        """The stage in this process (a small run)."""
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from genbatch.run.state import load_run_state
+        from genbatch.stages.generate import WorkerFailed
+        from genbatch.stages.stage_jobs import EXIT_GATE_FAILED, gate_failure_message, runs_inline
+
+        if runs_inline(load_run_state(self.run_dir)):
+            return self.run_inline()
+        try:
+            return super().execute(context)
+        except WorkerFailed as exc:  # a missed gate: the same outputs miss it again on a retry
+            if exc.exit_code == EXIT_GATE_FAILED:
+                raise AirflowFailException(gate_failure_message(self.run_dir)) from exc
+            raise
+
+
+class QualityGateOperator(_StageJobOperator):
     """Metrics + gates; fails the task (QualityGateFailed) when a gate misses."""
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    stage = "quality_gate"
+
+    def run_inline(self) -> dict[str, Any]:
         from genbatch.stages.quality import quality_gate
 
         summary = quality_gate(self.run_dir)
         return {"passed": summary["passed"], "metrics": summary["metrics"]}
 
 
-class PublishOperator(_RunDirOperator):
+class PublishOperator(_StageJobOperator):
     """manifest.json then _SUCCESS; returns the manifest URI.
 
     Each outlet Asset event carries ``extra={"run_id", "contract_version", "run_uri", "manifest_uri",
@@ -80,13 +127,32 @@ class PublishOperator(_RunDirOperator):
     the Asset knows which run to read (``genbatch.run.outputs.read(extra["run_uri"])``) and what to expect.
     """
 
-    def execute(self, context: Any) -> str:
+    stage = "publish"
+
+    def run_inline(self) -> dict[str, Any]:
         from genbatch.stages.publish import publish, published_event
 
-        event = published_event(self.run_dir, publish(self.run_dir))
+        return published_event(self.run_dir, publish(self.run_dir))
+
+    def _announce(self, context: Any) -> str:
+        """The outlet events' extra, read back from the committed manifest whichever process published."""
+        from genbatch.io import storage
+        from genbatch.run.layout import RunLayout
+        from genbatch.stages.publish import published_event
+
+        event = published_event(self.run_dir, dict(storage.read_json(RunLayout(self.run_dir).manifest)))
         for outlet in self.outlets:
             context["outlet_events"][outlet].extra = event
         return str(event["manifest_uri"])
+
+    def execute(self, context: Any) -> str:
+        super().execute(context)
+        return self._announce(context)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        """After a deferred publish pod (the provider resumes here)."""
+        super().trigger_reentry(context, event)
+        return self._announce(context)
 
 
 class CanaryVerdictOperator(_RunDirOperator):

@@ -1,7 +1,7 @@
 """Operators of the model_optimization DAG: build an optimised variant, register it, announce it.
 
 The build (quantise / prune / distil) needs torch, so it runs as the worker command
-``genbatch model build-variant`` (:mod:`operators.model_jobs`), never in the Airflow task itself.
+``genbatch model build-variant`` (:mod:`operators.worker_job`), never in the Airflow task itself.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from operators.model_jobs import ModelJob, ModelJobOperator
+from operators.worker_job import WorkerJob, WorkerJobOperator
 
 REGISTERED = Asset("genbatch://registry/version-registered")
 
@@ -23,7 +23,7 @@ class MethodsOperator(BaseOperator):
         return list(context["params"]["methods"])
 
 
-class OptimizeVersionOperator(ModelJobOperator):
+class OptimizeVersionOperator(WorkerJobOperator):
     """Build one variant of a registry version, register it with lineage, emit the registration Asset.
 
     Where the build runs is the DAG's ``execution`` param (the RunSpec's execution section: backend,
@@ -31,14 +31,14 @@ class OptimizeVersionOperator(ModelJobOperator):
     run's says it. The default is a local process.
     """
 
-    template_fields: Sequence[str] = (*ModelJobOperator.template_fields, "method")
+    template_fields: Sequence[str] = (*WorkerJobOperator.template_fields, "method")
 
     def __init__(self, *, method: Any, **kwargs: Any) -> None:
         kwargs.setdefault("outlets", [REGISTERED])
         super().__init__(**kwargs)
         self.method = method
 
-    def model_job(self, context: Any) -> ModelJob:
+    def worker_job(self, context: Any) -> WorkerJob:
         from genbatch.errors import SpecError
         from genbatch.run.spec import ExecutionSpec
         from genbatch.stages.model_jobs import BUILD_VARIANT, build_variant_command
@@ -54,7 +54,7 @@ class OptimizeVersionOperator(ModelJobOperator):
         command = build_variant_command(registry, model, version, str(self.method),
                                         variant_result_uri(registry, model, run_id, str(self.method)),
                                         set_candidate_alias=bool(p.get("set_candidate_alias")))
-        return ModelJob(f"{self.method} variant of {model}@{version}", command, execution,
+        return WorkerJob(f"{self.method} variant of {model}@{version}", command, execution,
                         model_job_labels(BUILD_VARIANT, model, version, run_id))
 
     def execute(self, context: Any) -> Any:

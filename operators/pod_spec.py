@@ -43,6 +43,15 @@ def model_job_labels(job: str, model: str, version: int, run_id: str) -> dict[st
             "genbatch/model": _label_value(model), "genbatch/model-version": str(int(version))}
 
 
+def stage_job_settings(state: RunState, stage: str) -> tuple[ExecutionSpec, dict[str, str]]:
+    """A stage job's pod (quality_gate, publish of a large run): the run's execution settings without GPUs
+    (it reads files; it runs no model), labelled with the stage and the run."""
+    ex = state.spec.execution.model_copy(update={"gpus_per_pod": 0, "gpu_type": None})
+    labels = {"genbatch/job": _label_value(stage.replace("_", "-")), "genbatch/run-id": _label_value(state.run_id),
+              "genbatch/model": _label_value(state.model.name)}
+    return ex, labels
+
+
 def job_pod_settings(ex: ExecutionSpec, command: list[str], labels: dict[str, str], *,
                      spot: bool = False) -> dict[str, Any]:
     """KubernetesPodOperator attributes for any worker-contract command: one pod builder, one security context.

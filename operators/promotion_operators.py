@@ -1,7 +1,7 @@
 """Operators of the model_promotion DAG: resolve → evaluate both arms → decide (promote or reject).
 
 Resolving and deciding read and write the registry only, in the task; each evaluation is a worker
-command (:mod:`operators.model_jobs`), so no task here imports torch, transformers, diffusers or Beam.
+command (:mod:`operators.worker_job`), so no task here imports torch, transformers, diffusers or Beam.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from operators.model_jobs import ModelJob, ModelJobOperator
+from operators.worker_job import WorkerJob, WorkerJobOperator
 
 
 class ResolveVersionsOperator(BaseOperator):
@@ -24,7 +24,7 @@ class ResolveVersionsOperator(BaseOperator):
         return resolve_arms(dict(context["params"]), [dict(e.extra or {}) for evs in events for e in evs])
 
 
-class EvaluateVersionOperator(ModelJobOperator):
+class EvaluateVersionOperator(WorkerJobOperator):
     """Run one version on the model's golden set through the batch pipeline; returns the evaluation.
 
     The work is the worker command ``genbatch model evaluate-arm`` (a local process or a pod, as the
@@ -32,14 +32,14 @@ class EvaluateVersionOperator(ModelJobOperator):
     Airflow image does not carry.
     """
 
-    template_fields: Sequence[str] = (*ModelJobOperator.template_fields, "versions")
+    template_fields: Sequence[str] = (*WorkerJobOperator.template_fields, "versions")
 
     def __init__(self, *, arm: str, versions: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.arm = arm
         self.versions = versions
 
-    def model_job(self, context: Any) -> ModelJob:
+    def worker_job(self, context: Any) -> WorkerJob:
         from genbatch.run.spec import parse_spec
         from genbatch.stages.model_jobs import EVALUATE_ARM, evaluate_arm_command
         from models.model_jobs import evaluation_result_uri, evaluation_run_id
@@ -50,7 +50,7 @@ class EvaluateVersionOperator(ModelJobOperator):
         spec = parse_spec(evaluation_spec(registry, model, version), source=f"the promotion policy of {model}")
         run_id = evaluation_run_id(str(context["run_id"]), self.arm, version)
         command = evaluate_arm_command(registry, model, version, run_id, evaluation_result_uri(registry, model, run_id))
-        return ModelJob(f"evaluation of {model}@{version} ({self.arm})", command, spec.execution,
+        return WorkerJob(f"evaluation of {model}@{version} ({self.arm})", command, spec.execution,
                         model_job_labels(EVALUATE_ARM, model, version, run_id), spot=spec.cost.spot)
 
 

@@ -235,6 +235,10 @@ def seed_registry(registry: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """``genbatch``: parse the command line, dispatch; plugin subcommands get their own arguments."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stage"]:  # quality_gate / publish as a worker command (its own arguments and exit codes)
+        from genbatch.cli.stage_command import main as stage_main
+
+        return stage_main(argv[1:])
     if argv[:1] and argv[0] in PLUGIN_COMMANDS:
         try:
             return int(_plugin(COMMAND_GROUP, argv[0])(argv[1:]))
@@ -251,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_run)
     sub.add_parser("worker", help="generate one shard (see genbatch worker --help)")
     sub.add_parser("model", help="model registry: register, list, show, alias, promote, rollback")
+    sub.add_parser("stage", help="run quality_gate or publish of a run dir as a worker command "
+                   "(see genbatch stage --help)")
     p = sub.add_parser("check-spec", help="validate a spec file")
     p.add_argument("spec")
     p.set_defaults(func=cmd_check_spec)

@@ -179,6 +179,10 @@ class ExecutionSpec(_Section):
     )
     priority_class: str = Field("genbatch-batch", pattern=K8S_NAME)
     active_deadline_s: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
+    inline_max_rows: int = Field(
+        50_000, ge=0, description="quality_gate and publish read every output: above this many sharded items they "
+        "run as a worker command (a local process, or a pod on kubernetes) instead of inside the Airflow task"
+    )
 
     @model_validator(mode="after")
     def _kubernetes_needs_image_and_quota(self) -> ExecutionSpec:

@@ -1,5 +1,7 @@
 """A 64-file glob input (JSONL, gzipped JSONL, CSV, gzipped CSV; a few bad rows across files) run end to end
-with ``genbatch run`` (the embedded DAG): every input row ends in exactly one output, reject or error."""
+with ``genbatch run`` (the embedded DAG): every input row ends in exactly one output, reject or error.
+quality_gate and publish run as worker commands here, as they do for a run over ``execution.inline_max_rows``
+(that the operators start a ``genbatch stage`` process is shown in tests/unit/test_stage_jobs.py)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,8 @@ def test_sixty_four_file_glob_runs_end_to_end_with_every_row_accounted_for(tmp_p
         "model": {"name": "catalog-copy", "alias": "production", "registry": ".genbatch/registry"},
         "generation": {"max_new_tokens": 6, "seed": 5},
         "sharding": {"num_shards": 4},
+        # quality_gate and publish as worker commands, as for a run over the threshold (genbatch.stages.stage_jobs)
+        "execution": {"inline_max_rows": 0},
         "quality": {"max_reject_rate": 0.2, "min_nonempty_rate": 0.0, "max_duplicate_output_rate": 1.0},
         "output": {"uri": str(tmp_path / "runs")},
     }

@@ -48,7 +48,7 @@ def test_an_unknown_method_is_a_permanent_failure(tmp_path: Path) -> None:
 
 # What the Airflow process imports for the model DAGs (DAG files, operators and what their execute imports).
 LIGHT_MODULES = ["operators.promotion_operators", "operators.optimization_operators", "operators.genbatch_operators",
-                 "operators.model_jobs", "operators.pod_spec", "models.promotion", "models.model_jobs",
+                 "operators.worker_job", "operators.pod_spec", "models.promotion", "models.model_jobs",
                  "models.registry", "genbatch.stages.model_jobs", "genbatch.stages.prepare", "genbatch.quality.canary",
                  "genbatch.run.spec"]
 GUARD_PROBE = """

@@ -1,10 +1,12 @@
-"""Run a model job (evaluate an arm, build a variant) as the worker command: a local process or a pod.
+"""Run a worker-contract command as the task: a local process, or a pod on the kubernetes backend.
 
-The Airflow task only builds the command (:mod:`genbatch.stages.model_jobs`) and waits; torch, Beam and
-the model never load in the Airflow process. The backend is the job's ``execution.backend``, read when
-the task runs, and one task serves both: unlike the generate stage's branch, a model job is a single
-task whose XCom the downstream task (``decide``) and Asset event read by task id, so a branch would
-double the tasks (each Airflow task costs seconds) and make the consumers pick whichever ran.
+Model jobs (evaluate a promotion arm, build a variant) and a large run's quality_gate and publish
+(:mod:`genbatch.stages.stage_jobs`) all go through here. The Airflow task only builds the command and
+waits; torch, Beam, the model and a run's per-item data never load in the Airflow process. The backend
+is the job's ``execution.backend``, read when the task runs, and one task serves both: unlike the
+generate stage's branch, these are single tasks whose XCom downstream tasks and Asset events read by
+task id, so a branch would double the tasks (each Airflow task costs seconds) and make the consumers
+pick whichever ran.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from operators.worker_pod import WorkerPodOperator
 
 
 @dataclass(frozen=True)
-class ModelJob:
+class WorkerJob:
     """What to run (the worker command), where (its execution settings), and how its pod is labelled."""
 
     what: str
@@ -27,24 +29,24 @@ class ModelJob:
     spot: bool = False
 
 
-class ModelJobOperator(WorkerPodOperator):
-    """Runs :meth:`model_job`'s command locally (its log streamed into the task log) or as a pod.
+class WorkerJobOperator(WorkerPodOperator):
+    """Runs :meth:`worker_job`'s command locally (its log streamed into the task log) or as a pod.
 
     Locally a permanent failure (exit 2: bad spec, policy or input) fails the task without retries;
     in a pod the provider's own handling applies. Both return the command's JSON result.
     """
 
-    def model_job(self, context: Any) -> ModelJob:
+    def worker_job(self, context: Any) -> WorkerJob:
         """The job of this task instance; a SpecError here fails the task before anything starts."""
         raise NotImplementedError
 
-    def _job(self, context: Any) -> ModelJob:
+    def _job(self, context: Any) -> WorkerJob:
         from airflow.sdk.exceptions import AirflowFailException
 
         from genbatch.errors import SpecError
 
         try:
-            return self.model_job(context)
+            return self.worker_job(context)
         except SpecError as exc:  # a retry reads the same spec: fail now
             raise AirflowFailException(str(exc)) from exc
 
