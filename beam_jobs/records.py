@@ -164,12 +164,15 @@ def reject_record(accepted: dict[str, Any], rule: str, reason: str) -> dict[str,
 
 
 def budget_reject(accepted: dict[str, Any], tokens: int, budget: int, context: int, max_new: int) -> dict[str, Any]:
-    return reject_record(
-        accepted,
-        RULE_TOKEN_BUDGET,
-        f"prompt is {tokens} tokens, over the budget of {budget} (model context {context} minus "
-        f"max_new_tokens {max_new}); shorten the prompt or lower max_new_tokens",
-    )
+    if budget <= 0:  # no prompt fits: the row's max_new_tokens is what to change, not the prompt
+        fix = (f"lower max_new_tokens to at most {context - tokens}" if context > tokens
+               else "shorten the prompt and lower max_new_tokens")
+        reason = (f"max_new_tokens {max_new} leaves no room for a prompt in the model's context of {context} "
+                  f"tokens (this prompt is {tokens}); {fix}")
+    else:
+        reason = (f"prompt is {tokens} tokens, over the budget of {budget} (model context {context} minus "
+                  f"max_new_tokens {max_new}); shorten the prompt or lower max_new_tokens")
+    return reject_record(accepted, RULE_TOKEN_BUDGET, reason)
 
 
 def duplicate_reject(accepted: dict[str, Any], kept_index: int) -> dict[str, Any]:

@@ -44,7 +44,8 @@ def test_jsonl_bom_crlf_and_blank_lines() -> None:
     ("line", "expected"),
     [
         (b'{"id": "a", "prompt": ', "broken JSON"),
-        (b'{"id": "a"} trailing', "broken JSON"),
+        (b'{"id": "a", "prompt": "unterminated', "broken JSON: Unterminated string starting at column 23"),
+        (b'{"id": "a"} trailing', "broken JSON: Extra data at column 13"),
         (b"[1, 2]", "array, not a JSON object"),
         (b'"just a string"', "string, not a JSON object"),
         (b"null", "null, not a JSON object"),

@@ -9,6 +9,7 @@ import pytest
 from beam_jobs.records import (
     KEY_SEPARATOR,
     PlanSettings,
+    budget_reject,
     content_digest,
     id_digest,
     item_cost,
@@ -144,3 +145,15 @@ def test_keyed_lines_sort_like_est_tokens_then_id() -> None:
     expected = sorted(items, key=lambda it: (it["est_tokens"], it["id"]))
     assert [f'"id": "{it["id"]}"' in line for it, line in zip(expected, ids, strict=True)] == [True] * 5
     assert shard_lines(items).decode().splitlines()[0].startswith('{"est_tokens": 1, "id": "z"}')
+
+
+def test_a_budget_reject_says_what_to_change() -> None:
+    accepted = {"row": {"id": "a", "prompt": "p"}, "index": 4}
+    over = budget_reject(accepted, 200, 88, 128, 40)["reason"]
+    assert over == ("prompt is 200 tokens, over the budget of 88 (model context 128 minus max_new_tokens 40); "
+                    "shorten the prompt or lower max_new_tokens")
+    # a per-row max_new_tokens at or over the context: no budget left, and no negative budget in the message
+    none_left = budget_reject(accepted, 20, 128 - 1000, 128, 1000)["reason"]
+    assert none_left == ("max_new_tokens 1000 leaves no room for a prompt in the model's context of 128 tokens "
+                         "(this prompt is 20); lower max_new_tokens to at most 108")
+    assert "shorten the prompt and lower max_new_tokens" in budget_reject(accepted, 300, -872, 128, 1000)["reason"]
