@@ -56,12 +56,22 @@ class _RunDirOperator(BaseOperator):
 
 
 class ValidateInputOperator(_RunDirOperator):
-    """Great Expectations input suite; bad rows go to rejects/ with their rule."""
+    """Great Expectations input suite; bad rows go to rejects/ with their rule.
+
+    Input that cannot be read as rows (a corrupt gzip, an unknown format, too many bad rows, a path outside
+    the allowed prefixes) fails the task without retries: a retry reads the same bytes. Storage errors
+    (a flaky bucket) stay retryable."""
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from genbatch.errors import PathNotAllowedError, ShardInputError, SpecError
         from genbatch.stages.validate import validate_input
 
-        return validate_input(self.run_dir)
+        try:
+            return validate_input(self.run_dir)
+        except (ShardInputError, SpecError, PathNotAllowedError) as exc:
+            raise AirflowFailException(str(exc)) from exc
 
 
 class _StageJobOperator(WorkerJobOperator):
