@@ -29,6 +29,7 @@ from genbatch.errors import GenbatchError
 
 COMMAND_GROUP = "genbatch.commands"  # subcommands other packages provide (models: worker, model)
 SEED_GROUP = "genbatch.registry_seed"  # who fills a registry with bundled models (models: the zoo)
+RESOLVER_GROUP = "genbatch.model_resolver"  # who resolves a spec's model in its registry (models.registry)
 PLUGIN_COMMANDS = ("worker", "model")
 
 
@@ -77,18 +78,22 @@ def default_run_id(spec_path: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``genbatch run``: validate the spec, run the batch_generation DAG in embedded Airflow, print a summary; 0 if published."""
-    from genbatch.run.spec import load_spec
+    from genbatch.cli import embedded
+    from genbatch.cli.preflight import check_run_id, preflight
+    from genbatch.run.spec import load_spec, parse_spec
 
     spec = load_spec(args.spec)  # fail before any work, listing every bad field
     data = spec.to_json_dict()
     if args.output:
         data["output"]["uri"] = args.output
     data["run_id"] = args.run_id or spec.run_id or default_run_id(args.spec)
-    from genbatch.cli import embedded
-
+    check_run_id(data["run_id"])  # before the spec reads it: genbatch's own one-line message
+    spec = parse_spec(data, source=args.spec)
+    if is_default_registry(spec.model.registry):
+        seed_registry(spec.model.registry)  # the toy models, and only into the example registry
+    preflight(spec, data["run_id"], resolve_model)  # one line naming field, value and fix; before any Airflow
     embedded.configure(embedded.STATE_DIR / "airflow")
     embedded.ensure_db(embedded.STATE_DIR / "airflow")
-    seed_registry(spec.model.registry)
     from genbatch.run.layout import RunLayout
 
     run_dir = RunLayout.for_run(data["output"]["uri"], data["run_id"]).root
@@ -116,7 +121,12 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
         print(json.dumps({"schedule": scheduled.schedule.model_dump(mode="json"), **scheduled.spec.to_json_dict()},
                          indent=2))
         return 0
-    print(json.dumps(parse_spec(data, source=str(args.spec)).to_json_dict(), indent=2))
+    spec = parse_spec(data, source=str(args.spec))
+    from genbatch.cli.preflight import preflight
+
+    # The example registry may not be seeded yet (genbatch run seeds it): it is not checked.
+    preflight(spec, spec.run_id, None if is_default_registry(spec.model.registry) else resolve_model)
+    print(json.dumps(spec.to_json_dict(), indent=2))
     return 0
 
 
@@ -225,6 +235,18 @@ def _plugin(group: str, name: str) -> Callable[..., Any]:
     if not found:
         raise GenbatchError(f"no {group!r} entry point named {name!r}: is genbatch installed (make setup)?")
     return cast(Callable[..., Any], next(iter(found)).load())
+
+
+def is_default_registry(registry: str) -> bool:
+    """The example registry under the working directory (``.genbatch/registry``): the only one genbatch seeds."""
+    from genbatch.cli import embedded
+
+    return not registry.startswith("gs://") and Path(registry).resolve() == (embedded.STATE_DIR / "registry").resolve()
+
+
+def resolve_model(spec: Any) -> Any:
+    """The spec's model version from its registry (the ``genbatch.model_resolver`` hook of ``models``)."""
+    return _plugin(RESOLVER_GROUP, "registry")(spec)
 
 
 def seed_registry(registry: str) -> Any:

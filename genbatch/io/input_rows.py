@@ -208,8 +208,8 @@ def _parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        where = "column" if exc.msg.endswith(" at") else "at column"  # "Unterminated string starting at"
-        return None, f"broken JSON: {exc.msg} {where} {exc.colno}: {_snippet(text)}"
+        column = "column" if exc.msg.endswith(" at") else "at column"  # "Unterminated string starting at"
+        return None, f"broken JSON: {exc.msg} {column} {exc.colno}: {_snippet(text)}"
     except RecursionError:
         return None, "broken JSON: nested too deeply; flatten the row"
     except ValueError as exc:  # e.g. an integer literal over Python's 4300-digit limit

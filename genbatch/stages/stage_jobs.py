@@ -1,12 +1,10 @@
 """quality_gate and publish as worker commands, so a large run's per-item work leaves the Airflow process.
 
-Both stages read every output of a run: per-item metrics, the frame the Great Expectations gates check,
-the report, and the id-level reconciliation that publish repeats before it writes ``_SUCCESS``. Their
-memory grows with the run (about 4 KB per item), which an Airflow worker sized for orchestration must
-not carry. Up to ``execution.inline_max_rows`` sharded items they run inside the task (small runs pay no
-extra process); above it the task runs ``genbatch stage <task> --run-dir DIR``, the same function in a
-local process or, on the kubernetes backend, a CPU pod built like every worker pod, and the Airflow
-side stays flat whatever the size of the run (bench/scale_e2e.py measures it).
+Both read every output of a run (per-item metrics, the gates' frame, the report; the id-level reconciliation
+publish repeats before ``_SUCCESS``): about 4 KB of memory per item, which an Airflow worker sized for
+orchestration must not carry. Up to ``execution.inline_max_rows`` sharded items they run inside the task;
+above it the task runs ``genbatch stage <task> --run-dir DIR``, the same function in a local process or, on
+the kubernetes backend, a CPU pod built like every worker pod (bench/scale_e2e.py measures the difference).
 
 The command's contract is the worker's: its JSON result is the last stdout line (and
 ``$GENBATCH_XCOM_RETURN`` in a pod); exit 2 is permanent (a bad spec, counts that do not reconcile),

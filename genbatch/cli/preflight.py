@@ -1,0 +1,78 @@
+"""What ``genbatch run`` and ``genbatch check-spec`` resolve before any work, each failure one line naming the
+field, the value and the fix (a :class:`SpecError`; the command prints it and exits 2).
+
+The run would find each of these ten seconds in, as an Airflow traceback: a run id that is not a safe path
+segment, a registry path that does not exist or is a file, a model or alias the registry does not hold, an
+input that is not there or over its limits, a ``gs://`` URI without working credentials. Inputs whose URI
+holds a schedule placeholder (``{{ ds }}``) are checked when their run is prepared, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from genbatch.errors import GenbatchError, SpecError
+from genbatch.io import storage
+from genbatch.run.spec import RunSpec, sanitize_run_id
+
+CREDENTIALS_FIX = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file or run "
+                   "`gcloud auth application-default login`, or use a local path")
+
+
+def check_run_id(run_id: str) -> None:
+    """A run id becomes a folder name: refuse one that would not stay one."""
+    if sanitize_run_id(run_id) != run_id:
+        raise SpecError(f"--run-id {run_id!r}: a run id is letters, digits, '.', '_' and '-' (at most 128, not "
+                        f"starting or ending with '.' or '-'); pass e.g. --run-id {sanitize_run_id(run_id)}")
+
+
+def check_storage(spec: RunSpec) -> None:
+    """Each ``gs://`` URI of the spec is reachable with the credentials at hand."""
+    for field, uri in (("input.uri", spec.input.uri), ("output.uri", spec.output.uri),
+                       ("model.registry", spec.model.registry)):
+        if not uri.startswith("gs://") or "{{" in uri:
+            continue
+        try:
+            storage.exists(uri)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the bucket is this one finding
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise SpecError(f"{field} {uri!r}: cannot reach Google Cloud Storage ({reason}); {CREDENTIALS_FIX}") from None
+
+
+def check_registry(spec: RunSpec, resolve_model: Callable[[RunSpec], Any]) -> None:
+    """The registry is a folder that holds the model and its alias or version."""
+    registry = spec.model.registry
+    if not registry.startswith("gs://"):
+        path = Path(registry)
+        if not path.exists():
+            raise SpecError(f"model.registry {registry!r} does not exist; check the path, or create a registry there "
+                            f"with `genbatch registry-init --registry {registry}`")
+        if not path.is_dir():
+            raise SpecError(f"model.registry {registry!r} is a file; point it at the registry folder (one folder "
+                            "per model)")
+    try:
+        resolve_model(spec)
+    except GenbatchError as exc:
+        raise SpecError(f"model {spec.model.name!r} in model.registry {registry!r}: {exc}") from None
+
+
+def check_input(spec: RunSpec) -> None:
+    """The input's files exist, are readable and within the spec's limits (listed, not read)."""
+    if "{{" in spec.input.uri:
+        return
+    from genbatch.stages.prepare import check_input_files
+
+    check_input_files(spec)
+
+
+def preflight(spec: RunSpec, run_id: str | None, resolve_model: Callable[[RunSpec], Any] | None) -> None:
+    """Every check above, cheapest first; raises the first failure as one line (``resolve_model`` None: the
+    registry is not checked)."""
+    if run_id is not None:
+        check_run_id(run_id)
+    check_storage(spec)
+    if resolve_model is not None:
+        check_registry(spec, resolve_model)
+    check_input(spec)

@@ -1,0 +1,93 @@
+"""``genbatch run`` and ``genbatch check-spec`` as a user calls them, on specs that cannot run: each ends within
+seconds with exit 2 and one line naming the field, the value and the fix, before any Airflow or model work
+(issue 21); the toy models go only into the example registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from models.zoo.seed import ensure_zoo_registered
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _spec(tmp_path: Path, **overrides: Any) -> Path:
+    spec: dict[str, Any] = {
+        "task": "text",
+        "input": {"uri": str(REPO / "examples/catalog/items.jsonl")},
+        "model": {"name": "catalog-copy", "alias": "production", "registry": str(tmp_path / "registry")},
+        "output": {"uri": str(tmp_path / "runs")},
+    }
+    for section, values in overrides.items():
+        spec[section] = {**spec[section], **values}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _genbatch(tmp_path: Path, *args: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env["NO_GCE_CHECK"] = "True"  # google-auth: no metadata-server probe (no GCE here), so no credentials at all
+    proc = subprocess.run([sys.executable, "-m", "genbatch", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("genbatch")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return proc.returncode, lines[0]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("reg") / "registry"
+    ensure_zoo_registered(str(path))
+    return path
+
+
+CASES = {
+    "missing model": ({"model": {"name": "no-such-model"}},
+                      "model 'no-such-model' in model.registry"),
+    "missing alias": ({"model": {"alias": "nosuchalias"}}, "alias 'nosuchalias'"),
+    "missing input": ({"input": {"uri": "/nonexistent/items.jsonl"}},
+                      "input '/nonexistent/items.jsonl' does not exist"),
+    "gs without credentials": ({"output": {"uri": "gs://genbatch-no-creds-bucket/runs"}},
+                               "output.uri 'gs://genbatch-no-creds-bucket/runs': cannot reach Google Cloud Storage"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_check_spec_and_run_refuse_a_spec_that_cannot_run(tmp_path: Path, registry: Path, case: str) -> None:
+    overrides, message = CASES[case]
+    overrides.setdefault("model", {})["registry"] = str(registry)
+    spec = _spec(tmp_path, **overrides)
+    for command in (["check-spec", str(spec)], ["run", str(spec), "--run-id", "r1"]):
+        code, line = _genbatch(tmp_path, *command)
+        assert code == 2 and line.startswith("genbatch: error: ") and message in line, (command, line)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / ".genbatch" / "airflow").exists()  # no work began
+
+
+def test_a_misspelt_or_file_registry_is_refused_and_never_seeded(tmp_path: Path) -> None:
+    typo = tmp_path / "registy"
+    for command in ("check-spec", "run"):
+        code, line = _genbatch(tmp_path, command, str(_spec(tmp_path, model={"registry": str(typo)})))
+        assert code == 2 and f"model.registry '{typo}' does not exist; check the path" in line, line
+        assert not typo.exists()  # the toy models go only into the example registry (.genbatch/registry)
+    afile = tmp_path / "registry.json"
+    afile.write_text("{}")
+    code, line = _genbatch(tmp_path, "check-spec", str(_spec(tmp_path, model={"registry": str(afile)})))
+    assert code == 2 and f"model.registry '{afile}' is a file" in line
+
+
+def test_an_unsafe_run_id_gets_genbatchs_own_message(tmp_path: Path, registry: Path) -> None:
+    code, line = _genbatch(tmp_path, "run", str(_spec(tmp_path, model={"registry": str(registry)})),
+                           "--run-id", "../../x")
+    assert code == 2 and line == ("genbatch: error: --run-id '../../x': a run id is letters, digits, '.', '_' and '-' "
+                                  "(at most 128, not starting or ending with '.' or '-'); pass e.g. --run-id x")
