@@ -21,6 +21,7 @@ from typing import Any
 
 from genbatch.io import storage
 from genbatch.run.contract import success_problem
+from genbatch.run.damage import damaged_files
 from genbatch.run.layout import (
     ATTEMPT_RECORD_RE,
     ATTEMPTS_DIR,
@@ -72,6 +73,7 @@ class Reconciliation:
     work_redone_probe: int | None = None
     max_work_redone_probe: int | None = None
     secret_leak_count: int | None = None
+    damaged: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -102,6 +104,23 @@ class _Part:
 
 def reconcile(run: RunRef, *, attempt_log: str | Path | None = None, secrets: Sequence[str] = (),
               check_consumer: bool = True) -> Reconciliation:
+    """:func:`reconcile_run`; a run whose files cannot be read back is reported, not raised: every damaged
+    JSON/JSONL object as a finding (``damaged``: path and what is wrong) and a problem, the counts zero."""
+    try:
+        return reconcile_run(run, attempt_log=attempt_log, secrets=secrets, check_consumer=check_consumer)
+    except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        root = run.layout.root if isinstance(run, RunState) else str(run).rstrip("/")
+        damaged = damaged_files(root)
+        if not damaged:
+            raise
+        problems = [f"{d['path']}: {d['problem']}" for d in damaged]
+        problems.append(f"the run cannot be reconciled until the damaged files are restored ({type(exc).__name__})")
+        return Reconciliation(0, 0, 0, 0, 0, 0, 0, problems=problems, damaged=damaged,
+                              published=storage.exists(storage.join(root, SUCCESS)))
+
+
+def reconcile_run(run: RunRef, *, attempt_log: str | Path | None = None, secrets: Sequence[str] = (),
+                  check_consumer: bool = True) -> Reconciliation:
     """Reconcile a run (its dir, local or ``gs://``, or its resolved state); ``problems`` is empty when all holds.
 
     ``work_redone`` / ``max_work_redone``: from the workers' attempt records (None when the run has
