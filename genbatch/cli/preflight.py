@@ -67,6 +67,19 @@ def check_input(spec: RunSpec) -> None:
     check_input_files(spec)
 
 
+def check_run_dir(spec: RunSpec, run_id: str) -> None:
+    """A run dir that holds another spec (published, or started and unfinished) is refused now, in one line;
+    the same spec again is left to the DAG (it resumes, or skips a published run)."""
+    from genbatch.errors import RunAlreadyPublished
+    from genbatch.run.layout import RunLayout
+    from genbatch.stages.prepare import refuse_published
+
+    try:
+        refuse_published(spec, RunLayout.for_run(spec.output.uri, run_id))
+    except RunAlreadyPublished:
+        return
+
+
 def preflight(spec: RunSpec, run_id: str | None, resolve_model: Callable[[RunSpec], Any] | None) -> None:
     """Every check above, cheapest first; raises the first failure as one line (``resolve_model`` None: the
     registry is not checked)."""
@@ -76,3 +89,5 @@ def preflight(spec: RunSpec, run_id: str | None, resolve_model: Callable[[RunSpe
     if resolve_model is not None:
         check_registry(spec, resolve_model)
     check_input(spec)
+    if run_id is not None and "{{" not in spec.output.uri:
+        check_run_dir(spec, run_id)

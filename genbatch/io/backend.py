@@ -137,9 +137,8 @@ def conflict(uri: str, existing: str, new: str) -> ObjectConflictError:
     """The error of a create-only write that found different content under the name."""
     return ObjectConflictError(
         f"{uri} already exists with different content (existing sha256 {existing}, "
-        f"new sha256 {new}); objects are create-only: write under a new name (new run_id or "
-        "version), delete the stale object if it is known garbage, or pass overwrite=True "
-        "where replacing is intended"
+        f"new sha256 {new}); objects are create-only: write under a new name (another run id or "
+        "version), or delete the stale object if it is known garbage"
     )
 
 

@@ -66,21 +66,30 @@ def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[st
 
 
 def refuse_published(spec: RunSpec, layout: RunLayout) -> None:
-    """A published run is never rewritten: the same spec again is done already, another spec a conflict.
+    """A published run is never rewritten: the same spec again is done already, another spec a conflict; an
+    unfinished run resumes only with the spec it started with.
 
     This is what makes a cleared scheduled interval, a backfill over a published one and a redelivered
     event safe: the same run id lands here and nothing is regenerated or doubled.
     """
-    if not storage.exists(layout.success):
+    if not storage.exists(layout.spec):
         return
-    recorded = storage.read_json(layout.spec).get("spec") if storage.exists(layout.spec) else None
+    published = storage.exists(layout.success)
+    recorded = storage.read_json(layout.spec).get("spec")
     if recorded == spec.to_json_dict():
-        raise RunAlreadyPublished(f"run {layout.root} is already published with this spec ({layout.success} "
-                                  "exists): nothing to do")
+        if published:
+            raise RunAlreadyPublished(f"run {layout.root} is already published with this spec ({layout.success} "
+                                      "exists): nothing to do")
+        return  # the same run again: it resumes
     differing = sorted(k for k in spec.to_json_dict() if (recorded or {}).get(k) != spec.to_json_dict()[k])
-    raise SpecError(f"run {layout.root} is already published with a different spec (sections that differ: "
-                    f"{', '.join(differing) or 'unknown'}); a published run is never rewritten: use another run id "
-                    "(or output.uri), or erase the run first")
+    sections = ", ".join(differing) or "unknown"
+    if published:
+        raise SpecError(f"run {layout.root} is already published with a different spec (sections that differ: "
+                        f"{sections}); a published run is never rewritten: use another run id (or output.uri), or "
+                        "erase the run first")
+    raise SpecError(f"run {layout.root} was started with a different spec (sections that differ: {sections}); an "
+                    "unfinished run resumes only with its own spec: run it again with that spec (spec.json in the run "
+                    "dir) to resume, or use another run id")
 
 
 def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,

@@ -126,12 +126,32 @@ def test_text_run_end_to_end_on_local_disk(workdir: Path) -> None:
     # The same run again (a cleared or re-sent run): published with this spec, so nothing runs or changes.
     run_dir = workdir / "runs" / "local-run"
     before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    reconciled = _reconcile(workdir, run_dir)
+    assert reconciled["ok"] and reconciled["published"]
     again = _run(workdir, _text_spec(input_path, str(workdir / "runs")), "local-run")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     # the summary is the last JSON document (Airflow logs lines with braces before it when every task skips)
     summary = _summary(again.stdout)
     assert "nothing was run" in summary["already_published"] and summary["success_marker"] is True
     assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
+    # Another spec under the published run id: refused in one line before any work, nothing touched.
+    changed = {**_text_spec(input_path, str(workdir / "runs")), "generation": {"max_new_tokens": 8, "seed": 11}}
+    refused = _run(workdir, changed, "local-run")
+    lines = [x for x in refused.stderr.splitlines() if x.startswith("genbatch")]
+    assert refused.returncode == 2 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert lines[0] == (f"genbatch: error: run {run_dir} is already published with a different spec (sections that "
+                        "differ: generation); a published run is never rewritten: use another run id (or output.uri), "
+                        "or erase the run first")
+    assert {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()} == before
+    assert _reconcile(workdir, run_dir) == reconciled
+
+
+def _reconcile(workdir: Path, run_dir: Path) -> dict[str, Any]:
+    """``genbatch reconcile`` as a user runs it: its JSON report."""
+    proc = subprocess.run([sys.executable, "-m", "genbatch", "reconcile", str(run_dir)], cwd=workdir,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    return dict(json.loads(proc.stdout))
 
 
 @pytest.fixture(scope="module")

@@ -91,3 +91,21 @@ def test_an_unsafe_run_id_gets_genbatchs_own_message(tmp_path: Path, registry: P
                            "--run-id", "../../x")
     assert code == 2 and line == ("genbatch: error: --run-id '../../x': a run id is letters, digits, '.', '_' and '-' "
                                   "(at most 128, not starting or ending with '.' or '-'); pass e.g. --run-id x")
+
+
+def test_an_unfinished_run_with_another_spec_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                                    registry: Path) -> None:
+    from genbatch.stages.prepare import prepare_run
+    from models.registry import resolve_for_spec
+
+    spec = _spec(tmp_path, model={"registry": str(registry)})
+    data = yaml.safe_load(spec.read_text())
+    run_dir = Path(prepare_run({**data, "run_id": "r2"}, "r2", resolve_model=resolve_for_spec))  # started, never ran
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    data["generation"] = {"max_new_tokens": 9}
+    spec.write_text(yaml.safe_dump(data))
+    code, line = _genbatch(tmp_path, "run", str(spec), "--run-id", "r2")
+    assert code == 2 and line == (f"genbatch: error: run {run_dir} was started with a different spec (sections that "
+                                  "differ: generation); an unfinished run resumes only with its own spec: run it again "
+                                  "with that spec (spec.json in the run dir) to resume, or use another run id")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from genbatch.errors import ObjectConflictError, RunAlreadyPublished, SpecError
+from genbatch.errors import RunAlreadyPublished, SpecError
 from genbatch.run.state import load_run_state
 from genbatch.schedule.runs import RunStart, run_start
 from genbatch.stages.prepare import prepare, prepare_run
@@ -185,8 +185,11 @@ def test_an_unpublished_run_dir_with_the_same_spec_prepares_again(published: dic
     assert json.loads((Path(run_dir) / "spec.json").read_text()) == spec_json
     assert spec_json["started_by"] == start.started_by
     assert not (Path(run_dir) / "_FAILED").exists() and not (Path(run_dir) / "_SUCCESS").exists()
-    # spec.json is create-only: an unfinished run dir keeps the spec it started with.
+    # An unfinished run dir keeps the spec it started with: another one is refused before anything is written.
     changed = {**data, "generation": {"max_new_tokens": 9, "seed": 5}}
-    with pytest.raises(ObjectConflictError, match="spec.json already exists with different content"):
+    files = snapshot(Path(run_dir))
+    with pytest.raises(SpecError, match=r"was started with a different spec \(sections that differ: generation\); an "
+                                        r"unfinished run resumes only with its own spec"):
         prepare_scheduled(changed, start)
+    assert snapshot(Path(run_dir)) == files
     assert json.loads((Path(run_dir) / "spec.json").read_text()) == spec_json

@@ -372,7 +372,10 @@ def test_check_spec_names_the_file_and_every_bad_field_of_a_scheduled_spec(
     assert "Traceback" not in captured.err
 
 
-def test_check_spec_still_checks_a_plain_run_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_spec_still_checks_a_plain_run_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # check-spec lists the input (relative to here); the example registry is not checked
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "p"}\n')
     path = write_yaml(tmp_path / "One Off.yaml", {**BASE})  # any file name: not a scheduled spec
     assert main(["check-spec", str(path)]) == 0
     printed = json.loads(capsys.readouterr().out)
