@@ -47,9 +47,8 @@ def test_a_large_run_passes_and_publishes_through_the_worker_commands(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk import Asset
 
-    from operators.genbatch_operators import PublishOperator, QualityGateOperator
-
     from genbatch.stages import model_jobs
+    from operators.genbatch_operators import PublishOperator, QualityGateOperator
 
     commands: list[list[str]] = []
     real = model_jobs.run_model_job
