@@ -23,8 +23,10 @@ class CostCheckOperator(BaseOperator):
 
         from genbatch.plan.cost import CostCeilingExceeded
         from genbatch.stages.cost_check import check_cost_ceiling
+        from operators.genbatch_operators import skip_when_published
 
         try:
-            return check_cost_ceiling(self.run_dir)
+            with skip_when_published():
+                return check_cost_ceiling(self.run_dir)
         except CostCeilingExceeded as exc:  # a retry would estimate the same: fail the run now
             raise AirflowFailException(str(exc)) from exc

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -17,6 +18,19 @@ def interval_values(context: Any) -> dict[str, Any]:
     return template_values(logical_date=context.get("logical_date"),
                            data_interval_start=context.get("data_interval_start"),
                            data_interval_end=context.get("data_interval_end"))
+
+
+@contextlib.contextmanager
+def skip_when_published() -> Iterator[None]:
+    """A stage that finds its run published (``genbatch.stages.published``) skips: it wrote nothing."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from genbatch.errors import RunAlreadyPublished
+
+    try:
+        yield
+    except RunAlreadyPublished as done:
+        raise AirflowSkipException(str(done)) from None
 
 
 def prepare_or_skip(spec_data: dict[str, Any], run_id: str, context: Any, *, template_values: dict[str, Any],
@@ -69,7 +83,8 @@ class ValidateInputOperator(_RunDirOperator):
         from genbatch.stages.validate import validate_input
 
         try:
-            return validate_input(self.run_dir)
+            with skip_when_published():
+                return validate_input(self.run_dir)
         except (ShardInputError, SpecError, PathNotAllowedError) as exc:
             raise AirflowFailException(str(exc)) from exc
 
@@ -105,9 +120,14 @@ class _StageJobOperator(WorkerJobOperator):
 
         from genbatch.run.state import load_run_state
         from genbatch.stages.generate import WorkerFailed
+        from genbatch.stages.published import ensure_unpublished
         from genbatch.stages.stage_jobs import EXIT_GATE_FAILED, gate_failure_message, runs_inline
 
-        if runs_inline(load_run_state(self.run_dir)):
+        state = load_run_state(self.run_dir)
+        if self.stage == "quality_gate":
+            with skip_when_published():  # before any process starts
+                ensure_unpublished(state.layout, self.stage)
+        if runs_inline(state):
             return self.run_inline()
         try:
             return super().execute(context)

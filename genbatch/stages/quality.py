@@ -30,6 +30,7 @@ from genbatch.run.layout import SHARD_DIR_RE
 from genbatch.run.reconcile import Reconciliation, reconcile
 from genbatch.run.records import error_files, iter_jsonl, iter_many, output_files, reject_files
 from genbatch.run.state import RunRef, RunState, as_run_state
+from genbatch.stages.published import ensure_unpublished
 
 __all__ = ["evaluate", "item_metrics", "mentions_all", "quality_gate"]
 
@@ -296,6 +297,7 @@ def evaluate(state: RunState) -> dict[str, Any]:
 def quality_gate(run: RunRef) -> dict[str, Any]:
     """Evaluate and raise QualityGateFailed (after writing the report) unless the run may publish."""
     state = as_run_state(run)
+    ensure_unpublished(state.layout, "quality_gate")  # erasure's re-evaluation calls evaluate() on purpose
     summary = evaluate(state)
     if not summary["publishable"]:
         raise QualityGateFailed(summary["failure_message"])

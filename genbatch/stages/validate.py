@@ -13,6 +13,7 @@ from genbatch.quality.expectations import InputSchemaError, ValidationOutcome, d
 from genbatch.run.inputs import read_input_files
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunRef, RunState, as_run_state
+from genbatch.stages.published import ensure_unpublished
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def validate_input(run: RunRef) -> dict[str, Any]:
     only a sample is checked here (:func:`validate_sample`); the Beam job judges every row.
     """
     state = as_run_state(run)
+    ensure_unpublished(state.layout, "validate_input")
     spec = state.spec
     files = read_input_files(state.layout, spec.input)
     if spec.input.row_rules == "pipeline":

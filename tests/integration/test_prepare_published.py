@@ -193,3 +193,29 @@ def test_an_unpublished_run_dir_with_the_same_spec_prepares_again(published: dic
         prepare_scheduled(changed, start)
     assert snapshot(Path(run_dir)) == files
     assert json.loads((Path(run_dir) / "spec.json").read_text()) == spec_json
+
+
+def test_a_stage_run_again_on_a_published_run_skips_and_rewrites_nothing(published: dict[str, Any]) -> None:
+    """A task cleared in the UI after publish (validate_input, cost_check, quality_gate): each skips before
+    writing; the same functions called directly refuse. publish itself returns the committed manifest."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from genbatch.stages.cost_check import check_cost_ceiling
+    from genbatch.stages.publish import publish
+    from genbatch.stages.quality import quality_gate
+    from genbatch.stages.validate import validate_input
+    from operators.cost_check import CostCheckOperator
+    from operators.genbatch_operators import QualityGateOperator, ValidateInputOperator
+
+    root, run_dir = published["workdir"] / "runs", published["run_dir"]
+    before = snapshot(root)
+    for op in (ValidateInputOperator(task_id="validate_input", run_dir=run_dir),
+               CostCheckOperator(task_id="cost_check", run_dir=run_dir),
+               QualityGateOperator(task_id="quality_gate", run_dir=run_dir)):
+        with pytest.raises(AirflowSkipException, match=f"{op.task_id} does not run again, a published run is never"):
+            op.execute({})
+    for stage in (validate_input, check_cost_ceiling, quality_gate):
+        with pytest.raises(RunAlreadyPublished):
+            stage(run_dir)
+    assert publish(run_dir)["run_id"] == "nightly__20261206T020000"
+    assert snapshot(root) == before
