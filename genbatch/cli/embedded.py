@@ -53,6 +53,21 @@ def ensure_db(home: Path) -> None:
     marker.write_text("ok\n")
 
 
+class OnceFilter(logging.Filter):
+    """Lets the first record whose message starts with ``prefix`` through, and drops the repeats."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
 def run_dag(run_conf: dict[str, Any], dag_id: str = "batch_generation") -> tuple[str, dict[str, str]]:
     """Run one DAG run in-process; returns its state and the state of every task instance.
 
@@ -67,6 +82,9 @@ def run_dag(run_conf: dict[str, Any], dag_id: str = "batch_generation") -> tuple
 
     if os.environ.get(ENV_VAR, "1") != "0":
         forbid_heavy_imports()
+    # dag.test polls once a second while a failed task's downstream cannot run, logging this each time:
+    # once is news, forty times buries the failure above it.
+    logging.getLogger("airflow.sdk.definitions.dag").addFilter(OnceFilter("No tasks to run"))
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER / f"{dag_id}.py"))
     if bag.import_errors:
