@@ -91,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = parse_spec(data, source=args.spec)
     if is_default_registry(spec.model.registry):
         seed_registry(spec.model.registry)  # the toy models, and only into the example registry
-    preflight(spec, data["run_id"], resolve_model)  # one line naming field, value and fix; before any Airflow
+    # one line naming field, value and fix; before any Airflow
+    preflight(spec, data["run_id"], resolve_model, allowed_paths=args.allow_path)
     embedded.configure(embedded.STATE_DIR / "airflow")
     embedded.ensure_db(embedded.STATE_DIR / "airflow")
     from genbatch.run.layout import RunLayout
@@ -125,7 +126,8 @@ def cmd_check_spec(args: argparse.Namespace) -> int:
     from genbatch.cli.preflight import preflight
 
     # The example registry may not be seeded yet (genbatch run seeds it): it is not checked.
-    preflight(spec, spec.run_id, None if is_default_registry(spec.model.registry) else resolve_model)
+    preflight(spec, spec.run_id, None if is_default_registry(spec.model.registry) else resolve_model,
+              allowed_paths=args.allow_path)
     print(json.dumps(spec.to_json_dict(), indent=2))
     return 0
 
@@ -274,13 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec")
     p.add_argument("--output", help="override output.uri (local path or gs://bucket/prefix)")
     p.add_argument("--run-id")
+    p.add_argument("--allow-path", action="append", default=[], metavar="PREFIX",
+                   help="also allow output.uri / model.registry under PREFIX (default: only under the working "
+                        "directory, or $GENBATCH_ALLOWED_PREFIXES when set); repeatable")
     p.set_defaults(func=cmd_run)
     sub.add_parser("worker", help="generate one shard (see genbatch worker --help)")
     sub.add_parser("model", help="model registry: register, list, show, alias, promote, rollback")
     sub.add_parser("stage", help="run quality_gate or publish of a run dir as a worker command "
                    "(see genbatch stage --help)")
-    p = sub.add_parser("check-spec", help="validate a spec file")
+    p = sub.add_parser("check-spec", help="validate a spec file and resolve what it names (model, input, paths)")
     p.add_argument("spec")
+    p.add_argument("--allow-path", action="append", default=[], metavar="PREFIX",
+                   help="also allow output.uri / model.registry under PREFIX (as genbatch run); repeatable")
     p.set_defaults(func=cmd_check_spec)
     sub.add_parser("spec-schema", help="print the RunSpec JSON schema").set_defaults(func=cmd_spec_schema)
     p = sub.add_parser("reconcile", help="check a run dir: nothing lost or doubled, no orphans, manifests match "

@@ -9,11 +9,11 @@ holds a schedule placeholder (``{{ ds }}``) are checked when their run is prepar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genbatch.errors import GenbatchError, SpecError
+from genbatch.errors import GenbatchError, PathNotAllowedError, SpecError
 from genbatch.io import storage
 from genbatch.run.spec import RunSpec, sanitize_run_id
 
@@ -39,6 +39,28 @@ def check_storage(spec: RunSpec) -> None:
         except Exception as exc:  # noqa: BLE001 - any failure to reach the bucket is this one finding
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise SpecError(f"{field} {uri!r}: cannot reach Google Cloud Storage ({reason}); {CREDENTIALS_FIX}") from None
+
+
+def check_confined(spec: RunSpec, allowed_paths: Sequence[str] = ()) -> None:
+    """``output.uri`` and ``model.registry`` lie under the working directory, an ``--allow-path``, or (when set)
+    ``$GENBATCH_ALLOWED_PREFIXES``: a spec cannot make genbatch write in ``/etc`` or ``runs/../../etc``. A
+    ``gs://`` URI names its bucket on purpose and is limited only by the environment's prefixes."""
+    env = storage.allowed_prefixes_from_env()
+    allowed = [*env, *allowed_paths] if env else [str(Path.cwd()), *allowed_paths]
+    for field, uri in (("output.uri", spec.output.uri), ("model.registry", spec.model.registry)):
+        if "{{" in uri:
+            continue  # filled per run; prepare confines the rendered URI
+        try:
+            normal = storage.confine(uri, [])  # absolute, resolved; a NUL or a gs:// '..' is refused outright
+        except PathNotAllowedError as exc:
+            raise SpecError(f"{field} {uri!r}: {exc}") from None
+        if uri.startswith("gs://") and not env:
+            continue
+        try:
+            storage.confine(normal, allowed)
+        except PathNotAllowedError:
+            raise SpecError(f"{field} {uri!r} resolves to {normal}, outside {' or '.join(allowed)}; use a path under "
+                            f"it, or pass --allow-path {normal} to allow it") from None
 
 
 def check_registry(spec: RunSpec, resolve_model: Callable[[RunSpec], Any]) -> None:
@@ -80,11 +102,13 @@ def check_run_dir(spec: RunSpec, run_id: str) -> None:
         return
 
 
-def preflight(spec: RunSpec, run_id: str | None, resolve_model: Callable[[RunSpec], Any] | None) -> None:
+def preflight(spec: RunSpec, run_id: str | None, resolve_model: Callable[[RunSpec], Any] | None,
+              allowed_paths: Sequence[str] = ()) -> None:
     """Every check above, cheapest first; raises the first failure as one line (``resolve_model`` None: the
     registry is not checked)."""
     if run_id is not None:
         check_run_id(run_id)
+    check_confined(spec, allowed_paths)
     check_storage(spec)
     if resolve_model is not None:
         check_registry(spec, resolve_model)

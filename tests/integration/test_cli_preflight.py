@@ -34,7 +34,10 @@ def _spec(tmp_path: Path, **overrides: Any) -> Path:
     return path
 
 
-def _genbatch(tmp_path: Path, *args: str) -> tuple[int, str]:
+def _genbatch(tmp_path: Path, *args: str, allow: Path | None = None) -> tuple[int, str]:
+    """Exit code and the one ``genbatch`` line of stderr; ``allow``: an ``--allow-path`` (the shared registry
+    lives outside the test's working directory)."""
+    args = (*args, "--allow-path", str(allow)) if allow is not None else args
     env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
     env["NO_GCE_CHECK"] = "True"  # google-auth: no metadata-server probe (no GCE here), so no credentials at all
     proc = subprocess.run([sys.executable, "-m", "genbatch", *args], cwd=tmp_path, env=env, capture_output=True,
@@ -69,7 +72,7 @@ def test_check_spec_and_run_refuse_a_spec_that_cannot_run(tmp_path: Path, regist
     overrides.setdefault("model", {})["registry"] = str(registry)
     spec = _spec(tmp_path, **overrides)
     for command in (["check-spec", str(spec)], ["run", str(spec), "--run-id", "r1"]):
-        code, line = _genbatch(tmp_path, *command)
+        code, line = _genbatch(tmp_path, *command, allow=registry)
         assert code == 2 and line.startswith("genbatch: error: ") and message in line, (command, line)
     assert not (tmp_path / "runs").exists() and not (tmp_path / ".genbatch" / "airflow").exists()  # no work began
 
@@ -88,7 +91,7 @@ def test_a_misspelt_or_file_registry_is_refused_and_never_seeded(tmp_path: Path)
 
 def test_an_unsafe_run_id_gets_genbatchs_own_message(tmp_path: Path, registry: Path) -> None:
     code, line = _genbatch(tmp_path, "run", str(_spec(tmp_path, model={"registry": str(registry)})),
-                           "--run-id", "../../x")
+                           "--run-id", "../../x", allow=registry)
     assert code == 2 and line == ("genbatch: error: --run-id '../../x': a run id is letters, digits, '.', '_' and '-' "
                                   "(at most 128, not starting or ending with '.' or '-'); pass e.g. --run-id x")
 
@@ -104,8 +107,28 @@ def test_an_unfinished_run_with_another_spec_is_refused_before_anything_is_writt
     files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     data["generation"] = {"max_new_tokens": 9}
     spec.write_text(yaml.safe_dump(data))
-    code, line = _genbatch(tmp_path, "run", str(spec), "--run-id", "r2")
+    code, line = _genbatch(tmp_path, "run", str(spec), "--run-id", "r2", allow=registry)
     assert code == 2 and line == (f"genbatch: error: run {run_dir} was started with a different spec (sections that "
                                   "differ: generation); an unfinished run resumes only with its own spec: run it again "
                                   "with that spec (spec.json in the run dir) to resume, or use another run id")
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files
+
+
+@pytest.mark.parametrize("output", ["runs/../../etc", "/etc"])
+def test_an_output_outside_the_working_directory_needs_an_explicit_allow_path(tmp_path: Path, registry: Path,
+                                                                              output: str) -> None:
+    spec = _spec(tmp_path, model={"registry": str(registry)}, output={"uri": output})
+    resolved = str((tmp_path / output).resolve())
+    for command in ("check-spec", "run"):
+        code, line = _genbatch(tmp_path, command, str(spec), allow=registry)
+        assert code == 2 and line == (f"genbatch: error: output.uri {output!r} resolves to {resolved}, outside "
+                                      f"{tmp_path} or {registry}; use a path under it, or pass --allow-path "
+                                      f"{resolved} to allow it"), line
+    # the registry too: outside the working directory it needs its own --allow-path
+    code, line = _genbatch(tmp_path, "check-spec", str(_spec(tmp_path, model={"registry": str(registry)})))
+    assert code == 2 and line.startswith(f"genbatch: error: model.registry '{registry}' resolves to {registry}, outside")
+    # allowed explicitly, check-spec passes (nothing is written by it)
+    proc = subprocess.run([sys.executable, "-m", "genbatch", "check-spec", str(spec), "--allow-path", str(registry),
+                           "--allow-path", resolved], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
