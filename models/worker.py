@@ -30,7 +30,7 @@ from genbatch.errors import GenbatchError, ShardInputError, StorageError
 from genbatch.io import storage
 from genbatch.ops import logs
 from genbatch.run.items import ITEM_FIELDS, canary_arm
-from genbatch.run.layout import PART_NAME_RE, RunLayout
+from genbatch.run.layout import FANOUT_PART, PART_NAME_RE, RunLayout
 from genbatch.run.model_ref import ModelVersion
 from genbatch.run.records import jsonl_bytes
 from genbatch.run.state import RunRef, RunState, as_run_state
@@ -352,14 +352,32 @@ def merge_errors(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
 
 
 def summarise_parts(layout: RunLayout, shard: int) -> list[dict[str, Any]]:
+    """Each committed part of the shard: path, records, sha256 and ``batch_s``, the device time of its batch
+    (every record of a batch carries it, so this counts the work of every attempt that committed a part)."""
     files = []
     for uri in storage.list_uris(layout.outputs_dir(shard)):
         name = uri.rsplit("/", 1)[-1]
         if name.startswith("part-"):
             data = storage.read_bytes(uri)
+            first = data[: data.find(b"\n")] if b"\n" in data else b""
+            # a fan-out part copies records generated in a batch already counted
+            timings = (json.loads(first).get("timings") or {}) if first and name != FANOUT_PART else {}
             files.append({"path": uri[len(layout.root) :].lstrip("/"), "records": data.count(b"\n"),
-                          "sha256": hashlib.sha256(data).hexdigest()})
+                          "sha256": hashlib.sha256(data).hexdigest(),
+                          "batch_s": round(float(timings.get("batch_s", 0.0)), 6)})
     return files
+
+
+def earlier_attempts(layout: RunLayout, shard: int, since_unix: float) -> tuple[int, float]:
+    """Worker processes that started on the shard before ``since_unix`` (this worker's start) and their wall
+    time summed, a killed one up to the last batch it began: what resumes cost before this commit."""
+    from genbatch.run.attempts import summarise
+
+    root = layout.root
+    listing = [uri[len(root):].lstrip("/") for uri in storage.list_uris(layout.attempts_dir(shard))]
+    earlier = [a for a in summarise(root, listing, shard + 1)
+               if a.shard == shard and a.started_unix is not None and a.started_unix < since_unix]
+    return len(earlier), sum((a.last_seen_unix or a.started_unix or 0.0) - (a.started_unix or 0.0) for a in earlier)
 
 
 def shard_total(layout: RunLayout, shard: int) -> int | None:
@@ -490,6 +508,8 @@ def run_shard(run: RunRef, shard: int, *, devices: list[str] | None = None, devi
             f"first errors: {first}. See {layout.errors_file(shard)}"
         )
     compute_s = sum(r["compute_s"] for r in ranks)
+    wall_s = time.perf_counter() - t_start
+    n_earlier, earlier_wall = earlier_attempts(layout, shard, time.time() - wall_s)
     manifest = {
         "run_id": state.run_id,
         "shard": shard,
@@ -501,9 +521,14 @@ def run_shard(run: RunRef, shard: int, *, devices: list[str] | None = None, devi
         "resumed_items": ranks[0]["resumed_items"],
         "batches_this_attempt": sum(r["batches"] for r in ranks),
         "oom_halvings": sum(r["oom_halvings"] for r in ranks),
+        # compute_s: the device time of every committed batch, whichever attempt ran it (what cost and
+        # throughput are priced on); the *_this_attempt figures are the last worker's own.
         "timings": {"model_load_s": round(max(r["model_load_s"] for r in ranks), 3),
-                    "compute_s": round(compute_s, 3),
-                    "wall_s": round(time.perf_counter() - t_start, 3)},
+                    "compute_s": round(max(compute_s, sum(p["batch_s"] for p in parts)), 3),
+                    "compute_s_this_attempt": round(compute_s, 3),
+                    "wall_s": round(wall_s, 3),
+                    "earlier_attempts": n_earlier,
+                    "wall_s_all_attempts": round(wall_s + earlier_wall, 3)},
     }
     storage.write_json(layout.shard_manifest(shard), manifest)
     log.info("run %s shard %s: committed %s generated, %s errored", state.run_id, shard, generated, len(errors))

@@ -172,7 +172,8 @@ def shard_figures(shard_manifest: Mapping[str, Any], price: Price) -> dict[str, 
     devices = len(shard_manifest.get("devices") or []) or 1
     # Round first and derive the rest from the rounded figures, so that the manifest's totals
     # (sums of these) agree with each other exactly, however short the shard.
-    wall_s = round(float(timings.get("wall_s", 0.0)), 3)
+    # every attempt's wall when the worker recorded it (a resumed shard paid for the attempts before it too)
+    wall_s = round(float(timings.get("wall_s_all_attempts", timings.get("wall_s", 0.0))), 3)
     device_s = round(wall_s * devices, 3)
     generated = int(shard_manifest.get("generated", 0))
     return {

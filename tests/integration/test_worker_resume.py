@@ -255,6 +255,13 @@ def _check(state: RunState, tmp_path: Path, attempts: list[Attempt], sig: int, k
     print(f"{name}: attempt records {len(records)} for {len(attempts)} attempts; vs probe {cross}")
     assert not cross["mismatched"], cross
     assert len(records) <= len(attempts) and records[final.pid].state == "done", records.get(final.pid)
+    # The shard's time and cost count every attempt, not only the last: the device time of every committed
+    # batch (each part's records carry their batch's), and the wall of each earlier worker that left a record.
+    timings = manifest["timings"]
+    assert timings["compute_s"] == round(sum(p["batch_s"] for p in manifest["parts"]), 3) > \
+        timings["compute_s_this_attempt"], timings
+    assert timings["earlier_attempts"] == len(records) - 1 > 0, timings
+    assert timings["wall_s_all_attempts"] > timings["wall_s"], timings
     killed_state = "unknown" if sig == signal.SIGKILL else "sigterm"
     assert all(records[a.pid].state == killed_state for a in killed if a.pid in records), \
         [(r.pid, r.state) for r in records.values()]
