@@ -149,17 +149,20 @@ def content_digest(row: dict[str, Any], settings: PlanSettings) -> tuple[int, in
 def reject_record(accepted: dict[str, Any], rule: str, reason: str) -> dict[str, Any]:
     """A ``rejects/part-*.jsonl`` record, shaped like validation's: the raw row and the rule.
 
-    ``accepted`` is a ``validation/accepted.jsonl`` line (``{"index", "row"}``, internal); the record
-    names the row number ``row_index``, as every record a consumer reads does.
+    ``accepted`` is a ``validation/accepted.jsonl`` line (``{"index", "row", "source"}``, internal); the
+    record names the row number ``row_index``, as every record a consumer reads does, and where the row is
+    in the user's input (``source``: file and line) when validation recorded it.
     """
     row = accepted["row"]
     ident = row.get("id")
+    source = accepted.get("source")
     return {
         "id": ident if isinstance(ident, str) else None,
         "row_index": accepted["index"],
         "rule": rule,
         "reason": reason,
         "row": row,
+        **({"source": source} if source is not None else {}),
     }
 
 

@@ -259,7 +259,7 @@ def iter_rows_of_files(files: Sequence[InputFile], counts: list[int] | None = No
             if error is not None:
                 where = f"line {row.line}" if row.line is not None else f"row {row.index}"
                 error = f"{file.uri} {where}: {error}"
-            yield replace(row, index=offset + row.index, parse_error=error)
+            yield replace(row, index=offset + row.index, parse_error=error, source=file.uri)
             count += 1
         offset += count
         if counts is not None:

@@ -62,7 +62,14 @@ class RawRow:
     index: int
     row: dict[str, Any] | None
     parse_error: str | None = None
-    line: int | None = None
+    line: int | None = None  # 1-based line in its file (JSONL, CSV: blank lines counted), None for Parquet
+    source: str | None = None  # the file it came from (set by genbatch.io.input_files)
+
+    def provenance(self) -> dict[str, Any] | None:
+        """``{"file", "line"}`` for a reject record: where to look in the user's own file."""
+        if self.source is None:
+            return None
+        return {"file": self.source, **({"line": self.line} if self.line is not None else {})}
 
 
 def detect_format(name: str, fmt: str | None = None) -> str:

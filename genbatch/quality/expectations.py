@@ -135,9 +135,10 @@ class Reject:
     rule: str
     reason: str
     row: dict[str, Any] | None
+    source: dict[str, Any] | None = None  # {"file", "line"}: where the row is in the user's input
 
     def to_json(self) -> dict[str, Any]:
-        """The ``rejects/part-*.jsonl`` record: ``{id, reason, rule, row, row_index}``, JSON-safe.
+        """The ``rejects/part-*.jsonl`` record: ``{id, reason, rule, row, row_index, source}``, JSON-safe.
 
         ``row_index`` is the name consumers read in every record file (shard items, outputs, errors).
         """
@@ -147,6 +148,7 @@ class Reject:
             "rule": self.rule,
             "row": _jsonable(self.row),
             "row_index": self.index,
+            **({"source": self.source} if self.source is not None else {}),
         }
 
 
@@ -157,6 +159,7 @@ class ValidationOutcome:
     accepted: list[tuple[int, dict[str, Any]]]
     rejects: list[Reject]
     report: dict[str, Any] = field(default_factory=dict)
+    sources: dict[int, dict[str, Any]] = field(default_factory=dict)  # accepted row index -> {"file", "line"}
     gx_results: list[Any] = field(default_factory=list, repr=False, compare=False)
     """The raw GX validation results (rows, then params keys), for Data Docs."""
 
@@ -228,22 +231,26 @@ def validate_rows(
         for position in failed[rule]:
             verdict.setdefault(position, rule)
     accepted: list[tuple[int, dict[str, Any]]] = []
+    sources: dict[int, dict[str, Any]] = {}
     rejects: list[Reject] = []
     for position, (raw, row, error) in enumerate(items):
         rule_name = verdict.get(position)
+        where = raw.provenance()
         if rule_name is None and row is not None:
             accepted.append((raw.index, row))
+            if where is not None:
+                sources[raw.index] = where
         else:
             rule_name = rule_name or "parse_error"  # unreachable: GX flags every unparsed row
             reason = _reason(rule_name, row, error, max_prompt_chars, bounds)
-            rejects.append(Reject(raw.index, _row_id(row), rule_name, reason, row))
+            rejects.append(Reject(raw.index, _row_id(row), rule_name, reason, row, where))
 
     report = _report(
         row_result, key_result, expectations, items, accepted, rejects,
         columns_found, max_prompt_chars, bounds, max_reject_fraction, min_rows, max_rows,
     )
     outcome = ValidationOutcome(
-        accepted=accepted, rejects=rejects, report=report, gx_results=[row_result, key_result]
+        accepted=accepted, rejects=rejects, report=report, gx_results=[row_result, key_result], sources=sources
     )
     _raise_on_table_failures(table_ok, outcome, columns_found, source, max_reject_fraction)
     return outcome

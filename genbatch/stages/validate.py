@@ -44,7 +44,9 @@ def _write_validation(state: RunState, outcome: ValidationOutcome, *, failure: s
     storage.write_bytes(layout.rejects_part("validate"), jsonl_bytes(rejects))
     if failure is None:
         storage.write_bytes(layout.validation_accepted,
-                            jsonl_bytes([{"index": i, "row": row} for i, row in outcome.accepted]))
+                            jsonl_bytes([{"index": i, "row": row,
+                                          **({"source": outcome.sources[i]} if i in outcome.sources else {})}
+                                         for i, row in outcome.accepted]))
     storage.write_json(layout.validation_report, report)
     return report
 

@@ -93,7 +93,7 @@ def test_every_rule_yields_exactly_its_rejects_and_the_counts_reconcile(tmp_path
     expected = {i: rule for i, (_, rule) in enumerate(FIXTURE) if rule is not None}
     assert got == expected
     for r in _jsonl(layout.rejects_part("preprocess")):
-        assert set(r) == {"id", "row_index", "reason", "rule", "row"}
+        assert set(r) == {"id", "row_index", "reason", "rule", "row", "source"}  # source: the row's file and line
         raw = json.loads(FIXTURE[r["row_index"]][0])
         assert r["row"] == raw, "a reject carries the raw row"
     budget = next(r for r in rejects if r["rule"] == "prompt_over_token_budget")
