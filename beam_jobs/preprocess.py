@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ from genbatch.run.inputs import read_input_files
 from genbatch.run.items import estimate_prompt_tokens
 from genbatch.run.layout import RunLayout, shard_name
 from genbatch.run.state import load_run_state
+from genbatch.stages.generate import EXIT_PERMANENT
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +485,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run()))
+    try:
+        print(json.dumps(run()))
+    except GenbatchError as exc:  # the runner keeps the type (its message gains "[while running 'Step']")
+        print(f"genbatch preprocess: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PERMANENT)  # bad input or spec: a retry reads the same
 
 
 if __name__ == "__main__":

@@ -28,9 +28,11 @@ UTF-16 file, a file that is not Parquet.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -184,7 +186,14 @@ READERS = {"jsonl": read_jsonl, "csv": read_csv, "parquet": read_parquet}
 
 
 def open_input(path: str, fmt: str) -> IO[bytes]:
-    """Beam's FileSystems: local or gs://; compression from the extension (Parquet is read seekable)."""
+    """Beam's FileSystems: local or gs://; compression from the extension (Parquet is read seekable).
+
+    gzip is decompressed by Python's ``gzip`` over the raw stream, not by Beam's reader: Beam's stops
+    quietly at the end of a truncated file, and the rows after the cut would vanish from every count;
+    ``gzip`` raises ``EOFError`` there, which :func:`iter_file_rows` turns into a whole-file error."""
+    if fmt != "parquet" and CompressionTypes.detect_compression_type(path) == CompressionTypes.GZIP:
+        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     compression = CompressionTypes.UNCOMPRESSED if fmt == "parquet" else CompressionTypes.AUTO
     stream: IO[bytes] = FileSystems.open(path, compression_type=compression)
     return stream
@@ -192,12 +201,16 @@ def open_input(path: str, fmt: str) -> IO[bytes]:
 
 def iter_file_rows(file: InputFile) -> Iterator[tuple[RawRow, str | None]]:
     """The file's rows; a parse error names the file and line (as ``validate_input``'s do)."""
-    with open_input(file.path, file.fmt) as stream:
-        for row, text in READERS[file.fmt](stream, file.path):
-            if row.parse_error is not None:
-                where = f"line {row.line}" if row.line is not None else f"row {row.index}"
-                row = replace(row, parse_error=f"{file.path} {where}: {row.parse_error}")
-            yield row, text
+    try:
+        with open_input(file.path, file.fmt) as stream:
+            for row, text in READERS[file.fmt](stream, file.path):
+                if row.parse_error is not None:
+                    where = f"line {row.line}" if row.line is not None else f"row {row.index}"
+                    row = replace(row, parse_error=f"{file.path} {where}: {row.parse_error}")
+                yield row, text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # the same words as validate_input's
+        raise ShardInputError(f"input file {file.path} is not valid gzip ({exc}); re-compress it or drop the "
+                              ".gz suffix if it is plain text") from exc
 
 
 # --- judging rows: the validate_input stage's GX suite, a batch at a time -----------------------

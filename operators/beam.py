@@ -89,13 +89,22 @@ class PreprocessOperator(BaseOperator):
 
     def _run_launcher(self, state: Any) -> None:
         from airflow.providers.apache.beam.hooks.beam import BeamHook
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
         from genbatch.stages.beam_launch import beam_runner, pipeline_options
+        from genbatch.stages.generate import EXIT_PERMANENT
 
-        BeamHook(runner=beam_runner(state.spec.preprocess)).start_python_pipeline(
-            variables=pipeline_options(state, str(self.run_dir), self.token_counts),
-            py_file=PIPELINE_MODULE, py_options=["-m"], py_interpreter=self._interpreter(),
-        )
+        try:
+            BeamHook(runner=beam_runner(state.spec.preprocess)).start_python_pipeline(
+                variables=pipeline_options(state, str(self.run_dir), self.token_counts),
+                py_file=PIPELINE_MODULE, py_options=["-m"], py_interpreter=self._interpreter(),
+            )
+        except AirflowException as exc:  # the hook names only the exit code; the job's log above has the reason
+            if str(exc).endswith(f"return code {EXIT_PERMANENT}"):
+                raise AirflowFailException(
+                    "the preprocess job refused the run's input or spec (its last log line above, 'genbatch "
+                    "preprocess: error: ...', names the file and the fix); a retry would read the same") from exc
+            raise
 
     def _run_on_dataflow(self, state: Any, context: Any) -> None:
         from operators.dataflow import wait_for_active_job
