@@ -55,11 +55,12 @@ class InputSpec(_Section):
         1024**4, ge=1, description="inputs larger than this in all (as stored) are refused before any is read"
     )
     max_files: int = Field(10_000, ge=1, le=1_000_000, description="a glob or prefix matching more files is refused")
-    row_rules: Literal["validate", "pipeline"] = Field(
-        "validate", description="where the per-row rules run: 'validate' (the validate_input task reads every row, "
+    row_rules: Literal["auto", "validate", "pipeline"] = Field(
+        "auto", description="where the per-row rules run: 'validate' (the validate_input task reads every row, "
         "with Great Expectations Data Docs of all of them: inputs one Airflow worker can hold) or 'pipeline' (the "
         "Beam preprocess job applies the same rules while it reads the files, on its workers; validate_input checks "
-        "columns and types on a sample of the first rows)"
+        "columns and types on a sample of the first rows); 'auto' (the default): 'pipeline' when preprocess.runner "
+        "is dataflow, flink or spark (the input is too big for one machine), else 'validate'"
     )
 
     @model_validator(mode="before")
@@ -371,6 +372,14 @@ class RunSpec(_Section):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (v is None and k in _optional_sections())}
         return data
+
+    @model_validator(mode="after")
+    def _row_rules_follow_the_runner(self) -> RunSpec:
+        """``input.row_rules: auto`` resolved (spec.json records the choice): a distributed runner judges every
+        row on its workers, never the Airflow worker."""
+        if self.input.row_rules == "auto":
+            self.input.row_rules = "validate" if self.preprocess.runner == "inline" else "pipeline"
+        return self
 
     @model_validator(mode="after")
     def _shards_fit_one_mapping(self) -> RunSpec:

@@ -26,6 +26,18 @@ def test_inline_is_the_default_with_two_worker_processes() -> None:
     assert (spec.preprocess.runner, spec.preprocess.inline_workers) == ("inline", 1)
 
 
+def test_row_rules_default_to_the_pipeline_on_a_distributed_runner() -> None:
+    """``input.row_rules: auto``: a Dataflow, Flink or Spark run judges every row on its workers (never 50M rows
+    in the Airflow worker); inline runs keep validate_input's full Data Docs. An explicit choice stands, and
+    spec.json records the resolved one."""
+    assert parse_spec(MINIMAL).input.row_rules == "validate"
+    assert _spec(DATAFLOW, **GCS_RUN).input.row_rules == "pipeline"
+    assert _spec({"runner": "flink", "flink_master": "flink-jobmanager:8081"}).input.row_rules == "pipeline"
+    explicit = _spec({"runner": "flink", "flink_master": "jm:8081"}, input={"uri": "in.jsonl", "row_rules": "validate"})
+    assert explicit.input.row_rules == "validate"
+    assert _spec(DATAFLOW, **GCS_RUN).to_json_dict()["input"]["row_rules"] == "pipeline"
+
+
 def test_a_complete_dataflow_section_on_gcs_is_accepted() -> None:
     spec = _spec({**DATAFLOW, "labels": {"team": "catalog"}, "use_public_ips": False}, **GCS_RUN)
     assert spec.preprocess.runner == "dataflow" and spec.preprocess.labels == {"team": "catalog"}
