@@ -76,8 +76,10 @@ def check_registry(spec: RunSpec, resolve_model: Callable[[RunSpec], Any]) -> No
                             "per model)")
     try:
         resolve_model(spec)
-    except GenbatchError as exc:
-        raise SpecError(f"model {spec.model.name!r} in model.registry {registry!r}: {exc}") from None
+    except GenbatchError as exc:  # the registry's message names model and registry; add the field to fix
+        text = str(exc)
+        field = "model.alias" if " alias " in text else "model.version" if "no version " in text else "model.name"
+        raise SpecError(f"{field}: {text}") from None
 
 
 def check_input(spec: RunSpec) -> None:

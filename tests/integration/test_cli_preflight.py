@@ -57,8 +57,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 CASES = {
     "missing model": ({"model": {"name": "no-such-model"}},
-                      "model 'no-such-model' in model.registry"),
-    "missing alias": ({"model": {"alias": "nosuchalias"}}, "alias 'nosuchalias'"),
+                      "model.name: model 'no-such-model' has no versions in registry"),
+    "missing alias": ({"model": {"alias": "nosuchalias"}},
+                      "model.alias: model 'catalog-copy' has no alias 'nosuchalias'; known aliases: ["),
     "missing input": ({"input": {"uri": "/nonexistent/items.jsonl"}},
                       "input '/nonexistent/items.jsonl' does not exist"),
     "gs without credentials": ({"output": {"uri": "gs://genbatch-no-creds-bucket/runs"}},
