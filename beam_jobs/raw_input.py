@@ -207,7 +207,7 @@ def iter_file_rows(file: InputFile) -> Iterator[tuple[RawRow, str | None]]:
                 if row.parse_error is not None:
                     where = f"line {row.line}" if row.line is not None else f"row {row.index}"
                     row = replace(row, parse_error=f"{file.path} {where}: {row.parse_error}")
-                yield row, text
+                yield replace(row, source=file.path), text  # a reject names its file and line
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # the same words as validate_input's
         raise ShardInputError(f"input file {file.path} is not valid gzip ({exc}); re-compress it or drop the "
                               ".gz suffix if it is plain text") from exc
@@ -248,7 +248,9 @@ def judged_lines(rows: Iterable[tuple[RawRow, str | None]], rules: RowRules, sou
     """
     for batch in _batches(rows, batch_rows):
         outcome = judge([raw for raw, _ in batch], rules, source)
-        verdicts: dict[int, dict[str, Any]] = {i: {"local": i, "row": row} for i, row in outcome.accepted}
+        verdicts: dict[int, dict[str, Any]] = {
+            i: {"local": i, "row": row, **({"source": outcome.sources[i]} if i in outcome.sources else {})}
+            for i, row in outcome.accepted}
         rules_of: dict[int, str] = {}
         for reject in outcome.rejects:
             verdicts[reject.index] = {"local": reject.index, "reject": reject.to_json()}
@@ -304,7 +306,7 @@ class ToAccepted(beam.DoFn):
         line = json.loads(text)
         index = self._offsets[uri] + int(line["local"])
         if "row" in line:
-            yield {"index": index, "row": line["row"]}
+            yield {"index": index, "row": line["row"], **({"source": line["source"]} if "source" in line else {})}
         elif self.emit_rejects:
             record = {**line["reject"], "row_index": index}
             yield beam.pvalue.TaggedOutput(self.REJECTS, (self.REJECTS, keyed_line(index_sort_key(index), record)))

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 PROMPT = "colour: red | material: wool | item: scarf\ndescription:"
 
 
-def test_rejects_carry_the_file_and_line_of_their_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row_rules", ["validate", "pipeline"])
+def test_rejects_carry_the_file_and_line_of_their_row(tmp_path: Path, row_rules: str) -> None:
+    """``row_rules``: judged by validate_input (then the Beam job on validated rows), or all in the Beam job."""
     lines = [
         "",
         "",
@@ -39,7 +41,7 @@ def test_rejects_carry_the_file_and_line_of_their_row(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     registry = str(tmp_path / "registry")
     ensure_zoo_registered(registry)
-    spec: dict[str, Any] = {"task": "text", "input": {"uri": str(path)},
+    spec: dict[str, Any] = {"task": "text", "input": {"uri": str(path), "row_rules": row_rules},
                             "model": {"name": "catalog-copy", "alias": "production", "registry": registry},
                             "generation": {"max_new_tokens": 8}, "quality": {"max_reject_rate": 0.9},
                             "output": {"uri": str(tmp_path / "runs")}}
