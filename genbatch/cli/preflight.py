@@ -16,9 +16,7 @@ from typing import Any
 from genbatch.errors import GenbatchError, PathNotAllowedError, SpecError
 from genbatch.io import storage
 from genbatch.run.spec import RunSpec, sanitize_run_id
-
-CREDENTIALS_FIX = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file or run "
-                   "`gcloud auth application-default login`, or use a local path")
+from genbatch.stages.prepare import check_storage_access
 
 
 def check_run_id(run_id: str) -> None:
@@ -26,19 +24,6 @@ def check_run_id(run_id: str) -> None:
     if sanitize_run_id(run_id) != run_id:
         raise SpecError(f"--run-id {run_id!r}: a run id is letters, digits, '.', '_' and '-' (at most 128, not "
                         f"starting or ending with '.' or '-'); pass e.g. --run-id {sanitize_run_id(run_id)}")
-
-
-def check_storage(spec: RunSpec) -> None:
-    """Each ``gs://`` URI of the spec is reachable with the credentials at hand."""
-    for field, uri in (("input.uri", spec.input.uri), ("output.uri", spec.output.uri),
-                       ("model.registry", spec.model.registry)):
-        if not uri.startswith("gs://") or "{{" in uri:
-            continue
-        try:
-            storage.exists(uri)
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the bucket is this one finding
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            raise SpecError(f"{field} {uri!r}: cannot reach Google Cloud Storage ({reason}); {CREDENTIALS_FIX}") from None
 
 
 def check_confined(spec: RunSpec, allowed_paths: Sequence[str] = ()) -> None:
@@ -111,7 +96,7 @@ def preflight(spec: RunSpec, run_id: str | None, resolve_model: Callable[[RunSpe
     if run_id is not None:
         check_run_id(run_id)
     check_confined(spec, allowed_paths)
-    check_storage(spec)
+    check_storage_access(spec)
     if resolve_model is not None:
         check_registry(spec, resolve_model)
     check_input(spec)

@@ -35,6 +35,24 @@ def confine_spec_paths(spec: RunSpec) -> None:
             storage.confine(uri, allowed)
 
 
+CREDENTIALS_FIX = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file or run "
+                   "`gcloud auth application-default login`, or use a local path")
+
+
+def check_storage_access(spec: RunSpec) -> None:
+    """Each ``gs://`` URI of the spec is reachable with the credentials at hand: one line naming the field and
+    the fix, before any work, instead of the storage client's traceback at the first write."""
+    for field, uri in (("input.uri", spec.input.uri), ("output.uri", spec.output.uri),
+                       ("model.registry", spec.model.registry)):
+        if not uri.startswith("gs://") or "{{" in uri:
+            continue
+        try:
+            storage.exists(uri)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the bucket is this one finding
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise SpecError(f"{field} {uri!r}: cannot reach Google Cloud Storage ({reason}); {CREDENTIALS_FIX}") from None
+
+
 def check_input_files(spec: RunSpec) -> list[InputFile]:
     """List the input's files and refuse too many or too large ones (``input.max_files``, ``max_file_bytes``,
     ``max_total_bytes``, each capped by $GENBATCH_MAX_INPUT_BYTES) before any is read.
@@ -103,6 +121,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
     """
     spec = parse_spec(render_spec(spec_data, template_values or {}), source="run params")
     confine_spec_paths(spec)
+    check_storage_access(spec)
     check_override_allowed(spec, triggered_by)
     run_id = spec.run_id or sanitize_run_id(airflow_run_id)
     layout = RunLayout.for_run(spec.output.uri, run_id)
