@@ -133,3 +133,23 @@ def test_an_output_outside_the_working_directory_needs_an_explicit_allow_path(tm
                            "--allow-path", resolved], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_corrupt_input_fails_the_run_once_not_three_times(tmp_path: Path) -> None:
+    """Input a retry would read the same way: validate_input fails without retries (one attempt in _FAILED),
+    and the run's output ends with the summary naming the reason, not under repeated poll warnings."""
+    import gzip
+    import json
+
+    bad = tmp_path / "items.jsonl.gz"
+    rows = "".join(json.dumps({"id": f"r{i}", "prompt": "colour: red\ndescription:"}) + "\n" for i in range(300))
+    bad.write_bytes(gzip.compress(rows.encode())[:-30])
+    spec = _spec(tmp_path, input={"uri": str(bad)}, model={"registry": ".genbatch/registry"})
+    proc = subprocess.run([sys.executable, "-m", "genbatch", "run", str(spec), "--run-id", "corrupt"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    marker = json.loads((tmp_path / "runs" / "corrupt" / "_FAILED").read_text())
+    assert marker["failed_task"] == "validate_input" and marker["try_number"] == 1, marker
+    assert "items.jsonl.gz is not valid gzip" in marker["reason"] and "re-compress it" in marker["reason"]
+    assert (proc.stdout + proc.stderr).count("No tasks to run") <= 1
+    assert proc.stdout.rstrip().endswith("}")  # the summary (with failed_marker) is the last thing printed
