@@ -111,24 +111,20 @@ class _StageJobOperator(WorkerJobOperator):
         return WorkerJob(f"{self.stage} of run {state.run_id}", stage_command(self.stage, self.run_dir),
                          execution, labels)
 
-    def run_inline(self) -> Any:
-        """The stage in this process (a small run)."""
-        raise NotImplementedError
-
     def execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
         from genbatch.run.state import load_run_state
         from genbatch.stages.generate import WorkerFailed
         from genbatch.stages.published import ensure_unpublished
-        from genbatch.stages.stage_jobs import EXIT_GATE_FAILED, gate_failure_message, runs_inline
+        from genbatch.stages.stage_jobs import EXIT_GATE_FAILED, gate_failure_message, run_stage, runs_inline
 
         state = load_run_state(self.run_dir)
-        if self.stage == "quality_gate":
-            with skip_when_published():  # before any process starts
+        if self.stage == "quality_gate":  # (publish on a published run returns its manifest: a retry after
+            with skip_when_published():  # _SUCCESS still announces the Asset event) - checked before any process
                 ensure_unpublished(state.layout, self.stage)
         if runs_inline(state):
-            return self.run_inline()
+            return run_stage(self.stage, self.run_dir)
         try:
             return super().execute(context)
         except WorkerFailed as exc:  # a missed gate: the same outputs miss it again on a retry
@@ -142,12 +138,6 @@ class QualityGateOperator(_StageJobOperator):
 
     stage = "quality_gate"
 
-    def run_inline(self) -> dict[str, Any]:
-        from genbatch.stages.quality import quality_gate
-
-        summary = quality_gate(self.run_dir)
-        return {"passed": summary["passed"], "metrics": summary["metrics"]}
-
 
 class PublishOperator(_StageJobOperator):
     """manifest.json then _SUCCESS; returns the manifest URI.
@@ -158,11 +148,6 @@ class PublishOperator(_StageJobOperator):
     """
 
     stage = "publish"
-
-    def run_inline(self) -> dict[str, Any]:
-        from genbatch.stages.publish import publish, published_event
-
-        return published_event(self.run_dir, publish(self.run_dir))
 
     def _announce(self, context: Any) -> str:
         """The outlet events' extra, read back from the committed manifest whichever process published."""

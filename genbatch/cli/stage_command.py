@@ -9,22 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
 
 from genbatch.errors import GenbatchError, QualityGateFailed
 from genbatch.ops import logs
-from genbatch.stages.stage_jobs import EXIT_GATE_FAILED, EXIT_PERMANENT, QUALITY_GATE, STAGE_TASKS, hand_back
-
-
-def _run(task_id: str, run_dir: str) -> dict[str, Any]:
-    if task_id == QUALITY_GATE:
-        from genbatch.stages.quality import quality_gate
-
-        summary = quality_gate(run_dir)
-        return {"passed": summary["passed"], "metrics": summary["metrics"]}
-    from genbatch.stages.publish import publish, published_event
-
-    return published_event(run_dir, publish(run_dir))
+from genbatch.stages.generate import EXIT_PERMANENT
+from genbatch.stages.stage_jobs import EXIT_GATE_FAILED, STAGE_TASKS, hand_back, run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.bind(run_id=logs.run_id_of(args.run_dir))
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter would flood the task log
     try:
-        result = _run(args.task, args.run_dir)
+        result = run_stage(args.task, args.run_dir)
     except QualityGateFailed as exc:
         print(f"genbatch stage {args.task}: {exc}", file=sys.stderr, flush=True)
         return EXIT_GATE_FAILED

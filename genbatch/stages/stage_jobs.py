@@ -25,7 +25,6 @@ from genbatch.run.state import RunState
 QUALITY_GATE = "quality_gate"
 PUBLISH = "publish"
 STAGE_TASKS = (QUALITY_GATE, PUBLISH)
-EXIT_PERMANENT = 2  # as the shard worker: genbatch.stages.generate.EXIT_PERMANENT
 EXIT_GATE_FAILED = 3
 
 
@@ -45,6 +44,18 @@ def sharded_items(state: RunState) -> int:
 def runs_inline(state: RunState) -> bool:
     """True when the run is small enough for quality_gate and publish to run inside the task."""
     return sharded_items(state) <= state.spec.execution.inline_max_rows
+
+
+def run_stage(task_id: str, run_dir: str) -> dict[str, Any]:
+    """The stage itself, wherever it runs (the task, or ``genbatch stage``): its small JSON result."""
+    if task_id == QUALITY_GATE:
+        from genbatch.stages.quality import quality_gate
+
+        summary = quality_gate(run_dir)
+        return {"passed": summary["passed"], "metrics": summary["metrics"]}
+    from genbatch.stages.publish import publish, published_event
+
+    return published_event(run_dir, publish(run_dir))
 
 
 def gate_failure_message(run_dir: str) -> str:
