@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genbatch.errors import GenbatchError, PathNotAllowedError, SpecError
+from genbatch.errors import GenbatchError, PathNotAllowedError, RunAlreadyPublished, SpecError
 from genbatch.io import storage
+from genbatch.run.layout import RunLayout
 from genbatch.run.spec import RunSpec, sanitize_run_id
-from genbatch.stages.prepare import check_storage_access
+from genbatch.stages.prepare import check_input_files, check_storage_access, refuse_published
 
 
 def check_run_id(run_id: str) -> None:
@@ -69,20 +70,13 @@ def check_registry(spec: RunSpec, resolve_model: Callable[[RunSpec], Any]) -> No
 
 def check_input(spec: RunSpec) -> None:
     """The input's files exist, are readable and within the spec's limits (listed, not read)."""
-    if "{{" in spec.input.uri:
-        return
-    from genbatch.stages.prepare import check_input_files
-
-    check_input_files(spec)
+    if "{{" not in spec.input.uri:
+        check_input_files(spec)
 
 
 def check_run_dir(spec: RunSpec, run_id: str) -> None:
     """A run dir that holds another spec (published, or started and unfinished) is refused now, in one line;
     the same spec again is left to the DAG (it resumes, or skips a published run)."""
-    from genbatch.errors import RunAlreadyPublished
-    from genbatch.run.layout import RunLayout
-    from genbatch.stages.prepare import refuse_published
-
     try:
         refuse_published(spec, RunLayout.for_run(spec.output.uri, run_id))
     except RunAlreadyPublished:
