@@ -146,7 +146,10 @@ def _snapshot(run_dir: str) -> dict[str, Any]:
     layout = RunLayout(run_dir)
     state = load_run_state(run_dir)
     errors = b"".join(storage.read_bytes(layout.errors_file(s)) for s in range(state.num_shards))
-    rejects = {u[len(layout.root):]: storage.read_bytes(u) for u in storage.list_uris(layout.rejects_dir)}
+    # A reject names its row's file (source.file): the clean run read the same rows from another folder.
+    here = state.spec.input.uri.encode()
+    rejects = {u[len(layout.root):]: storage.read_bytes(u).replace(here, b"<input>")
+               for u in storage.list_uris(layout.rejects_dir)}
     return {"records": published_records(run_dir), "errors": errors, "rejects": rejects, "images": image_bytes(run_dir)}
 
 
