@@ -62,6 +62,7 @@ class OnceFilter(logging.Filter):
         self.seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """True for every other record and the first matching one; False for its repeats."""
         if not str(record.msg).startswith(self.prefix):
             return True
         first, self.seen = not self.seen, True
