@@ -192,6 +192,12 @@ def _split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         start = end + 1
 
 
+def json_error_at(exc: json.JSONDecodeError) -> str:
+    """The decoder's message and where: ``Expecting ',' delimiter at column 7``, ``Unterminated string
+    starting at column 23`` (its message already ends in "at")."""
+    return f"{exc.msg} {'column' if exc.msg.endswith(' at') else 'at column'} {exc.colno}"
+
+
 def _parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """Parse one JSONL line into (row, None) or (None, why it is not a row)."""
     if len(raw) > MAX_ROW_BYTES:
@@ -215,8 +221,7 @@ def _parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        column = "column" if exc.msg.endswith(" at") else "at column"  # "Unterminated string starting at"
-        return None, f"broken JSON: {exc.msg} {column} {exc.colno}: {_snippet(text)}"
+        return None, f"broken JSON: {json_error_at(exc)}: {_snippet(text)}"
     except RecursionError:
         return None, "broken JSON: nested too deeply; flatten the row"
     except ValueError as exc:  # e.g. an integer literal over Python's 4300-digit limit

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from genbatch.io import storage
+from genbatch.io.input_rows import json_error_at
 
 JSON_SUFFIXES = (".json", ".jsonl")
 JSON_MARKERS = ("_SUCCESS", "_FAILED")  # JSON documents without the suffix (success.schema.json, failed.schema.json)
@@ -24,7 +25,7 @@ def _problem(rel: str, data: bytes) -> str | None:
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
-            return f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): truncated or overwritten?"
+            return f"not valid JSON ({json_error_at(exc)} of line {exc.lineno}): truncated or overwritten?"
         return None
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -34,7 +35,7 @@ def _problem(rel: str, data: bytes) -> str | None:
         except json.JSONDecodeError as exc:
             cut = " (the file's last line, without a newline: truncated?)" if not text.endswith("\n") and \
                 number == text.count("\n") + 1 else ""
-            return f"line {number} is not valid JSON ({exc.msg} at column {exc.colno}){cut}"
+            return f"line {number} is not valid JSON ({json_error_at(exc)}){cut}"
         if not isinstance(value, dict):
             return f"line {number} is not a JSON object"
     return None

@@ -95,5 +95,5 @@ def test_a_file_cut_short_is_a_finding_not_a_traceback(published: Path, tmp_path
     assert code == 1 and report["ok"] is False
     assert [d["path"] for d in report["damaged"]] == [rel]
     problem = report["damaged"][0]["problem"]
-    assert "not valid JSON" in problem, problem
+    assert "not valid JSON" in problem and " at at " not in problem, problem
     assert any(p.startswith(f"{rel}: ") for p in report["problems"])
