@@ -208,9 +208,8 @@ def iter_file_rows(file: InputFile) -> Iterator[tuple[RawRow, str | None]]:
                     where = f"line {row.line}" if row.line is not None else f"row {row.index}"
                     row = replace(row, parse_error=f"{file.path} {where}: {row.parse_error}")
                 yield replace(row, source=file.path), text  # a reject names its file and line
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # the same words as validate_input's
-        raise ShardInputError(f"input file {file.path} is not valid gzip ({exc}); re-compress it or drop the "
-                              ".gz suffix if it is plain text") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # validate_input's words
+        raise input_files.bad_gzip(file.path, exc) from exc
 
 
 # --- judging rows: the validate_input stage's GX suite, a batch at a time -----------------------

@@ -237,14 +237,19 @@ def open_input(file: InputFile) -> IO[bytes]:
     return stream
 
 
+def bad_gzip(uri: str, exc: BaseException) -> ShardInputError:
+    """The one message for a gzip input that cannot be decompressed (cut short, corrupt), wherever it is read."""
+    return ShardInputError(f"input file {uri} is not valid gzip ({exc}); re-compress it or drop the .gz suffix if "
+                           "it is plain text")
+
+
 def read_input(file: InputFile) -> bytes:
     """The whole decompressed file (bounded by ``input.max_file_bytes`` before decompression)."""
     with open_input(file) as stream:
         try:
             return stream.read()
         except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-            raise ShardInputError(f"input file {file.uri} is not valid gzip ({exc}); re-compress it or drop the "
-                                  ".gz suffix if it is plain text") from exc
+            raise bad_gzip(file.uri, exc) from exc
 
 
 def iter_rows_of_files(files: Sequence[InputFile], counts: list[int] | None = None) -> Iterator[RawRow]:
@@ -280,8 +285,7 @@ def _head_rows(file: InputFile, max_rows: int, max_bytes: int) -> list[RawRow]:
         try:
             data = stream.read(max_bytes + 1)
         except (OSError, EOFError) as exc:
-            raise ShardInputError(f"input file {file.uri} is not valid gzip ({exc}); re-compress it or drop the "
-                                  ".gz suffix if it is plain text") from exc
+            raise bad_gzip(file.uri, exc) from exc
     cut = len(data) > max_bytes
     if cut:
         data = data[: data.rfind(b"\n", 0, max_bytes) + 1]
