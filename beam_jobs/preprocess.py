@@ -74,6 +74,7 @@ from genbatch.quality.expectations import InputSchemaError
 from genbatch.run.inputs import read_input_files
 from genbatch.run.items import estimate_prompt_tokens
 from genbatch.run.layout import RunLayout, shard_name
+from genbatch.run.row_shape import RowShape
 from genbatch.run.state import load_run_state
 from genbatch.stages.generate import EXIT_PERMANENT
 
@@ -135,7 +136,8 @@ class Measure(beam.DoFn):
         if self.counter is None:
             tokens = estimate_prompt_tokens(prompt)
         else:
-            tokens = self.counter.count(prompt)
+            messages = row.get("messages")
+            tokens = self.counter.count_chat(messages) if messages else self.counter.count(prompt)
             max_new = max_new_tokens_of(params, self.settings)
             budget = self.counter.budget(max_new)
             if budget is not None and tokens > budget:
@@ -370,7 +372,9 @@ def build(p: beam.Pipeline, run_dir: str, token_counts: str = "auto", spill_byte
             p
             | "InputFiles" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "Ingest" >> beam.ParDo(raw_input.IngestFile(tmp, raw_input.RowRules(spec_input.max_prompt_chars)))
+            | "Ingest" >> beam.ParDo(raw_input.IngestFile(tmp, raw_input.RowRules(
+                spec_input.max_prompt_chars,
+                RowShape.of(spec_input, chat_template=state.model.chat_template_sha256 is not None))))
         )
         judged = ingested | "JudgedFiles" >> beam.Map(judged_uri)
         offsets = beam.pvalue.AsList(ingested)

@@ -57,6 +57,7 @@ from genbatch.io.input_rows import (
     iter_csv_lines,
 )
 from genbatch.quality.expectations import InputSchemaError, ValidationOutcome, validate_rows
+from genbatch.run.row_shape import RowShape
 
 INPUT_FORMATS = ("auto", "jsonl", "csv", "parquet")
 VALIDATE_ROWS = 4096
@@ -81,6 +82,7 @@ class RowRules:
     """The row-rule settings of the run spec (``input`` section) that validation takes."""
 
     max_prompt_chars: int
+    shape: RowShape = RowShape()  # template, OpenAI Batch lines, chat (genbatch.run.row_shape)
 
 
 def match_input(pattern: str, fmt: str = "auto") -> list[InputFile]:
@@ -219,7 +221,8 @@ def judge(batch: list[RawRow], rules: RowRules, source: str) -> ValidationOutcom
     """Row verdicts for one batch. Table-level checks (row bounds, reject fraction) are the whole
     input's business (checked at commit); a batch that trips one still carries every row's verdict."""
     try:
-        return validate_rows(batch, max_prompt_chars=rules.max_prompt_chars, max_reject_fraction=1.0, source=source)
+        return validate_rows(batch, max_prompt_chars=rules.max_prompt_chars, max_reject_fraction=1.0, source=source,
+                             shape=rules.shape)
     except InputSchemaError as exc:
         if exc.outcome is None:
             raise

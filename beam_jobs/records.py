@@ -14,7 +14,7 @@ from typing import Any
 from genbatch.run.items import derive_seed, estimate_cost, estimate_prompt_tokens
 
 _SPACE = re.compile(r"[^\S\n]+")
-CONTRACT_FIELDS = ("id", "prompt", "negative_prompt", "seed", "params")
+CONTRACT_FIELDS = ("id", "prompt", "messages", "negative_prompt", "seed", "params")
 
 RULE_DUPLICATE_ID = "duplicate_id"
 RULE_TOKEN_BUDGET = "prompt_over_token_budget"
@@ -54,6 +54,14 @@ def jsonl_line(record: dict[str, Any]) -> str:
 
 def normalised_prompt(row: dict[str, Any]) -> str:
     return normalise_text(row["prompt"])
+
+
+def normalised_messages(row: dict[str, Any]) -> list[dict[str, str]] | None:
+    """Chat messages with each content normalised as a prompt is (validation checked their shape)."""
+    messages = row.get("messages")
+    if not messages:
+        return None
+    return [{"role": m["role"], "content": normalise_text(m["content"])} for m in messages]
 
 
 def row_metadata(row: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +113,7 @@ def to_item(accepted: dict[str, Any], settings: PlanSettings, tokens: int | None
         "negative_prompt": normalise_text(negative) if isinstance(negative, str) else None,
         "seed": item_seed(row, settings),
         "params": params,
+        **({"messages": messages} if (messages := normalised_messages(row)) else {}),
         "est_tokens": tokens,
         "est_cost": item_cost(settings, tokens, params),
         **row_metadata(row),
@@ -135,7 +144,7 @@ def content_digest(row: dict[str, Any], settings: PlanSettings) -> tuple[int, in
     """
     negative = row.get("negative_prompt")
     payload = [
-        normalised_prompt(row),
+        normalised_messages(row) or normalised_prompt(row),
         normalise_text(negative) if isinstance(negative, str) else None,
         item_params(row),
         item_seed(row, settings),

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from genbatch.errors import ModelIntegrityError
 from genbatch.io import storage
+from genbatch.run.chat_template import render_chat
 from genbatch.run.model_ref import card_uri
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class TokenCounter:
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def count_chat(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of chat messages as the worker renders them (the model's chat template)."""
+        return self.count(render_chat(self.tokenizer, messages))
 
     def budget(self, max_new_tokens: int) -> int | None:
         """Most prompt tokens allowed, or None when the rule does not apply."""

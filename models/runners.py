@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from genbatch.run.chat_template import render_chat
+
 log = logging.getLogger(__name__)
 
 
@@ -113,6 +115,10 @@ class TextRunner:
     # of that prompt instead of tokenizing twice. Bounded: the worker holds one window at a time.
     ENCODED_CACHE_ITEMS = 65536
     tokenizer_backend = True  # False when the Rust tokenizer's ids differ from the wrapper's (probed at load)
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """Chat messages as prompt text, through this model's own chat template."""
+        return render_chat(self.tokenizer, messages)
 
     def token_length(self, prompt: str) -> int:
         ids = self._encode([prompt])[0]

@@ -12,6 +12,7 @@ CLI: ``genbatch worker --run-dir URI --shard K [--devices cuda:0,cuda:1 | cpu,cp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -298,7 +299,7 @@ class ShardWorker:
     def run(self, items: Iterator[Item], first_part: int) -> None:
         part = first_part
         try:
-            self._run_windows(items, part)
+            self._run_windows(self._chat_rendered(items), part)
         except BaseException:
             try:  # metrics are best effort here: never mask the error that is propagating
                 self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
@@ -307,6 +308,19 @@ class ShardWorker:
             raise
         self.metrics.publish(self.layout.worker_metrics(self.shard, self.rank))
         log.info("%s (done)", self.progress.line())
+
+    def _chat_rendered(self, items: Iterator[Item]) -> Iterator[Item]:
+        """Chat items (``messages``) get their prompt from their arm's chat template, here at the worker."""
+        for it in items:
+            messages = it.record.get("messages")
+            if messages:
+                runner = self.runners[self.arm(it)]
+                try:
+                    it = dataclasses.replace(it, prompt=runner.chat_prompt(messages))
+                except (AttributeError, ValueError) as exc:
+                    raise ShardInputError(f"item {it.id!r} is chat input, but the {self.arm(it)} model cannot render "
+                                          f"it ({exc}); use a model version with a chat template") from None
+            yield it
 
     def _run_windows(self, items: Iterator[Item], part: int) -> None:
         STOP.starting = False  # from here a SIGTERM lets the batch in flight commit

@@ -3,7 +3,8 @@ field, the value and the fix (a :class:`SpecError`; the command prints it and ex
 
 The run would find each of these ten seconds in, as an Airflow traceback: a run id that is not a safe path
 segment, a registry path that does not exist or is a file, a model or alias the registry does not hold, an
-input that is not there or over its limits, a ``gs://`` URI without working credentials. Inputs whose URI
+input that is not there or over its limits, a ``gs://`` URI without working credentials, chat input for a
+model without a chat template. Inputs whose URI
 holds a schedule placeholder (``{{ ds }}``) are checked when their run is prepared, not here.
 """
 
@@ -17,7 +18,7 @@ from genbatch.errors import GenbatchError, PathNotAllowedError, RunAlreadyPublis
 from genbatch.io import storage
 from genbatch.run.layout import RunLayout
 from genbatch.run.spec import RunSpec, sanitize_run_id
-from genbatch.stages.prepare import check_input_files, check_storage_access, refuse_published
+from genbatch.stages.prepare import check_input_files, check_storage_access, refuse_published, with_chat_template
 
 
 def check_run_id(run_id: str) -> None:
@@ -61,11 +62,12 @@ def check_registry(spec: RunSpec, resolve_model: Callable[[RunSpec], Any]) -> No
             raise SpecError(f"model.registry {registry!r} is a file; point it at the registry folder (one folder "
                             "per model)")
     try:
-        resolve_model(spec)
+        model = resolve_model(spec)
     except GenbatchError as exc:  # the registry's message names model and registry; add the field to fix
         text = str(exc)
         field = "model.alias" if " alias " in text else "model.version" if "no version " in text else "model.name"
         raise SpecError(f"{field}: {text}") from None
+    with_chat_template(spec, model)  # chat input (input.system_prompt) needs a model with a chat template
 
 
 def check_input(spec: RunSpec) -> None:

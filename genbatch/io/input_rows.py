@@ -64,6 +64,7 @@ class RawRow:
     parse_error: str | None = None
     line: int | None = None  # 1-based line in its file (JSONL, CSV: blank lines counted), None for Parquet
     source: str | None = None  # the file it came from (set by genbatch.io.input_files)
+    shape_problem: tuple[str, str] | None = None  # (rule, reason) when it could not be shaped (genbatch.run.row_shape)
 
     def provenance(self) -> dict[str, Any] | None:
         """``{"file", "line"}`` for a reject record: where to look in the user's own file."""

@@ -30,6 +30,7 @@ from genbatch.run.layout import MANIFESTS_DIR, SPEC, RunLayout, erasure_record, 
 from genbatch.run.layout import find_run_dirs as layout_find_run_dirs
 from genbatch.run.records import jsonl_bytes, reject_row_index
 from genbatch.run.state import RunState, load_run_state
+from genbatch.stages import openai_export
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +447,8 @@ def _rewrite(state: RunState, hits: Hits, changes: Changes) -> dict[str, int]:
                 images += 1
         rewrite_jsonl(layout, layout.errors_file(shard),
                       lambda r: None if hits.hit(r.get("row_index"), r.get("id")) else r, changes)
+    for view in (openai_export.OUTPUT, openai_export.ERRORS):  # output.format openai_batch: lines by custom_id
+        rewrite_jsonl(layout, layout.path(view), lambda r: None if r.get("custom_id") in hits.ids else r, changes)
     refresh_shard_manifests(state, changes)
     refresh_plan(state, removed_cost, changes, erased_accepted=erased_accepted,
                  erased_preprocess_rejects=preprocess_rejects)

@@ -27,6 +27,7 @@ from typing import Any
 from genbatch.errors import GenbatchError, ShardInputError
 from genbatch.io.input_rows import RawRow, find_unencodable
 from genbatch.quality.param_bounds import ParamBound, param_bounds
+from genbatch.run.row_shape import SHAPE_RULES, RowShape, shape_rows
 
 __all__ = [
     "DEFAULT_PARAM_KEYS",
@@ -42,6 +43,7 @@ __all__ = [
 
 RULES: tuple[str, ...] = (
     "parse_error",
+    *SHAPE_RULES,
     "id_missing",
     "id_not_string",
     "id_unsafe",
@@ -173,12 +175,15 @@ def validate_rows(
     source: str = "input",
     min_rows: int = 1,
     max_rows: int | None = None,
+    shape: RowShape | None = None,
 ) -> ValidationOutcome:
     """Validate input rows against the contract with GX; raise InputSchemaError on table failures.
 
     ``source`` only names the input in messages (a path or URI). ``min_rows``/``max_rows`` bound
     the number of input rows (blank lines excluded); outside them the run stops. Every allowed
     params key must be a ``generation`` field of the run spec: its values are checked against it.
+    ``shape`` (template, OpenAI Batch lines, chat) turns each row into the contract's shape first
+    (:mod:`genbatch.run.row_shape`); accepted rows are the shaped ones.
     """
     if min_rows < 1 or (max_rows is not None and max_rows < min_rows):
         raise ValueError(f"row bounds must satisfy 1 <= min_rows <= max_rows, got {min_rows}, {max_rows}")
@@ -189,11 +194,12 @@ def validate_rows(
     allowed = frozenset(allowed_param_keys)
     bounds = param_bounds(allowed)
 
-    # 1. Normalise: rows a caller built by hand may still hold lone surrogates or non-dicts.
-    items = [_normalise(raw) for raw in rows]
+    # 1. Shape and normalise: rows a caller built by hand may still hold lone surrogates or non-dicts.
+    shape = shape or RowShape()
+    items = [_normalise(raw) for raw in shape_rows(rows, shape)]
 
     # 2. Summarise every row into check columns, and every params key into its own row.
-    frame, key_frame, columns_found = _derive_frames(items, bounds)
+    frame, key_frame, columns_found = _derive_frames(items, bounds, shaped=shape.active)
 
     # 3. Run the suites; the GX results are the verdicts.
     row_suite = _row_suite(frame.columns, max_prompt_chars, min_rows, max_rows)
@@ -242,7 +248,10 @@ def validate_rows(
                 sources[raw.index] = where
         else:
             rule_name = rule_name or "parse_error"  # unreachable: GX flags every unparsed row
-            reason = _reason(rule_name, row, error, max_prompt_chars, bounds)
+            if rule_name in SHAPE_RULES and raw.shape_problem is not None:
+                reason = raw.shape_problem[1]
+            else:
+                reason = _reason(rule_name, row, error, max_prompt_chars, bounds)
             rejects.append(Reject(raw.index, _row_id(row), rule_name, reason, row, where))
 
     report = _report(
@@ -304,23 +313,25 @@ def _key_problem(key: Any, value: Any, bounds: Mapping[str, ParamBound]) -> str 
 def _derive_frames(
     items: list[tuple[RawRow, dict[str, Any] | None, str | None]],
     bounds: Mapping[str, ParamBound],
+    *,
+    shaped: bool = False,
 ) -> tuple[Any, Any, list[str]]:
     """Build the per-row check frame, the per-params-key frame (key and value violation), and the
-    input's column names."""
+    input's column names. ``shaped``: a shape makes ``id`` and ``prompt`` (the input need not have them)."""
     import pandas as pd
 
     cols: dict[str, list[Any]] = {
         name: []
         for name in (
-            "parse_status", "id_type", "id", "prompt_type", "prompt", "seed_type", "seed",
+            "parse_status", "shape_rule", "id_type", "id", "prompt_type", "prompt", "seed_type", "seed",
             "seed_bit_length", "params_type", "negative_prompt_type",
         )
     }
     key_rows: list[int] = []
     key_names: list[str] = []
     key_problems: list[str | None] = []
-    seen: dict[str, None] = {}
-    for position, (_raw, row, _error) in enumerate(items):
+    seen: dict[str, None] = dict.fromkeys(("id", "prompt")) if shaped else {}
+    for position, (raw, row, _error) in enumerate(items):
         if row is None:
             cols["parse_status"].append("error")
             for name in cols:
@@ -330,6 +341,7 @@ def _derive_frames(
         for key in row:
             seen.setdefault(str(key), None)
         cols["parse_status"].append("ok")
+        cols["shape_rule"].append(raw.shape_problem[0] if raw.shape_problem is not None else "ok")
         ident, prompt, seed, params = (row.get(k) for k in ("id", "prompt", "seed", "params"))
         cols["id_type"].append(_type_tag(row, "id"))
         cols["id"].append(ident if isinstance(ident, str) else None)
@@ -504,6 +516,8 @@ def _row_suite(
         e.ExpectColumnValuesToBeInSet(
             column="parse_status", value_set=["ok"], **rule("parse_error")
         ),
+        *(e.ExpectColumnValuesToNotBeInSet(column="shape_rule", value_set=[name], **rule(name))
+          for name in SHAPE_RULES),
         e.ExpectColumnValuesToNotBeInSet(
             column="id_type", value_set=[_ABSENT], **rule("id_missing")
         ),
@@ -629,7 +643,8 @@ def _char(ch: str) -> str:
 
 
 def _row_id(row: Mapping[str, Any] | None) -> str | None:
-    ident = row.get("id") if row is not None else None
+    """The row's id; an OpenAI Batch line that could not be shaped is named by its ``custom_id``."""
+    ident = row.get("id", row.get("custom_id")) if row is not None else None
     return ident if isinstance(ident, str) else None
 
 

@@ -45,7 +45,9 @@ SCHEMAS = ("manifest", "success", "failed", "output_text", "output_image", "erro
 _FIXED_KINDS = {SPEC: "spec", REPORT: "report", SHARD_PLAN: "plan", SHARD_FANOUT: "fanout",
                 "quality/summary.json": "quality", "quality/canary.json": "quality",
                 "quality/metrics.parquet": "metrics", "quality/data_docs.html": "report",
-                "validation/data_docs.html": "report"}
+                "validation/data_docs.html": "report",
+                # output.format openai_batch: views of the records in the OpenAI Batch shapes (not counted twice)
+                "openai/output.jsonl": "openai_output", "openai/errors.jsonl": "openai_errors"}
 _PREFIX_KINDS: tuple[tuple[str, str], ...] = (
     (REJECTS_PART_PREFIX, "reject"), ("validation/", "validation"), (ATTEMPTS_DIR, "attempt"),
     (MANIFESTS_PREFIX, "manifest"), *((d, "operator") for d in OPERATOR_DIRS))

@@ -29,7 +29,8 @@ def input_limits(spec_input: InputSpec) -> InputLimits:
 
 def resolve_input_files(spec_input: InputSpec) -> list[InputFile]:
     """List ``input.uri``'s files (sorted, within the limits, confined to the allowed prefixes)."""
-    fmt = None if spec_input.format == "auto" else spec_input.format
+    # OpenAI Batch request files are JSONL; their lines are shaped later (genbatch.run.row_shape).
+    fmt = {"auto": None, "openai_batch": "jsonl"}.get(spec_input.format, spec_input.format)
     return list_input_files(spec_input.uri, fmt, input_limits(spec_input),
                             allowed=storage.allowed_prefixes_from_env())
 

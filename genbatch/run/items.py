@@ -6,7 +6,7 @@ import hashlib
 
 SEED_MODULUS = 2**63
 # Keys of a shard item that are the contract itself; every other key is passthrough metadata.
-ITEM_FIELDS = frozenset({"id", "prompt", "negative_prompt", "seed", "params", "row_index", "est_tokens", "est_cost"})
+ITEM_FIELDS = frozenset({"id", "prompt", "messages", "negative_prompt", "seed", "params", "row_index", "est_tokens", "est_cost"})
 
 
 def derive_seed(run_seed: int, item_id: str) -> int:

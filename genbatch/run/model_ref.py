@@ -35,6 +35,7 @@ class ModelVersion:
     name: str
     version: int
     uri: str
+    chat_template_sha256: str | None = None  # a text model's chat template (genbatch.run.chat_template), when known
 
     @property
     def ref(self) -> str:

@@ -21,6 +21,8 @@ from genbatch.errors import SpecError
 from genbatch.run.preprocess_spec import PreprocessSpec
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+TEMPLATE_MAX_CHARS = 16_000
+"""The longest ``input.template`` or ``input.system_prompt``: a bound on what the sandbox compiles."""
 
 
 class _Section(BaseModel):
@@ -38,8 +40,21 @@ class InputSpec(_Section):
         "prefix ending in / (every file under it, except names starting with _ or .). A .gz suffix means gzip. "
         "Files are read in sorted URI order."
     )
-    format: Literal["auto", "jsonl", "csv", "parquet"] = Field(
-        "auto", description="the format of every input file; auto: from each file's extension (under .gz)"
+    format: Literal["auto", "jsonl", "csv", "parquet", "openai_batch"] = Field(
+        "auto", description="the format of every input file; auto: from each file's extension (under .gz); "
+        "openai_batch: JSONL request lines of the OpenAI Batch API (custom_id, method, url, body with messages or "
+        "prompt and sampling fields), as vLLM's run-batch also reads"
+    )
+    template: str | None = Field(
+        None, min_length=1, max_length=TEMPLATE_MAX_CHARS,
+        description="Optional. A Jinja template that makes each row's prompt from its columns, e.g. 'Write copy for "
+        "{{ title }} by {{ brand }}'. Sandboxed (no Python internals, files or network; bounded in size and time). "
+        "A row without a column the template names is rejected (template_field_missing)."
+    )
+    system_prompt: str | None = Field(
+        None, min_length=1, max_length=TEMPLATE_MAX_CHARS,
+        description="Optional. A system message put first in every row's chat messages; the rows become chat input, "
+        "rendered with the model's own chat template (a model without one is refused)."
     )
     max_prompt_chars: int = Field(4000, ge=1, le=100_000)
     max_reject_fraction: float = Field(
@@ -62,6 +77,18 @@ class InputSpec(_Section):
         "columns and types on a sample of the first rows); 'auto' (the default): 'pipeline' when preprocess.runner "
         "is dataflow, flink or spark (the input is too big for one machine), else 'validate'"
     )
+
+    @model_validator(mode="after")
+    def _template_compiles(self) -> InputSpec:
+        """A template with a syntax error stops the spec, not every row; an OpenAI Batch line has no columns."""
+        if self.template is not None:
+            from genbatch.run.prompt_template import compiled_template
+
+            compiled_template(self.template)  # ValueError naming the template line
+            if self.format == "openai_batch":
+                raise ValueError("input.template does not apply to input.format openai_batch (its lines carry their "
+                                 "prompt or messages): drop one of them")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -317,9 +344,14 @@ class CostSpec(_Section):
 
 
 class OutputSpec(_Section):
-    """Where the run writes: under <uri>/<run_id>/."""
+    """Where the run writes: under <uri>/<run_id>/, and in which extra shape."""
 
     uri: str = Field("runs", description="Base URI; the run writes under <uri>/<run_id>/.")
+    format: Literal["genbatch", "openai_batch"] = Field(
+        "genbatch", description="genbatch: the run's own records only. openai_batch: also openai/output.jsonl and "
+        "openai/errors.jsonl, one line per custom_id in the OpenAI Batch output and error shapes (rejects and "
+        "failed items are error lines)."
+    )
 
 
 def _optional(section: type[BaseModel], description: str) -> Any:
@@ -372,6 +404,18 @@ class RunSpec(_Section):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (v is None and k in _optional_sections())}
         return data
+
+    @model_validator(mode="after")
+    def _chat_and_openai_are_text(self) -> RunSpec:
+        """Chat input and the OpenAI Batch shapes are for text models."""
+        if self.task != "text":
+            used = [name for name, on in (("input.system_prompt", self.input.system_prompt is not None),
+                                          ("input.format openai_batch", self.input.format == "openai_batch"),
+                                          ("output.format openai_batch", self.output.format == "openai_batch")) if on]
+            if used:
+                raise ValueError(f"{', '.join(used)} need task 'text' (chat and the OpenAI Batch format are text); "
+                                 f"drop {'them' if len(used) > 1 else 'it'} for an image run")
+        return self
 
     @model_validator(mode="after")
     def _row_rules_follow_the_runner(self) -> RunSpec:

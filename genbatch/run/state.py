@@ -6,6 +6,7 @@ It pins the model alias to a version so every shard, retry and late task uses th
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,13 @@ class RunState:
 
     @property
     def params_hash(self) -> str:
-        """The spec's generation-parameter hash (:meth:`RunSpec.params_hash`)."""
-        return self.spec.params_hash()
+        """The spec's generation-parameter hash (:meth:`RunSpec.params_hash`), with the model's chat template
+        when it has one (chat rows are rendered with it, so it decides their outputs)."""
+        spec_hash = self.spec.params_hash()
+        template = self.model.chat_template_sha256
+        if template is None:
+            return spec_hash
+        return hashlib.sha256(f"{spec_hash}:{template}".encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
         """The spec.json document: spec, pinned model(s), shard count, params hash and code version."""
@@ -42,7 +48,9 @@ class RunState:
             "run_id": self.run_id,
             "spec": self.spec.to_json_dict(),
             "model": {"name": self.model.name, "version": self.model.version, "uri": self.model.uri,
-                      "requested_alias": self.spec.model.alias},
+                      "requested_alias": self.spec.model.alias,
+                      **({"chat_template_sha256": self.model.chat_template_sha256}
+                         if self.model.chat_template_sha256 else {})},
             "num_shards": self.num_shards,
             "canary_model": None if self.canary_model is None else {
                 "name": self.canary_model.name, "version": self.canary_model.version, "uri": self.canary_model.uri,
@@ -81,6 +89,7 @@ def load_run_state(run_dir: str) -> RunState:
     m = raw["model"]
     c = raw.get("canary_model")
     canary = None if c is None else ModelVersion(c["name"], int(c["version"]), c["uri"])
-    return RunState(run_id=raw["run_id"], spec=spec, model=ModelVersion(m["name"], int(m["version"]), m["uri"]),
+    return RunState(run_id=raw["run_id"], spec=spec, model=ModelVersion(m["name"], int(m["version"]), m["uri"],
+                                                                m.get("chat_template_sha256")),
                     layout=layout, num_shards=int(raw["num_shards"]), canary_model=canary,
                     started_by=raw.get("started_by"))

@@ -6,6 +6,7 @@ Model resolution is injected (``resolve_model``) so the core never imports the m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 from genbatch.errors import RunAlreadyPublished, SpecError
 from genbatch.io import storage
 from genbatch.io.input_files import InputFile
+from genbatch.run.chat_template import chat_template_sha256
 from genbatch.run.inputs import resolve_input_files, write_input_files
 from genbatch.run.layout import RunLayout
 from genbatch.run.model_ref import ModelVersion
@@ -110,6 +112,19 @@ def refuse_published(spec: RunSpec, layout: RunLayout) -> None:
                     "dir) to resume, or use another run id")
 
 
+def with_chat_template(spec: RunSpec, model: ModelVersion) -> ModelVersion:
+    """The pinned text model with its chat template's hash; a spec that makes chat input (``system_prompt``)
+    for a model without a chat template is refused here, before any row is read."""
+    if spec.task != "text":
+        return model
+    template = chat_template_sha256(model.uri)
+    if template is None and spec.input.system_prompt is not None:
+        raise SpecError(f"input.system_prompt makes every row chat input, but model {model.ref} has no chat template "
+                        "(no chat_template.jinja, no chat_template in tokenizer_config.json); use a model version "
+                        "that has one, or drop input.system_prompt and put the instruction in the prompt or template")
+    return dataclasses.replace(model, chat_template_sha256=template)
+
+
 def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: ResolveModel,
             triggered_by: str | None = None, template_values: Mapping[str, Any] | None = None,
             started_by: dict[str, Any] | None = None) -> RunState:
@@ -128,7 +143,7 @@ def prepare(spec_data: dict[str, Any], airflow_run_id: str, *, resolve_model: Re
     refuse_published(spec, layout)
     input_files = check_input_files(spec)
     clear_failed(layout.root)  # a new attempt of the run: it is running again, not failed
-    model = resolve_model(spec)
+    model = with_chat_template(spec, resolve_model(spec))
     canary = None
     if spec.canary.enabled:
         arm_spec = spec.model_copy(update={"model": spec.model.model_copy(update={"alias": spec.canary.alias,

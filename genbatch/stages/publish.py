@@ -23,6 +23,7 @@ from genbatch.run import contract, fanout
 from genbatch.run.layout import RunLayout, listed_in_manifest
 from genbatch.run.reconcile import reconcile
 from genbatch.run.state import RunRef, RunState, as_run_state
+from genbatch.stages import openai_export
 
 
 def _file_entries(state: RunState) -> list[dict[str, Any]]:
@@ -76,6 +77,8 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     counts = reconcile(state)
     if not counts.ok:
         raise GenbatchError(f"run {state.run_id}: counts do not reconcile: {'; '.join(counts.problems)}")
+    if state.spec.output.format == "openai_batch":  # before the file list: the manifest lists and hashes them
+        openai_export.export(state)
     plan = storage.read_json(layout.shard_plan)
     compute_s = sum(m["timings"]["compute_s"] for m in shard_manifests)
     load_s = sum(m["timings"]["model_load_s"] for m in shard_manifests)

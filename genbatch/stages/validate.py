@@ -12,6 +12,7 @@ from genbatch.io.input_files import InputFile, iter_rows_of_files, sample_rows
 from genbatch.quality.expectations import InputSchemaError, ValidationOutcome, data_docs_html, validate_rows
 from genbatch.run.inputs import read_input_files
 from genbatch.run.records import jsonl_bytes
+from genbatch.run.row_shape import RowShape
 from genbatch.run.state import RunRef, RunState, as_run_state
 from genbatch.stages.published import ensure_unpublished
 
@@ -51,6 +52,11 @@ def _write_validation(state: RunState, outcome: ValidationOutcome, *, failure: s
     return report
 
 
+def row_shape(state: RunState) -> RowShape:
+    """How the run's rows become contract rows (template, OpenAI Batch, chat), and whether chat rows can run."""
+    return RowShape.of(state.spec.input, chat_template=state.model.chat_template_sha256 is not None)
+
+
 def validate_input(run: RunRef) -> dict[str, Any]:
     """Run the Great Expectations input suite over every input file; quarantine bad rows with their rule.
 
@@ -71,7 +77,7 @@ def validate_input(run: RunRef) -> dict[str, Any]:
     try:
         outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars,
                                 max_reject_fraction=spec.input.max_reject_fraction, source=spec.input.uri,
-                                min_rows=spec.input.min_rows, max_rows=spec.input.max_rows)
+                                min_rows=spec.input.min_rows, max_rows=spec.input.max_rows, shape=row_shape(state))
     except InputSchemaError as exc:
         if exc.outcome is not None:
             _write_validation(state, exc.outcome, failure=str(exc), files=_files_report(files, counts))
@@ -106,7 +112,7 @@ def validate_sample(state: RunState, files: list[InputFile]) -> dict[str, Any]:
     source = f"{spec.input.uri} (a sample of its first {len(rows)} rows)"
     try:
         outcome = validate_rows(rows, max_prompt_chars=spec.input.max_prompt_chars, max_reject_fraction=1.0,
-                                source=source)
+                                source=source, shape=row_shape(state))
     except InputSchemaError as exc:
         if exc.outcome is not None:
             storage.write_json(layout.validation_report, {

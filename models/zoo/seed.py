@@ -1,14 +1,18 @@
 """Register the shipped tiny models into a registry the first time it is used.
 
 ``make run`` and the tests need real versions to resolve, without training or network:
-catalog-copy v1 (briefly trained) and v2 (fully trained, alias ``production``), and
-tiny-image v1 (alias ``production``).
+catalog-copy v1 (briefly trained) and v2 (fully trained, alias ``production``), tiny-image v1
+(alias ``production``), and catalog-chat v1: catalog-copy v2 with a chat template, for chat input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from genbatch.io import storage
@@ -32,6 +36,11 @@ ZOO_MODELS: dict[str, tuple[list[str], str]] = {
     # name: (version dirs in registration order, version dir that becomes production)
     "catalog-copy": (["v1", "v2"], "v2"),
     "tiny-image": (["v1"], "v1"),
+    "catalog-chat": (["v1"], "v1"),
+}
+ZOO_BASES: dict[str, str] = {
+    # version dir that holds only what it adds: the version dir whose files it starts from
+    "catalog-chat/v1": "catalog-copy/v2",  # catalog-copy v2 plus a chat template (chat_template.jinja)
 }
 
 
@@ -44,10 +53,11 @@ def ensure_zoo_registered(registry: str) -> dict[str, list[int]]:
             continue
         versions = {}
         for d in dirs:
-            src = ZOO_DIR / name / d
-            meta_path = src / "zoo.json"
-            metrics = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            mv = register_version(registry, name, src, lineage={"source": f"models/zoo/{name}/{d}"}, metrics=metrics)
+            with _version_files(f"{name}/{d}") as src:
+                meta_path = src / "zoo.json"
+                metrics = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+                mv = register_version(registry, name, src, lineage={"source": f"models/zoo/{name}/{d}"},
+                                      metrics=metrics)
             versions[d] = mv.version
         set_alias(registry, name, "production", versions[production], reason="zoo seed")
         if name == "catalog-copy":
@@ -55,6 +65,19 @@ def ensure_zoo_registered(registry: str) -> dict[str, list[int]]:
         registered[name] = sorted(versions.values())
         log.info("seeded %s into %s: %s", name, registry, versions)
     return registered
+
+
+@contextlib.contextmanager
+def _version_files(rel: str) -> Iterator[Path]:
+    """The folder to register for a zoo version dir: itself, or its base's files with its own on top."""
+    base = ZOO_BASES.get(rel)
+    if base is None:
+        yield ZOO_DIR / rel
+        return
+    with tempfile.TemporaryDirectory(prefix="genbatch-zoo-") as tmp:
+        shutil.copytree(ZOO_DIR / base, tmp, dirs_exist_ok=True)
+        shutil.copytree(ZOO_DIR / rel, tmp, dirs_exist_ok=True)
+        yield Path(tmp)
 
 
 def seed_golden_set(registry: str, name: str) -> None:

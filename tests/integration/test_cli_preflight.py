@@ -62,6 +62,9 @@ CASES = {
                       "model.alias: model 'catalog-copy' has no alias 'nosuchalias'; known aliases: ["),
     "missing input": ({"input": {"uri": "/nonexistent/items.jsonl"}},
                       "input '/nonexistent/items.jsonl' does not exist"),
+    "chat input without a chat template": ({"input": {"system_prompt": "Be brief."}},
+                                           "input.system_prompt makes every row chat input, but model "
+                                           "catalog-copy@2 has no chat template"),
     "gs without credentials": ({"output": {"uri": "gs://genbatch-no-creds-bucket/runs"}},
                                "output.uri 'gs://genbatch-no-creds-bucket/runs': cannot reach Google Cloud Storage"),
 }

@@ -156,3 +156,24 @@ def test_the_dag_follows_the_core_stage_sequence(parsed: dict) -> None:
         for first in ids.get(before, [before]):
             assert set(ids.get(after, [after])) <= downstream(first), (before, after)
     assert set(tasks) == {t for s in STAGE_IDS for t in ids.get(s, [s])} | {"canary_verdict"}
+
+
+@pytest.mark.parametrize("section", [
+    {"input": {"uri": "catalog.jsonl", "template": "colour: {{ attributes.colour }}\ndescription:"}},
+    {"input": {"uri": "chat.jsonl", "system_prompt": "You write catalog copy."}},
+    {"input": {"uri": "requests.jsonl", "format": "openai_batch"}, "output": {"uri": "runs", "format": "openai_batch"}},
+])
+def test_the_trigger_form_takes_each_input_shape(parsed: dict, section: dict) -> None:
+    """The form validates each Param with the schema the DAG serialised (issue 18's shapes); a misspelt
+    format is refused by that same schema, before the run starts."""
+    import jsonschema
+
+    from genbatch.run.spec import parse_spec
+
+    values = {"task": "text", "model": {"name": "catalog-chat", "alias": "production"}, **section}
+    for name, value in values.items():
+        jsonschema.validate(value, parsed["param_specs"][name]["schema"])
+    parse_spec(values)
+    for name in [n for n in ("input", "output") if "format" in values.get(n, {})]:
+        with pytest.raises(jsonschema.ValidationError, match="openai'"):
+            jsonschema.validate({**values[name], "format": "openai"}, parsed["param_specs"][name]["schema"])
