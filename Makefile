@@ -34,7 +34,7 @@ run-gcs: setup
 	$(PY) -m devstack.gcs_run examples/catalog/spec.yaml $(if $(filter 1,$(KEEP)),--keep)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25  # the slowest tests, for keeping .ci/run within its budget
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.worker_throughput", "bench.sharding", "bench.preprocess_scale", "bench.optimization", "bench.overhead",
-           "bench.dag_parse"]
+BENCHES = ["bench.worker_throughput", "bench.structured_output", "bench.sharding", "bench.preprocess_scale",
+           "bench.optimization", "bench.overhead", "bench.dag_parse"]
 
 
 def main() -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from genbatch.run.chat_template import render_chat
+from models.constrained import RowStates, SchemaConstraint
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class TextRunner:
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}), device=device)
         self.call_cost = self.CALL_COST_TOKENS["cuda" if str(device).startswith("cuda") else "cpu"]
+        schema = generation.get("response_schema")
+        self.schema_constraint = (SchemaConstraint(schema, self.tokenizer, self.eos_ids.tolist(),
+                                                   int(self.model.config.vocab_size)) if schema else None)
         # Deterministic work counters (the benchmark reads them): prompt tokens fed to prefill
         # (real + pad), prefill forward calls, and row-steps decoded (one row, one new token).
         self.work = {"prefill_tokens": 0, "prefill_calls": 0, "row_steps": 0}
@@ -160,35 +164,43 @@ class TextRunner:
             # batch neighbours.
             sampler = PerRowSampler([i.seed for i in items], settings["temperature"], settings["top_p"])
         prompts = [i.prompt for i in items]
+        constraint = self.schema_constraint.rows(len(items), max_new) if self.schema_constraint else None
         if self.own_loop:
-            new_tokens = self._decode(self._ids(prompts), max_new, sampler)
+            new_tokens = self._decode(self._ids(prompts), max_new, sampler, constraint)
         else:
-            new_tokens = self._generate(prompts, max_new, sampler)
+            new_tokens = self._generate(prompts, max_new, sampler, constraint)
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         counts = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
         return [{"output": t.strip(), "new_tokens": int(c)} for t, c in zip(texts, counts, strict=True)]
 
-    def _generate(self, prompts: list[str], max_new: int, sampler: PerRowSampler | None) -> Any:
+    def _generate(self, prompts: list[str], max_new: int, sampler: PerRowSampler | None,
+                  constraint: RowStates | None = None) -> Any:
         """``model.generate`` on one left-padded batch (for models the own loop does not cover)."""
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id,
                                   "do_sample": False}
         if self.fixed_output_length:
             kwargs["min_new_tokens"] = max_new
-        if sampler is not None:
-            kwargs["logits_processor"] = [sampler]  # greedy decoding then takes the token drawn
+        # The schema's mask first, then the sampler draws among what is left; greedy takes the token drawn.
+        processors = [p for p in (constraint, sampler) if p is not None]
+        if processors:
+            kwargs["logits_processor"] = processors
         with self.torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         return out[:, enc["input_ids"].shape[1] :].cpu()
 
-    def _pick(self, logits: Any, sampler: PerRowSampler | None, rows: slice) -> Any:
+    def _pick(self, logits: Any, sampler: PerRowSampler | None, rows: slice,
+              constraint: RowStates | None = None) -> Any:
         """The next token of each row from its last-position logits (as ``generate`` scores them)."""
         scores = logits.float()
         if self.fixed_output_length:
             scores[:, self.eos_ids] = float("-inf")  # what min_new_tokens = max_new_tokens does
-        if sampler is None:
-            return scores.argmax(dim=-1)
-        return sampler.sample(scores, rows).to(scores.device)
+        if constraint is not None:
+            scores = constraint.mask(scores, rows)
+        token = scores.argmax(dim=-1) if sampler is None else sampler.sample(scores, rows).to(scores.device)
+        if constraint is not None:
+            constraint.advance(token, rows)
+        return token
 
     def _prefill(self, input_ids: Any, am: Any, position: Any, cache: Any) -> Any:
         """One prefill call: fills ``cache`` and returns each row's last-position logits.
@@ -231,7 +243,8 @@ class TextRunner:
                       use_cache=True, **layer_cache)
         return self.model.lm_head(inner.norm(hidden))[:, -1]
 
-    def _decode(self, ids: list[list[int]], max_new: int, sampler: PerRowSampler | None) -> Any:
+    def _decode(self, ids: list[list[int]], max_new: int, sampler: PerRowSampler | None,
+                constraint: RowStates | None = None) -> Any:
         """New tokens per row, shape (rows, steps), pad after a row's EOS (as ``generate`` returns).
 
         Prefill in length groups into one left-padded preallocated KV buffer (each group's rows
@@ -246,6 +259,8 @@ class TextRunner:
         rows = [ids[r] for r in order]
         if sampler is not None:
             sampler.keep(order)
+        if constraint is not None:
+            constraint.keep(order)
         lengths = [len(r) for r in rows]
         n, longest = len(rows), lengths[-1]
         out = torch.full((n, max_new), pad, dtype=torch.long)
@@ -271,7 +286,7 @@ class TextRunner:
                         values.append(v.new_zeros((n, v.shape[1], longest + max_new, v.shape[3])))
                     keys[li][start:stop, :, longest - width : longest] = layer.keys
                     values[li][start:stop, :, longest - width : longest] = layer.values
-                token[start:stop] = self._pick(logits, sampler, slice(start, stop))
+                token[start:stop] = self._pick(logits, sampler, slice(start, stop), constraint)
                 self.work["prefill_tokens"] += (stop - start) * width
                 self.work["prefill_calls"] += 1
             mask = mask.to(dev)
@@ -299,6 +314,8 @@ class TextRunner:
                         buffers.select(kept)
                         if sampler is not None:
                             sampler.keep(kept.tolist())
+                        if constraint is not None:
+                            constraint.keep(kept.tolist())
                 mask[:, longest + step - 1] = 1
                 # SDPA takes the (rows, 1, 1, keys) boolean mask as is; building it here skips the
                 # model's per-step mask construction.
@@ -306,7 +323,7 @@ class TextRunner:
                 res = self.model(input_ids=token.unsqueeze(1), attention_mask=step_mask,
                                  position_ids=position.unsqueeze(1), **{self.own_loop: buffers.cache}, use_cache=True)
                 position = position + 1
-                token = self._pick(res.logits[:, -1], sampler, slice(0, len(live)))
+                token = self._pick(res.logits[:, -1], sampler, slice(0, len(live)), constraint)
         result = torch.empty_like(out[:, :step])
         result[torch.tensor(order)] = out[:, :step]
         return result

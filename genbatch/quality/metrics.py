@@ -20,6 +20,21 @@ import numpy as np
 
 # --- text -------------------------------------------------------------------------------------
 
+
+def schema_valid(text: str, schema: Mapping[str, Any]) -> bool:
+    """Whether ``text`` is one JSON value that validates against ``schema`` (checked by ``jsonschema``, not by
+    the decoder's own automaton, so the metric is an independent check of constrained decoding)."""
+    import json
+
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), dict(schema))
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 REPEAT_MAX_SPAN = 8
 """Longest word span checked for back-to-back repeats ("made of red bag made of red bag ...")."""

@@ -49,6 +49,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("mean_distinct_2", "mean", "distinct_2", frozenset({TEXT}), False, "mean distinct-2 (unique bigrams / bigrams)"),
     Metric("attribute_mention_rate", "mean", "mentions_attributes", frozenset({TEXT}), False,
            "share of items with attributes whose output names every attribute value"),
+    Metric("schema_valid_rate", "mean", "schema_valid", frozenset({TEXT}), False,
+           "share of outputs that parse as JSON and validate against generation.response_schema (none without one)"),
     Metric("blocklist_hits", "sum", "blocklist_hits", frozenset({TEXT}), True, "blocklist terms found, in all outputs"),
     Metric("blocklist_rate", "mean", "blocklisted", frozenset({TEXT}), True, "share of outputs with a blocklist hit"),
     Metric("pii_hits", "sum", "pii_hits", frozenset({TEXT}), True, "e-mail, phone and card-number matches, in all outputs"),

@@ -132,6 +132,24 @@ class GenerationSpec(_Section):
     guidance_scale: float = Field(1.0, ge=0.0, le=50.0)
     height: int = Field(64, ge=8, le=4096, multiple_of=8)
     width: int = Field(64, ge=8, le=4096, multiple_of=8)
+    response_schema: dict[str, Any] | None = Field(
+        None, description="Optional, text runs. A JSON Schema (object, string, number, integer, boolean, enum, array) "
+        "every output must match: enforced token by token while decoding, so each output parses and validates "
+        "(quality metric schema_valid_rate)."
+    )
+
+    @model_validator(mode="after")
+    def _schema_fits_the_budget(self) -> GenerationSpec:
+        """A schema outside the subset, or one whose shortest JSON needs more than max_new_tokens, stops the spec."""
+        if self.response_schema is not None:
+            from genbatch.run.response_schema import compile_schema
+
+            shortest = compile_schema(self.response_schema).min_chars()  # ResponseSchemaError is a ValueError
+            if shortest > self.max_new_tokens:
+                raise ValueError(f"the shortest JSON response_schema allows has {shortest} characters, more than "
+                                 f"max_new_tokens {self.max_new_tokens} can be sure to write: raise max_new_tokens to "
+                                 f"at least {shortest}")
+        return self
 
 
 MAX_NUM_SHARDS = 10_000
@@ -410,6 +428,7 @@ class RunSpec(_Section):
         """Chat input and the OpenAI Batch shapes are for text models."""
         if self.task != "text":
             used = [name for name, on in (("input.system_prompt", self.input.system_prompt is not None),
+                                          ("generation.response_schema", self.generation.response_schema is not None),
                                           ("input.format openai_batch", self.input.format == "openai_batch"),
                                           ("output.format openai_batch", self.output.format == "openai_batch")) if on]
             if used:
@@ -445,7 +464,8 @@ class RunSpec(_Section):
 
     def params_hash(self) -> str:
         """Hash of what decides an item's output besides model version and seed."""
-        payload = json.dumps(self.generation.model_dump(mode="json"), sort_keys=True)
+        # exclude_none: a run without response_schema hashes as runs did before the field existed
+        payload = json.dumps(self.generation.model_dump(mode="json", exclude_none=True), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -85,6 +85,14 @@ def resolve_num_shards(spec: RunSpec, model: ModelVersion) -> tuple[int, dict[st
     return int(decision["num_shards"]), decision
 
 
+def _normalised(recorded: Any) -> Any:
+    """A recorded spec with today's defaults filled in: a field added since it was written is not a difference."""
+    try:
+        return parse_spec(recorded).to_json_dict()
+    except SpecError:
+        return recorded
+
+
 def refuse_published(spec: RunSpec, layout: RunLayout) -> None:
     """A published run is never rewritten: the same spec again is done already, another spec a conflict; an
     unfinished run resumes only with the spec it started with.
@@ -95,7 +103,7 @@ def refuse_published(spec: RunSpec, layout: RunLayout) -> None:
     if not storage.exists(layout.spec):
         return
     published = storage.exists(layout.success)
-    recorded = storage.read_json(layout.spec).get("spec")
+    recorded = _normalised(storage.read_json(layout.spec).get("spec"))
     if recorded == spec.to_json_dict():
         if published:
             raise RunAlreadyPublished(f"run {layout.root} is already published with this spec ({layout.success} "

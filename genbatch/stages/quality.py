@@ -24,7 +24,15 @@ from typing import Any
 from genbatch.errors import QualityGateFailed
 from genbatch.io import storage
 from genbatch.quality.gates import evaluate_gates, failure_message
-from genbatch.quality.metrics import TextChecks, exact_duplicates, image_metrics, mentions_all, near_duplicates, text_metrics
+from genbatch.quality.metrics import (
+    TextChecks,
+    exact_duplicates,
+    image_metrics,
+    mentions_all,
+    near_duplicates,
+    schema_valid,
+    text_metrics,
+)
 from genbatch.run.gates import METRICS, parse_gate
 from genbatch.run.layout import SHARD_DIR_RE
 from genbatch.run.reconcile import Reconciliation, reconcile
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 BOOL_COLUMNS = (
     "empty", "nonempty", "duplicate", "truncated", "repetition_loop", "adherent", "mentions_attributes",
     "blocklisted", "has_pii", "size_ok", "size_mismatch", "nan", "black", "uniform", "near_duplicate",
-    "unsafe", "unreadable",
+    "unsafe", "unreadable", "schema_valid",
 )  # fmt: skip
 REPORT_IMAGES = 48
 HTML = "text/html; charset=utf-8"
@@ -116,6 +124,8 @@ def item_metrics(state: RunState) -> ItemTable:
             limit = int(params.get("max_new_tokens", gen.max_new_tokens))
             row.update(text_metrics(text, new_tokens=int(rec.get("new_tokens", 0)), max_new_tokens=limit,
                                     metadata=rec.get("metadata") or {}, checks=checks))
+            if gen.response_schema is not None:
+                row["schema_valid"] = schema_valid(text, gen.response_schema)
             row["blocklisted"] = row["blocklist_hits"] > 0
             row["has_pii"] = row["pii_hits"] > 0
             table.outputs[ident] = text

@@ -1,6 +1,8 @@
 """Inputs as users bring them, through ``genbatch run`` (embedded Airflow, real Beam, real worker): a prompt
-template over a product table, and an OpenAI Batch request file with chat and completion requests on the zoo's
-chat-templated model, written back as OpenAI Batch output and error files (issue 18)."""
+template over a product table with a system prompt (chat through the model's template) and structured output
+(``generation.response_schema``, gated), and an OpenAI
+Batch request file with chat and completion requests on the zoo's chat-templated model, written back as OpenAI
+Batch output and error files (issue 18)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
+from genbatch.ops.erasure import Subject, erase
 from genbatch.run.state import load_run_state
 from genbatch.stages import openai_export
 from tests.contract_check import check_against_contract
@@ -23,6 +27,12 @@ TEMPLATE = ("colour: {{ attributes.colour }} | material: {{ attributes.material 
             "description:")
 
 
+SYSTEM = "Answer in JSON."
+PRODUCT_SCHEMA = {"type": "object", "properties": {
+    "colour": {"enum": ["red", "navy", "olive", "black", "white", "green", "blue", "grey"]},
+    "description": {"type": "string", "minLength": 1, "maxLength": 40}}}
+
+
 def _examples(n: int) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (REPO / "examples/catalog/items.jsonl").read_text().splitlines()[:n]]
 
@@ -32,7 +42,7 @@ def _records(run_dir: Path, folder: str) -> list[dict[str, Any]]:
             for r in _read_jsonl(str(path))]
 
 
-def test_a_template_over_a_product_table_makes_the_prompts_the_run_uses(tmp_path: Path) -> None:
+def test_a_template_a_system_prompt_and_a_schema_make_the_chat_the_run_uses(tmp_path: Path) -> None:
     examples = _examples(24)
     table = [{"id": e["id"], "title": e["attributes"]["item"], "brand": "Acme", "language": "en",
               "attributes": e["attributes"]} for e in examples]
@@ -40,20 +50,28 @@ def test_a_template_over_a_product_table_makes_the_prompts_the_run_uses(tmp_path
     table.append({"id": "no-attributes", "title": "lamp"})
     source = tmp_path / "products.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in table))
-    spec = {"task": "text", "input": {"uri": str(source), "template": TEMPLATE},
-            "model": {"name": "catalog-copy", "alias": "production", "registry": ".genbatch/registry"},
-            "generation": {"max_new_tokens": 24, "seed": 3}, "sharding": {"num_shards": 1},
+    spec = {"task": "text", "input": {"uri": str(source), "template": TEMPLATE, "system_prompt": SYSTEM},
+            "model": {"name": "catalog-chat", "alias": "production", "registry": ".genbatch/registry"},
+            "generation": {"max_new_tokens": 64, "seed": 3, "response_schema": PRODUCT_SCHEMA},
+            "sharding": {"num_shards": 1}, "quality": {"gates": ["schema_valid_rate >= 1.0"]},
             "output": {"uri": "runs"}}
     proc = _run(tmp_path, spec, "templated", env=LIGHT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _summary(proc.stdout)["counts"]["generated"] == 24
     run_dir = tmp_path / "runs" / "templated"
-    # The rendered prompt is the one the plan counted and the worker ran: it equals the catalog's own prompt.
+    # The rendered prompt is the user turn after the system prompt, and it equals the catalog's own prompt.
     shard_items = {r["id"]: r for r in _records(run_dir, "shards") if "prompt" in r}
-    assert {i: r["prompt"] for i, r in shard_items.items()} == {e["id"]: e["prompt"] for e in examples}
+    assert {i: r["messages"] for i, r in shard_items.items()} == {
+        e["id"]: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": e["prompt"]}] for e in examples}
     assert all(r["brand"] == "Acme" for r in shard_items.values())  # the columns pass through as metadata
     outputs = _records(run_dir, "outputs")
     assert sorted(r["id"] for r in outputs) == sorted(e["id"] for e in examples)
+    # Structured output: every output is JSON of the schema (checked here with jsonschema), and the gate saw it.
+    for record in outputs:
+        jsonschema.validate(json.loads(record["output"]), PRODUCT_SCHEMA)
+    summary = json.loads((run_dir / "quality/summary.json").read_text())
+    assert summary["metrics"]["schema_valid_rate"] == 1.0
+    assert any(g["gate"] == "schema_valid_rate >= 1" and g["passed"] for g in summary["gates"])
     assert all(r["metadata"]["title"] for r in outputs)
     rejects = {r["id"]: r for r in _records(run_dir, "rejects")}
     assert set(rejects) == {"no-material", "no-attributes"}
@@ -142,3 +160,8 @@ def test_an_openai_batch_file_runs_through_the_dag_and_every_custom_id_ends_once
     assert ((run_dir / "openai/output.jsonl").read_bytes(), (run_dir / "openai/errors.jsonl").read_bytes()) == before
     spec_json = json.loads((run_dir / "spec.json").read_text())
     assert len(spec_json["model"]["chat_template_sha256"]) == 64
+    # Erasure reaches the OpenAI views too: the subject's line is gone and nothing of it is left anywhere.
+    record = erase([str(tmp_path / "runs")], Subject("id", "chat-7"))
+    assert record["residual_runs"] == []
+    left = _read_jsonl(str(run_dir / "openai/output.jsonl")) + _read_jsonl(str(run_dir / "openai/errors.jsonl"))
+    assert Counter(line["custom_id"] for line in left) == seen - Counter(["chat-7"])

@@ -162,6 +162,8 @@ def test_the_dag_follows_the_core_stage_sequence(parsed: dict) -> None:
     {"input": {"uri": "catalog.jsonl", "template": "colour: {{ attributes.colour }}\ndescription:"}},
     {"input": {"uri": "chat.jsonl", "system_prompt": "You write catalog copy."}},
     {"input": {"uri": "requests.jsonl", "format": "openai_batch"}, "output": {"uri": "runs", "format": "openai_batch"}},
+    {"input": {"uri": "catalog.jsonl"}, "generation": {"max_new_tokens": 64, "response_schema": {
+        "type": "object", "properties": {"colour": {"enum": ["red", "navy"]}, "title": {"type": "string"}}}}},
 ])
 def test_the_trigger_form_takes_each_input_shape(parsed: dict, section: dict) -> None:
     """The form validates each Param with the schema the DAG serialised (issue 18's shapes); a misspelt
