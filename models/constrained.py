@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from genbatch.errors import SpecError
 from genbatch.run.response_schema import ResponseSchema, State, compile_schema
 
 CACHE_STATES = 200_000
@@ -41,8 +42,9 @@ class SchemaConstraint:
                 singles.add(text)
         missing = sorted(self.schema.literal_chars() - singles)
         if missing:
-            raise ValueError(f"generation.response_schema needs characters this model's tokenizer has no single token "
-                             f"for: {''.join(missing)!r}; constrained decoding cannot guarantee to close the JSON")
+            raise SpecError(f"generation.response_schema needs characters this model's tokenizer has no single token "
+                            f"for: {''.join(missing)!r}; constrained decoding could not be sure to close the JSON: "
+                            "use keys and enum values this model can write one character at a time (ASCII)")
         self._cache: dict[State, tuple[Any, Any, bool]] = {}
 
     def allowed(self, state: State) -> tuple[Any, Any, bool]:

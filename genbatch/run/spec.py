@@ -138,19 +138,6 @@ class GenerationSpec(_Section):
         "(quality metric schema_valid_rate)."
     )
 
-    @model_validator(mode="after")
-    def _schema_fits_the_budget(self) -> GenerationSpec:
-        """A schema outside the subset, or one whose shortest JSON needs more than max_new_tokens, stops the spec."""
-        if self.response_schema is not None:
-            from genbatch.run.response_schema import compile_schema
-
-            shortest = compile_schema(self.response_schema).min_chars()  # ResponseSchemaError is a ValueError
-            if shortest > self.max_new_tokens:
-                raise ValueError(f"the shortest JSON response_schema allows has {shortest} characters, more than "
-                                 f"max_new_tokens {self.max_new_tokens} can be sure to write: raise max_new_tokens to "
-                                 f"at least {shortest}")
-        return self
-
 
 MAX_NUM_SHARDS = 10_000
 
@@ -422,6 +409,22 @@ class RunSpec(_Section):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (v is None and k in _optional_sections())}
         return data
+
+    @model_validator(mode="after")
+    def _schema_fits_the_budget(self) -> RunSpec:
+        """A response_schema outside the subset, or whose shortest JSON needs more than generation.max_new_tokens,
+        stops the spec. (A run-level check, not a bound of the per-row max_new_tokens: a row that asks for fewer
+        tokens than its schema needs gets an output that cannot close, which schema_valid_rate counts.)"""
+        gen = self.generation
+        if gen.response_schema is not None:
+            from genbatch.run.response_schema import compile_schema
+
+            shortest = compile_schema(gen.response_schema).min_chars()  # ResponseSchemaError is a ValueError
+            if shortest > gen.max_new_tokens:
+                raise ValueError(f"the shortest JSON generation.response_schema allows has {shortest} characters, more "
+                                 f"than generation.max_new_tokens {gen.max_new_tokens} can be sure to write: raise "
+                                 f"max_new_tokens to at least {shortest}")
+        return self
 
     @model_validator(mode="after")
     def _chat_and_openai_are_text(self) -> RunSpec:

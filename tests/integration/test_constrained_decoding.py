@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from genbatch.errors import SpecError
 from genbatch.run.response_schema import compile_schema
 from models.runners import Item, TextRunner
 
@@ -87,5 +88,5 @@ def test_without_a_schema_the_model_writes_prose() -> None:
 
 
 def test_a_tokenizer_that_cannot_write_a_schema_character_is_refused() -> None:
-    with pytest.raises(ValueError, match="no single token for"):
+    with pytest.raises(SpecError, match="no single token for"):  # a GenbatchError: the worker exits 2, no retries
         _runner(response_schema={"type": "object", "properties": {"farbe": {"enum": ["weiß"]}}})

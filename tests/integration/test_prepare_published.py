@@ -219,3 +219,21 @@ def test_a_stage_run_again_on_a_published_run_skips_and_rewrites_nothing(publish
             stage(run_dir)
     assert publish(run_dir)["run_id"] == "nightly__20261206T020000"
     assert snapshot(root) == before
+
+
+def test_a_run_recorded_before_a_spec_field_existed_is_still_the_same_spec(published: dict[str, Any]) -> None:
+    """spec.json of a run published by an older genbatch lacks the fields added since (input.template,
+    input.system_prompt, output.format, generation.response_schema): their defaults are not a difference."""
+    spec_json = Path(published["run_dir"]) / "spec.json"
+    original = spec_json.read_bytes()
+    old = json.loads(original)
+    for section, field in (("input", "template"), ("input", "system_prompt"), ("output", "format"),
+                           ("generation", "response_schema")):
+        assert field in old["spec"][section], (section, field)
+        del old["spec"][section][field]
+    try:
+        spec_json.write_text(json.dumps(old))
+        with pytest.raises(RunAlreadyPublished, match="is already published with this spec"):
+            prepare_scheduled(published["data"], published["start"])
+    finally:
+        spec_json.write_bytes(original)
