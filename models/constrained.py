@@ -30,6 +30,7 @@ class SchemaConstraint:
         self.vocab_size = vocab_size
         special = set(tokenizer.all_special_ids)
         self.by_first: dict[str, list[tuple[int, str]]] = {}
+        self.token_text: dict[int, str] = {}  # every token the automaton can take, and its text
         singles: set[str] = set()
         for tid in range(min(len(tokenizer), vocab_size)):
             if tid in special:
@@ -38,6 +39,7 @@ class SchemaConstraint:
             if not text or "\ufffd" in text:
                 continue  # a partial UTF-8 sequence on its own: never one the automaton can take
             self.by_first.setdefault(text[0], []).append((tid, text))
+            self.token_text[tid] = text
             if len(text) == 1:
                 singles.add(text)
         missing = sorted(self.schema.literal_chars() - singles)
@@ -84,7 +86,6 @@ class RowStates:
         self.states: list[State | None] = [constraint.schema.start] * n
         self.written = [0] * n
         self.max_new = max_new
-        self.token_text: dict[int, str] = {tid: text for group in constraint.by_first.values() for tid, text in group}
 
     def keep(self, rows: Sequence[int]) -> None:
         """Reorder/subset the rows (the loop sorts rows by length and drops finished ones)."""
@@ -114,7 +115,7 @@ class RowStates:
         for i, r in enumerate(range(*rows.indices(len(self.states)))):
             self.written[r] += 1
             state = self.states[r]
-            text = self.token_text.get(int(tokens[i]))
+            text = self.c.token_text.get(int(tokens[i]))
             self.states[r] = None if state is None or text is None else self.c.schema.feed(state, text)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:

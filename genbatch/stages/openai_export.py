@@ -11,6 +11,7 @@ bytes (create-only holds). genbatch's own records stay the contract; these files
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 from genbatch.io import storage
 from genbatch.run import contract
+from genbatch.run.records import iter_jsonl
 from genbatch.run.row_shape import OPENAI_META
 from genbatch.run.state import RunState
 
@@ -52,11 +54,10 @@ def _records(state: RunState) -> Iterator[tuple[str, dict[str, Any]]]:
     """(kind, record) of every output, error and reject record, files in path order."""
     layout = state.layout
     for uri in storage.list_uris(layout.root):
-        kind = contract.file_kind(layout.rel(uri))
+        kind = contract.file_kind(layout.rel(uri))  # the kinds the counts reconcile over, fan-out files included
         if kind in contract.RECORD_KINDS:
-            for line in storage.iter_lines(uri):
-                if line.strip():
-                    yield kind, json.loads(line)
+            for record in iter_jsonl(uri):
+                yield kind, record
 
 
 def _write(stream: TextIO, line: dict[str, Any]) -> None:
@@ -65,8 +66,6 @@ def _write(stream: TextIO, line: dict[str, Any]) -> None:
 
 def _created(state: RunState) -> int:
     """The run's creation time (spec.json), as the Unix seconds OpenAI's ``created`` holds: fixed per run."""
-    import datetime as dt
-
     stamp = storage.read_json(state.layout.spec).get("created_at")
     return int(dt.datetime.fromisoformat(stamp).timestamp()) if isinstance(stamp, str) else 0
 
