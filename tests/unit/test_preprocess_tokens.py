@@ -88,3 +88,39 @@ def test_config_without_context_length_is_an_error(tmp_path: Path) -> None:
     mv = register_version(str(tmp_path / "reg"), "catalog-copy", src)
     with pytest.raises(ModelIntegrityError, match="max_position_embeddings"):
         tokenizing.inspect(mv.uri, "text")
+
+
+def test_a_plain_fast_tokenizer_counts_without_transformers_and_exactly_like_it(registry: str) -> None:
+    """The Rust tokenizer directly (the job's start skips the transformers and torch imports): the same counts
+    as the worker's tokenizer on prompts with unicode, tabs, newlines and special-token text."""
+    import subprocess
+    import sys
+
+    uri = f"{registry}/catalog-copy/versions/1"
+    probe = ("from beam_jobs import tokens as t; import sys; c = t.load_token_counter('text', t.inspect(sys.argv[1], "
+             "'text')); c.count('x'); print(c.fast is not None, 'transformers' in sys.modules, 'torch' in sys.modules); "
+             "c.close()")
+    out = subprocess.run([sys.executable, "-c", probe, uri], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["True", "False", "False"]
+    counter = tokenizing.load_token_counter("text", tokenizing.inspect(uri, "text"))
+    assert counter is not None and counter.fast is not None
+    try:
+        from transformers import AutoTokenizer
+
+        reference = AutoTokenizer.from_pretrained(TEXT, local_files_only=True)
+        prompts = ["colour: red | material: wool | item: scarf\ndescription:", "héllo\tworld  <s> <bos> 123",
+                   "Stuhl, rot é 中文 😀 { single }", "", "  leading and trailing  ", "line1\r\nline2"]
+        for prompt in prompts:
+            assert counter.count(prompt) == len(reference(prompt, add_special_tokens=True)["input_ids"]), prompt
+    finally:
+        counter.close()
+
+
+def test_other_tokenizer_classes_keep_the_transformers_tokenizer(registry: str) -> None:
+    counter = tokenizing.load_token_counter("image", tokenizing.inspect(f"{registry}/tiny-image/versions/1", "image"))
+    assert counter is not None
+    try:
+        assert counter.fast is None  # CLIPTokenizer: its class adds the special tokens, not tokenizer.json
+        assert counter.count("a red square") == len(counter.tokenizer("a red square")["input_ids"])
+    finally:
+        counter.close()
