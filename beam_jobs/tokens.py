@@ -231,8 +231,10 @@ def load_token_counter(task: str, info: TokenizerInfo) -> TokenCounter | None:
     return counter
 
 
-PLAIN_FAST_CLASSES = (None, "PreTrainedTokenizerFast")
-"""``tokenizer_class`` values whose ids are exactly ``tokenizer.json``'s (no class-specific special tokens)."""
+PLAIN_FAST_CLASSES = ("PreTrainedTokenizerFast",)
+"""``tokenizer_class`` values whose ids are exactly ``tokenizer.json``'s (no class-specific special tokens). A
+config without one is not among them: ``AutoTokenizer`` then picks the class from the model type (a Llama
+tokenizer, say, whose ``add_bos_token`` default rewrites the special tokens)."""
 _SPECIAL_TOKEN_FLAGS = ("add_bos_token", "add_eos_token", "add_prefix_space", "legacy")
 
 
