@@ -1,6 +1,6 @@
 """A gzip input cut short, read by the Beam job itself (``input.row_rules: pipeline``): the job fails naming the
 file (Beam's own gzip reader would stop quietly at the cut and the rows after it would vanish from every
-count), exits 2, and the preprocess task fails without retries. Real parts: the BeamHook launching the
+count), exits 2, and the preprocess task fails without retries. Real parts: the provider's run_beam_command launching the
 pipeline in a subprocess on the FnApiRunner."""
 
 from __future__ import annotations

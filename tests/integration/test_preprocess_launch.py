@@ -2,7 +2,7 @@
 
 A fresh interpreter installs the heavy-import guard (``genbatch.cli.light_process``, as embedded runs
 with ``GENBATCH_FORBID_HEAVY_IMPORTS=1`` do), then runs the DAG's ``PreprocessOperator`` on a prepared
-run: the provider's BeamHook starts ``python -m beam_jobs.preprocess`` on the FnApiRunner with two
+run: the provider's run_beam_command starts ``python -m beam_jobs.preprocess`` on the FnApiRunner with two
 worker processes (``direct_running_mode=multi_processing``). The shards must equal those of the job run
 in-process on one worker, and ``apache_beam`` must never have been imported by the task's process.
 """
