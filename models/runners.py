@@ -72,7 +72,7 @@ class TextRunner:
     fixed_output_length = False  # benchmarks set it: every row decodes max_new_tokens (no early EOS)
 
     def __init__(self, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str,
-                 prefill_shortcut: bool = True) -> None:
+                 prefill_shortcut: bool = True, direct_step: bool = True) -> None:
         """``prefill_shortcut=False`` turns the last-layer prefill shortcut off (the benchmark's A/B)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,6 +99,8 @@ class TextRunner:
         self.model = apply_recipe(model.to(device).eval(), read_recipe(Path(model_dir)), device)
         self.own_loop = supports_own_loop(self.model)
         self.last_layer_shortcut = prefill_shortcut and bool(self.own_loop) and last_layer_shortcut_fits(self.model)
+        self.direct_step = (LlamaDecodeStep(self.model) if direct_step and self.last_layer_shortcut
+                            and direct_step_fits(self.model) else None)
         eos = self.model.generation_config.eos_token_id
         eos = self.tokenizer.eos_token_id if eos is None else eos
         self.eos_ids = torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}), device=device)
@@ -320,10 +322,14 @@ class TextRunner:
                 # SDPA takes the (rows, 1, 1, keys) boolean mask as is; building it here skips the
                 # model's per-step mask construction.
                 step_mask = mask[:, None, None, : longest + step].bool() if self.mask_4d else mask[:, : longest + step]
-                res = self.model(input_ids=token.unsqueeze(1), attention_mask=step_mask,
-                                 position_ids=position.unsqueeze(1), **{self.own_loop: buffers.cache}, use_cache=True)
+                if self.direct_step is not None:
+                    logits = self.direct_step(token, step_mask, position, buffers.layers)
+                else:
+                    logits = self.model(input_ids=token.unsqueeze(1), attention_mask=step_mask,
+                                        position_ids=position.unsqueeze(1), **{self.own_loop: buffers.cache},
+                                        use_cache=True).logits[:, -1]
                 position = position + 1
-                token = self._pick(res.logits[:, -1], sampler, slice(0, len(live)), constraint)
+                token = self._pick(logits, sampler, slice(0, len(live)), constraint)
         result = torch.empty_like(out[:, :step])
         result[torch.tensor(order)] = out[:, :step]
         return result
@@ -436,6 +442,71 @@ def last_layer_shortcut_fits(model: Any) -> bool:
     linears = [getattr(last.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
     linears += [getattr(last.mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")] + [model.lm_head]
     return all(type(m) is torch.nn.Linear and type(m.weight.data) is torch.Tensor for m in linears)
+
+
+def direct_step_fits(model: Any) -> bool:
+    """Whether ``LlamaDecodeStep`` may run ``model``'s decode steps: ``last_layer_shortcut_fits``'s
+    structure (checked before) with plain ``nn.Linear`` projections in every layer and no module hooks."""
+    import torch
+
+    inner = model.model
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if not all(type(m) is torch.nn.Linear and type(m.weight.data) is torch.Tensor for m in linears):
+            return False
+    # the step calls forward methods directly: a hook (e.g. accelerate's offloading) would be skipped
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    return type(inner.embed_tokens) is torch.nn.Embedding and not hooked
+
+
+class LlamaDecodeStep:
+    """One decode step of a plain Llama (one new token per row) as the tensor operations transformers'
+    ``LlamaForCausalLM.forward`` runs for it, in the same order on the same weights, so the logits are
+    the same bits, without its per-call Python (kwarg shims, output capture, mask building, module hooks,
+    cache classes): on the CPU catalog model that Python is most of a step's time.
+    ``tests/integration/test_runners.py`` holds it to the model's own forward and to ``generate``."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.llama import modeling_llama as llama
+
+        self.torch, self.F = torch, torch.nn.functional
+        self.additive = True
+        self.inner, self.lm_head = model.model, model.lm_head
+        self.rope = llama.apply_rotary_pos_emb
+        self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation,
+                                                               llama.eager_attention_forward)
+
+    def __call__(self, token: Any, mask: Any, position: Any, caches: list[Any]) -> Any:
+        """Last-position logits of each row for ``token`` (rows,) at ``position`` (rows,), attending
+        under ``mask`` and appending each layer's K/V to ``caches`` (``InPlaceCache.layers``)."""
+        F, inner = self.F, self.inner
+        hidden = F.embedding(token.unsqueeze(1), inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
+        if self.additive and mask.dtype == self.torch.bool:  # SDPA turns a boolean mask into this additive one in every layer
+            mask = self.torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(
+                ~mask, float("-inf"))
+        cos, sin = inner.rotary_emb(hidden, position_ids=position.unsqueeze(1))
+        rows = hidden.shape[0]
+        for layer, cache in zip(inner.layers, caches, strict=True):
+            attn, mlp = layer.self_attn, layer.mlp
+            shape = (rows, 1, -1, attn.head_dim)
+            normed = layer.input_layernorm.forward(hidden)
+            query = F.linear(normed, attn.q_proj.weight, attn.q_proj.bias).view(shape).transpose(1, 2)
+            key = F.linear(normed, attn.k_proj.weight, attn.k_proj.bias).view(shape).transpose(1, 2)
+            value = F.linear(normed, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
+            query, key = self.rope(query, key, cos, sin)
+            key, value = cache.update(key, value)
+            out, _ = self.attention(attn, query, key, value, mask, dropout=0.0, scaling=attn.scaling)
+            out = out.reshape(rows, 1, -1).contiguous()
+            hidden = hidden + F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
+            normed = layer.post_attention_layernorm.forward(hidden)
+            gated = mlp.act_fn.forward(F.linear(normed, mlp.gate_proj.weight, mlp.gate_proj.bias))
+            hidden = hidden + F.linear(gated * F.linear(normed, mlp.up_proj.weight, mlp.up_proj.bias),
+                                       mlp.down_proj.weight, mlp.down_proj.bias)
+        hidden = inner.norm.forward(hidden)
+        return F.linear(hidden, self.lm_head.weight, self.lm_head.bias)[:, -1]
 
 
 class InPlaceCache:

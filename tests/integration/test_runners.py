@@ -76,11 +76,14 @@ def test_prefill_shortcut_switch_turns_the_shortcut_off(registry: str) -> None:
 
 def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
     """The runner's own loop (length-grouped prefill, with and without the last-layer shortcut,
-    in-place cache, finished rows dropped) and ``model.generate`` on the same batch yield the
-    same outputs: greedy, sampled, fixed length."""
+    decode steps by ``LlamaDecodeStep`` or by the model's forward, in-place cache, finished rows
+    dropped) and ``model.generate`` on the same batch yield the same outputs: greedy, sampled,
+    fixed length."""
     runner = _text_runner(registry, max_new_tokens=40)
     assert runner.own_loop, "the catalog model is a plain Llama: the own loop must drive it"
     assert runner.last_layer_shortcut, "a plain Llama under SDPA: prefill skips the last layer's non-final positions"
+    assert runner.direct_step is not None, "a plain Llama without hooks: LlamaDecodeStep runs its decode steps"
+    direct_step = runner.direct_step
     items = _items(12)
     cases: list[tuple[dict[str, Any], bool]] = [({}, False), ({"temperature": 1.2, "top_p": 0.95}, False), ({}, True)]
     for params, fixed in cases:
@@ -92,6 +95,11 @@ def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
             full_prefill = runner.run_batch(batch)
         finally:
             runner.last_layer_shortcut = True
+        runner.direct_step = None  # each decode step through the model's own forward
+        try:
+            model_steps = runner.run_batch(batch)
+        finally:
+            runner.direct_step = direct_step
         loop, runner.own_loop = runner.own_loop, ""
         try:
             reference = runner.run_batch(batch)
@@ -99,12 +107,55 @@ def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
             runner.own_loop = loop
         assert own == reference, (params, fixed)
         assert full_prefill == reference, (params, fixed)
+        assert model_steps == reference, (params, fixed)
     runner.fixed_output_length = False
     # EOS stops rows early here (the catalog descriptions end well before 40 tokens), and
     # finished rows left the batch: fewer row-steps than rows x longest output.
     runner.work = dict.fromkeys(runner.work, 0)
     counts = [r["new_tokens"] for r in runner.run_batch(items)]
     assert max(counts) < 40 and runner.work["row_steps"] < len(items) * max(counts)
+
+
+def test_direct_decode_step_gives_the_models_logits_bit_for_bit(registry: str) -> None:
+    """One decode step of ``LlamaDecodeStep`` against ``LlamaForCausalLM.forward`` on the same left-padded
+    cache: the same logits, bit for bit (same operations, same order, same weights), and the same K/V
+    appended; a model with a forward hook (e.g. accelerate's offloading) does not get the direct step."""
+    import torch
+    from transformers import DynamicCache
+
+    from models.runners import InPlaceCache, LlamaDecodeStep, direct_step_fits
+
+    runner = _text_runner(registry, max_new_tokens=8)
+    model, config = runner.model, runner.model.config
+    ids = [runner.tokenizer(p)["input_ids"] for p in ("a red oak chair", "a navy linen sofa with two cushions")]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([[0] * (width - len(r)) + r for r in ids])
+    am = (torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in ids])[:, None]).long()
+    position = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
+    caches = []
+    with torch.inference_mode():
+        for _ in range(2):
+            prefill = DynamicCache(config=config)
+            model(input_ids=input_ids, attention_mask=am, position_ids=position, cache=prefill, use_cache=True)
+            keys = [layer.keys.new_zeros((2, layer.keys.shape[1], width + 1, layer.keys.shape[3])) for layer in prefill.layers]
+            values = [k.clone() for k in keys]
+            for k, v, layer in zip(keys, values, prefill.layers, strict=True):
+                k[:, :, :width], v[:, :, :width] = layer.keys, layer.values
+            caches.append(InPlaceCache(config, keys, values, width))
+        token, step_position = torch.tensor([5, 9]), position[:, -1] + 1
+        mask = torch.cat([am, torch.ones((2, 1), dtype=torch.long)], dim=1)[:, None, None, :].bool()
+        expected = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=step_position.unsqueeze(1),
+                         cache=caches[0].cache, use_cache=True).logits[:, -1]
+        got = LlamaDecodeStep(model)(token, mask, step_position, caches[1].layers)
+    assert torch.equal(got, expected)
+    for mine, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+    assert direct_step_fits(model)
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *_: None)
+    try:
+        assert not direct_step_fits(model)
+    finally:
+        handle.remove()
 
 
 def test_prefill_groups_cut_where_a_call_costs_less_than_its_padding() -> None:
