@@ -473,7 +473,6 @@ class LlamaDecodeStep:
         from transformers.models.llama import modeling_llama as llama
 
         self.torch, self.F = torch, torch.nn.functional
-        self.additive = True
         self.inner, self.lm_head = model.model, model.lm_head
         self.rope = llama.apply_rotary_pos_emb
         self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation,
@@ -484,7 +483,7 @@ class LlamaDecodeStep:
         under ``mask`` and appending each layer's K/V to ``caches`` (``InPlaceCache.layers``)."""
         F, inner = self.F, self.inner
         hidden = F.embedding(token.unsqueeze(1), inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
-        if self.additive and mask.dtype == self.torch.bool:  # SDPA turns a boolean mask into this additive one in every layer
+        if mask.dtype == self.torch.bool:  # SDPA turns a boolean mask into this additive one in every layer
             mask = self.torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(
                 ~mask, float("-inf"))
         cos, sin = inner.rotary_emb(hidden, position_ids=position.unsqueeze(1))
