@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import threading
 import unicodedata
 from collections import Counter
@@ -26,6 +25,7 @@ from typing import Any
 
 from genbatch.errors import GenbatchError, ShardInputError
 from genbatch.io.input_rows import RawRow, find_unencodable
+from genbatch.io.show import show as _show
 from genbatch.quality.param_bounds import ParamBound, param_bounds
 from genbatch.run.row_shape import SHAPE_RULES, RowShape, shape_rows
 
@@ -100,13 +100,6 @@ _RESULT_FORMAT: dict[str, Any] = {
 _TABLE_RULES = ("table_row_count", "id_column", "prompt_column")
 _PROMPT_LIKE_COLUMNS = ("text", "input", "prompt_text", "query", "instruction", "caption", "Prompt")
 _ID_LIKE_COLUMNS = ("ID", "Id", "item_id", "key", "uid", "uuid", "name")
-_REPR = reprlib.Repr()
-_REPR.maxstring = 70
-_REPR.maxother = 70
-_REPR.maxdict = 4
-_REPR.maxlist = 4
-_REPR.maxlevel = 2
-_SHOW_LIMIT = 80
 _CONTROL_RE = re.compile(CONTROL_PATTERN)
 _TEMPLATE_RE = re.compile(TEMPLATE_PATTERN)
 _ID_CHAR_RE = re.compile(r"[A-Za-z0-9._:-]")
@@ -623,15 +616,6 @@ def _summarise(validation: Any, batch: str) -> list[dict[str, Any]]:
 
 
 # --- step 4: reasons --------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    """A short, escaped repr of a bad value: control and bidi characters come out as escapes."""
-    try:
-        text = _REPR.repr(value)
-    except ValueError:  # an int too large for str(); say how large instead
-        text = f"<integer of {value.bit_length()} bits>"
-    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
 
 
 def _char(ch: str) -> str:

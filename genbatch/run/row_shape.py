@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from genbatch.io.input_rows import RawRow
+from genbatch.io.show import show_kind
 from genbatch.run.prompt_template import TemplateFailed, TemplateFieldMissing, compiled_template
 
 SHAPE_RULES: tuple[str, ...] = (
@@ -125,13 +126,13 @@ def _chat_row(row: dict[str, Any], shape: RowShape) -> dict[str, Any]:
 def _checked_messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise _Unshapeable("messages_invalid", f"messages must be a non-empty list of {{role, content}} objects, got "
-                           f"{_kind(messages)}; e.g. [{{\"role\": \"user\", \"content\": \"...\"}}]")
+                           f"{show_kind(messages)}; e.g. [{{\"role\": \"user\", \"content\": \"...\"}}]")
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
             raise _Unshapeable("messages_invalid", f"{where} must be an object with role and content, got "
-                               f"{_kind(message)}")
+                               f"{show_kind(message)}")
         extra = sorted(str(k) for k in message if k not in _MESSAGE_KEYS)
         if extra:
             raise _Unshapeable("openai_field_unsupported", f"{where} has field(s) genbatch does not support: "
@@ -159,10 +160,10 @@ def _content_text(content: Any, where: str) -> str:
                     raise _Unshapeable("openai_field_unsupported", f"{where}.content[{j}] is of type {kind!r}; "
                                        "genbatch's text models read text parts only")
                 raise _Unshapeable("messages_invalid", f"{where}.content[{j}] must be {{\"type\": \"text\", \"text\": "
-                                   f"\"...\"}}, got {_kind(part)}")
+                                   f"\"...\"}}, got {show_kind(part)}")
             texts.append(part["text"])
         return "".join(texts)
-    raise _Unshapeable("messages_invalid", f"{where}.content must be a string, got {_kind(content)}")
+    raise _Unshapeable("messages_invalid", f"{where}.content must be a string, got {show_kind(content)}")
 
 
 # --- OpenAI Batch request lines ---------------------------------------------------------------
@@ -176,7 +177,7 @@ def _openai_row(line: dict[str, Any]) -> dict[str, Any]:
                            f"{', '.join(extra)}; a line holds custom_id, method, url and body only")
     custom_id = line.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        raise _Unshapeable("openai_request_invalid", f"custom_id must be a non-empty string, got {_kind(custom_id)}")
+        raise _Unshapeable("openai_request_invalid", f"custom_id must be a non-empty string, got {show_kind(custom_id)}")
     if line.get("method") != "POST":
         raise _Unshapeable("openai_request_invalid", f"method must be 'POST', got {line.get('method')!r}")
     url = line.get("url")
@@ -184,7 +185,7 @@ def _openai_row(line: dict[str, Any]) -> dict[str, Any]:
         raise _Unshapeable("openai_request_invalid", f"url {url!r} is not served; use one of {', '.join(OPENAI_URLS)}")
     body = line.get("body")
     if not isinstance(body, Mapping):
-        raise _Unshapeable("openai_request_invalid", f"body must be an object, got {_kind(body)}")
+        raise _Unshapeable("openai_request_invalid", f"body must be an object, got {show_kind(body)}")
     unsupported = sorted(str(k) for k in body if k not in _OPENAI_BODY_KEYS)
     if unsupported:
         raise _Unshapeable("openai_field_unsupported", f"body has field(s) genbatch does not support: "
@@ -212,10 +213,3 @@ def _openai_row(line: dict[str, Any]) -> dict[str, Any]:
     if "seed" in body:
         row["seed"] = body["seed"]
     return row
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    shown = repr(value)
-    return f"{type(value).__name__} {shown[:40]}{'...' if len(shown) > 40 else ''}"
