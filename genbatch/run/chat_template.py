@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from typing import Any
 
 from genbatch.io import storage
@@ -50,6 +51,13 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return text
 
 
+# Whether a tokenizer adds BOS itself: probed once per tokenizer, not once per chat row.
+_ADDS_BOS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
 def _adds_bos(tokenizer: Any) -> bool:
-    ids = tokenizer("", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == getattr(tokenizer, "bos_token_id", None)
+    known = _ADDS_BOS.get(tokenizer)
+    if known is None:
+        ids = tokenizer("", add_special_tokens=True)["input_ids"]
+        known = _ADDS_BOS[tokenizer] = bool(ids) and ids[0] == getattr(tokenizer, "bos_token_id", None)
+    return known

@@ -231,3 +231,22 @@ def test_nan_images_become_item_errors(registry: str, tmp_path: Path) -> None:
     assert [e["id"] for e in errors] == ["img-0", "img-1", "img-2"]
     assert all("non-finite pixels" in e["error"] for e in errors)
     assert not list(Path(state.layout.outputs_dir(0)).glob("images/*.png"))
+
+
+
+def test_whether_a_tokenizer_adds_bos_is_asked_once_per_tokenizer(registry: str) -> None:
+    """render_chat asks whether the tokenizer adds BOS itself (to drop a template-written one) once per tokenizer,
+    not once per chat row: the preprocess token count renders every chat row."""
+    from genbatch.run import chat_template
+
+    runner = load_runner("text", fetch_verified(resolve(registry, "catalog-chat", version=1), Path("/nonexistent")),
+                         generation=GEN, precision="auto", device="cpu")
+    tokenizer = runner.tokenizer
+    chat_template._ADDS_BOS.pop(tokenizer, None)
+    first = chat_template._adds_bos(tokenizer)
+    assert first == (tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id])  # the probe's answer
+    chat_template._ADDS_BOS[tokenizer] = not first  # a second call that probed again would not see this
+    try:
+        assert chat_template._adds_bos(tokenizer) is (not first)
+    finally:
+        chat_template._ADDS_BOS.pop(tokenizer, None)
