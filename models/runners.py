@@ -457,7 +457,8 @@ def direct_step_fits(model: Any) -> bool:
             return False
     # the step calls forward methods directly: a hook (e.g. accelerate's offloading) would be skipped
     hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    return type(inner.embed_tokens) is torch.nn.Embedding and not hooked
+    embed = inner.embed_tokens
+    return type(embed) is torch.nn.Embedding and embed.max_norm is None and not hooked
 
 
 class LlamaDecodeStep:
