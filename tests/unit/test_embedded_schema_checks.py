@@ -1,7 +1,9 @@
-"""The embedded mode proves each Param schema valid once, not at every serialisation of the DAG; every value is
-still validated against it on every call (genbatch.cli.embedded.check_each_schema_once)."""
+"""The embedded mode proves each Param schema's content valid once, not at every serialisation or copy of the DAG;
+every value is still validated against it on every call (genbatch.cli.embedded.check_each_schema_once)."""
 
 from __future__ import annotations
+
+import copy as copy_module
 
 import jsonschema
 import pytest
@@ -36,3 +38,12 @@ def test_a_checked_schema_is_not_checked_again_but_values_still_are(monkeypatch:
     check_each_schema_once()  # idempotent: the wrapper is not wrapped again
     jsonschema.validate({"max_new_tokens": 8}, schema)
     assert calls.count(id(schema)) == 1
+    # Airflow deep-copies params per task: a copy with the same content counts as checked ...
+    copy = copy_module.deepcopy(schema)
+    jsonschema.validate({"max_new_tokens": 8}, copy)
+    assert id(copy) not in calls
+    # ... and a changed schema does not: its content is checked before it is trusted
+    copy["properties"]["max_new_tokens"]["minimum"] = "not a number"
+    with pytest.raises(jsonschema.SchemaError):
+        jsonschema.validate({"max_new_tokens": 8}, copy)
+    assert calls.count(id(copy)) == 1
