@@ -19,8 +19,10 @@ script  the baseline.
 
 Reports per size and leg the median wall time [min, max]; the ratios run ÷ script and worker ÷ script;
 per leg the fixed cost (intercept) and per-item slope of the line through the medians at the smallest
-and the largest size; the median duration of each task of the run at each size. Figures are wall times
-on a shared machine: reported, never asserted. One JSON line to stdout, progress to stderr.
+and the largest size; the same three from CPU time (user + system of the leg's process tree: ``cpu_s``,
+``cpu_ratios``, ``cpu_lines``), the steadier figure when another tenant loads the machine; the median
+duration of each task of the run at each size. Figures are reported, never asserted. One JSON line to
+stdout, progress to stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -81,15 +84,27 @@ def _env(work: Path) -> dict[str, str]:
     return env
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Wall seconds of one whole pinned process; raises with its output tail when it fails."""
-    start = time.perf_counter()
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_both(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the process and every process it waited for) of one whole
+    pinned process; raises with its output tail when it fails. CPU time is the steadier figure on a shared
+    machine: another tenant's load stretches the wall time of a pinned process, much less its CPU time."""
+    cpu0, start = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=LEG_TIMEOUT_S,
                           preexec_fn=_pin, check=False)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-3000:]}")
-    return wall
+    return wall, cpu
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Wall seconds of one whole pinned process (:func:`timed_both`)."""
+    return timed_both(cmd, cwd, env)[0]
 
 
 def task_durations(home: Path, run_id: str) -> dict[str, float]:
@@ -152,25 +167,27 @@ def one(leg: str, n: int, rep: int, ctx: dict[str, Any], work: Path, max_new_tok
     env = _env(work)
     if leg == "run":
         run_id = f"e2e-{n}-{rep}"
-        wall = timed([sys.executable, "-m", "genbatch", "run", str(size["spec"]), "--run-id", run_id], work, env)
-        return {"wall_s": wall, "tasks": task_durations(work / ".genbatch" / "airflow", run_id)}
+        wall, cpu = timed_both([sys.executable, "-m", "genbatch", "run", str(size["spec"]), "--run-id", run_id], work, env)
+        return {"wall_s": wall, "cpu_s": cpu, "tasks": task_durations(work / ".genbatch" / "airflow", run_id)}
     if leg == "worker":
         run_dir = ctx["prepare_run_dir"](size["folder"] / f"worker-{rep}", "text", MODEL, Path(size["model_dir"]),
                                          size["generation"], size["worker_items"])
-        return {"wall_s": timed([sys.executable, "-m", "genbatch", "worker", "--run-dir", run_dir, "--shard", "0"],
-                                work, env)}
+        wall, cpu = timed_both([sys.executable, "-m", "genbatch", "worker", "--run-dir", run_dir, "--shard", "0"],
+                               work, env)
+        return {"wall_s": wall, "cpu_s": cpu}
     out = size["folder"] / f"script-{rep}.jsonl"
-    wall = timed([sys.executable, "-m", "bench.e2e_vs_script", "_script", "--model-dir", size["model_dir"],
+    wall, cpu = timed_both([sys.executable, "-m", "bench.e2e_vs_script", "_script", "--model-dir", size["model_dir"],
                   "--prompts", str(size["folder"] / "items.jsonl"), "--out", str(out),
                   "--max-new-tokens", str(max_new_tokens)], work, env)
     written = sum(1 for _ in out.open())
     if written != n:
         raise RuntimeError(f"the script wrote {written} of {n} items")
-    return {"wall_s": wall}
+    return {"wall_s": wall, "cpu_s": cpu}
 
 
 def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any]:
     walls: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in LEGS} for n in sizes}
+    cpus: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in LEGS} for n in sizes}
     tasks: dict[int, dict[str, list[float]]] = {n: {} for n in sizes}
     with tempfile.TemporaryDirectory(prefix="genbatch-e2e-vs-script-") as tmp:
         work = Path(tmp)
@@ -181,10 +198,12 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any
                 for leg in order:
                     res = one(leg, n, rep, ctx, work, max_new_tokens)
                     walls[n][leg].append(res["wall_s"])
+                    cpus[n][leg].append(res["cpu_s"])
                     for task, seconds in res.get("tasks", {}).items():
                         tasks[n].setdefault(task, []).append(seconds)
                     print(f"e2e_vs_script: rep {rep} size {n} {leg}: {res['wall_s']:.2f} s", file=sys.stderr, flush=True)
     medians = {n: {leg: statistics.median(v) for leg, v in walls[n].items()} for n in sizes}
+    cpu_medians = {n: {leg: statistics.median(v) for leg, v in cpus[n].items()} for n in sizes}
     return {
         "bench": "e2e_vs_script", "sizes": sizes, "repeat": repeat, "max_new_tokens": max_new_tokens,
         "model": f"{MODEL}@{MODEL_VERSION}",
@@ -193,6 +212,11 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any
         "ratios": {str(n): {"run_vs_script": round(medians[n]["run"] / medians[n]["script"], 3),
                             "worker_vs_script": round(medians[n]["worker"] / medians[n]["script"], 3)} for n in sizes},
         "lines": {leg: line({n: medians[n][leg] for n in sizes}) for leg in LEGS},
+        "cpu_s": {str(n): {leg: round(cpu_medians[n][leg], 2) for leg in LEGS} for n in sizes},
+        "cpu_ratios": {str(n): {"run_vs_script": round(cpu_medians[n]["run"] / cpu_medians[n]["script"], 3),
+                                "worker_vs_script": round(cpu_medians[n]["worker"] / cpu_medians[n]["script"], 3)}
+                       for n in sizes},
+        "cpu_lines": {leg: line({n: cpu_medians[n][leg] for n in sizes}) for leg in LEGS},
         "run_tasks_median_s": {str(n): {t: round(statistics.median(v), 2) for t, v in sorted(tasks[n].items())}
                                for n in sizes},
         "cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
