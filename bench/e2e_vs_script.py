@@ -89,7 +89,7 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_both(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, the process and every process it waited for) of one whole
     pinned process; raises with its output tail when it fails. CPU time is the steadier figure on a shared
     machine: another tenant's load stretches the wall time of a pinned process, much less its CPU time."""
@@ -100,11 +100,6 @@ def timed_both(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, f
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-3000:]}")
     return wall, cpu
-
-
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Wall seconds of one whole pinned process (:func:`timed_both`)."""
-    return timed_both(cmd, cwd, env)[0]
 
 
 def task_durations(home: Path, run_id: str) -> dict[str, float]:
@@ -167,22 +162,26 @@ def one(leg: str, n: int, rep: int, ctx: dict[str, Any], work: Path, max_new_tok
     env = _env(work)
     if leg == "run":
         run_id = f"e2e-{n}-{rep}"
-        wall, cpu = timed_both([sys.executable, "-m", "genbatch", "run", str(size["spec"]), "--run-id", run_id], work, env)
+        wall, cpu = timed([sys.executable, "-m", "genbatch", "run", str(size["spec"]), "--run-id", run_id], work, env)
         return {"wall_s": wall, "cpu_s": cpu, "tasks": task_durations(work / ".genbatch" / "airflow", run_id)}
     if leg == "worker":
         run_dir = ctx["prepare_run_dir"](size["folder"] / f"worker-{rep}", "text", MODEL, Path(size["model_dir"]),
                                          size["generation"], size["worker_items"])
-        wall, cpu = timed_both([sys.executable, "-m", "genbatch", "worker", "--run-dir", run_dir, "--shard", "0"],
+        wall, cpu = timed([sys.executable, "-m", "genbatch", "worker", "--run-dir", run_dir, "--shard", "0"],
                                work, env)
         return {"wall_s": wall, "cpu_s": cpu}
     out = size["folder"] / f"script-{rep}.jsonl"
-    wall, cpu = timed_both([sys.executable, "-m", "bench.e2e_vs_script", "_script", "--model-dir", size["model_dir"],
-                  "--prompts", str(size["folder"] / "items.jsonl"), "--out", str(out),
-                  "--max-new-tokens", str(max_new_tokens)], work, env)
+    wall, cpu = timed([sys.executable, "-m", "bench.e2e_vs_script", "_script", "--model-dir", size["model_dir"],
+                             "--prompts", str(size["folder"] / "items.jsonl"), "--out", str(out),
+                             "--max-new-tokens", str(max_new_tokens)], work, env)
     written = sum(1 for _ in out.open())
     if written != n:
         raise RuntimeError(f"the script wrote {written} of {n} items")
     return {"wall_s": wall, "cpu_s": cpu}
+
+
+def _vs_script(legs: dict[str, float]) -> dict[str, float]:
+    return {f"{leg}_vs_script": round(legs[leg] / legs["script"], 3) for leg in ("run", "worker")}
 
 
 def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any]:
@@ -209,13 +208,10 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any
         "model": f"{MODEL}@{MODEL_VERSION}",
         "wall_s": {str(n): {leg: {"median": round(medians[n][leg], 2), "min": round(min(v), 2),
                                   "max": round(max(v), 2)} for leg, v in walls[n].items()} for n in sizes},
-        "ratios": {str(n): {"run_vs_script": round(medians[n]["run"] / medians[n]["script"], 3),
-                            "worker_vs_script": round(medians[n]["worker"] / medians[n]["script"], 3)} for n in sizes},
+        "ratios": {str(n): _vs_script(medians[n]) for n in sizes},
         "lines": {leg: line({n: medians[n][leg] for n in sizes}) for leg in LEGS},
         "cpu_s": {str(n): {leg: round(cpu_medians[n][leg], 2) for leg in LEGS} for n in sizes},
-        "cpu_ratios": {str(n): {"run_vs_script": round(cpu_medians[n]["run"] / cpu_medians[n]["script"], 3),
-                                "worker_vs_script": round(cpu_medians[n]["worker"] / cpu_medians[n]["script"], 3)}
-                       for n in sizes},
+        "cpu_ratios": {str(n): _vs_script(cpu_medians[n]) for n in sizes},
         "cpu_lines": {leg: line({n: cpu_medians[n][leg] for n in sizes}) for leg in LEGS},
         "run_tasks_median_s": {str(n): {t: round(statistics.median(v), 2) for t, v in sorted(tasks[n].items())}
                                for n in sizes},

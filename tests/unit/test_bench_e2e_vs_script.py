@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.e2e_vs_script import line, timed_both
+from bench.e2e_vs_script import line, timed
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "zoo" / "catalog-copy" / "v2"
@@ -40,12 +40,12 @@ def test_the_script_baseline_writes_one_line_per_prompt(tmp_path: Path) -> None:
 
 
 def test_a_legs_cpu_time_counts_its_process_tree_and_not_its_waiting(tmp_path: Path) -> None:
-    """timed_both: the CPU seconds of a process and the child it waits for (genbatch run's worker and Beam job
+    """timed: the CPU seconds of a process and the child it waits for (genbatch run's worker and Beam job
     are such children), and none for time spent asleep."""
     burn = "import time; t = time.process_time(); exec('while time.process_time() - t < 0.3: pass')"
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}], check=True)"
     env = {**os.environ}
-    wall, cpu = timed_both([sys.executable, "-c", parent], tmp_path, env)
+    wall, cpu = timed([sys.executable, "-c", parent], tmp_path, env)
     assert cpu >= 0.3 and wall >= cpu * 0.9  # the grandchild's 0.3 s of CPU is counted
-    wall, cpu = timed_both([sys.executable, "-c", "import time; time.sleep(0.6)"], tmp_path, env)
+    wall, cpu = timed([sys.executable, "-c", "import time; time.sleep(0.6)"], tmp_path, env)
     assert wall >= 0.6 and cpu < 0.3  # asleep: wall time, hardly any CPU
