@@ -415,8 +415,6 @@ def last_layer_shortcut_fits(model: Any) -> bool:
     """
     import inspect
 
-    import torch
-
     try:
         from transformers.masking_utils import create_causal_mask
         from transformers.models.llama import modeling_llama as llama
@@ -441,7 +439,15 @@ def last_layer_shortcut_fits(model: Any) -> bool:
     last = layers[-1]
     linears = [getattr(last.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
     linears += [getattr(last.mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")] + [model.lm_head]
-    return all(type(m) is torch.nn.Linear and type(m.weight.data) is torch.Tensor for m in linears)
+    return all(_plain_linear(m) for m in linears)
+
+
+def _plain_linear(module: Any) -> bool:
+    """A plain ``nn.Linear`` over plain weights (not a quantised module or tensor subclass), which
+    ``F.linear`` on its weight computes exactly as its forward does."""
+    import torch
+
+    return type(module) is torch.nn.Linear and type(module.weight.data) is torch.Tensor
 
 
 def direct_step_fits(model: Any) -> bool:
@@ -453,7 +459,7 @@ def direct_step_fits(model: Any) -> bool:
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
         linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-        if not all(type(m) is torch.nn.Linear and type(m.weight.data) is torch.Tensor for m in linears):
+        if not all(_plain_linear(m) for m in linears):
             return False
     # the step calls forward methods directly: a hook (e.g. accelerate's offloading) would be skipped
     hooked = any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
