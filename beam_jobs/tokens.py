@@ -29,6 +29,7 @@ from genbatch.errors import ModelIntegrityError
 from genbatch.io import storage
 from genbatch.run.chat_template import render_chat
 from genbatch.run.model_ref import card_uri
+from genbatch.run.plain_tokenizer import plain_fast_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,7 @@ class TokenizerInfo:
 class TokenCounter:
     """A loaded tokenizer; ``count`` matches the worker's ``token_length`` (special tokens in).
 
-    A plain fast tokenizer (``tokenizer.json`` under ``PreTrainedTokenizerFast``, no flags in
-    ``tokenizer_config.json`` that change its special tokens) is counted with the Rust ``tokenizers``
+    A plain fast tokenizer (:mod:`genbatch.run.plain_tokenizer`) is counted with the Rust ``tokenizers``
     library directly: the same ids, without importing ``transformers`` and torch (about 4 s of the
     job's start). The ``transformers`` tokenizer loads on first need: another tokenizer class, or a
     chat row (its chat template).
@@ -221,7 +221,7 @@ def load_token_counter(task: str, info: TokenizerInfo) -> TokenCounter | None:
     folder = local / sub if sub else local
     try:
         _fetch_verified(model_uri, rels, checksums, local)
-        counter = TokenCounter(folder, info, local, fast=_plain_fast_tokenizer(folder))
+        counter = TokenCounter(folder, info, local, fast=plain_fast_tokenizer(folder))
         if counter.fast is None:
             counter.tokenizer  # noqa: B018 - load it now: a broken tokenizer fails the job here, not mid-bundle
     except BaseException:
@@ -229,23 +229,3 @@ def load_token_counter(task: str, info: TokenizerInfo) -> TokenCounter | None:
         raise
     log.info("counting prompt tokens with the tokenizer of %s (context %s)", model_uri, info.context_length)
     return counter
-
-
-PLAIN_FAST_CLASSES = ("PreTrainedTokenizerFast",)
-"""``tokenizer_class`` values whose ids are exactly ``tokenizer.json``'s (no class-specific special tokens). A
-config without one is not among them: ``AutoTokenizer`` then picks the class from the model type (a Llama
-tokenizer, say, whose ``add_bos_token`` default rewrites the special tokens)."""
-_SPECIAL_TOKEN_FLAGS = ("add_bos_token", "add_eos_token", "add_prefix_space", "legacy")
-
-
-def _plain_fast_tokenizer(folder: Path) -> Any:
-    """The ``tokenizers.Tokenizer`` of ``folder`` when it gives the ids the worker's tokenizer gives, else None."""
-    if not (folder / "tokenizer.json").is_file():
-        return None
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    if config.get("tokenizer_class") not in PLAIN_FAST_CLASSES or any(k in config for k in _SPECIAL_TOKEN_FLAGS):
-        return None
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(folder / "tokenizer.json"))
