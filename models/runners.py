@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from genbatch.run.chat_template import render_chat
 from models.constrained import RowStates, SchemaConstraint
+from models.llama_compute import LlamaCompute
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +101,27 @@ class TextRunner:
         self.model = apply_recipe(model.to(device).eval(), read_recipe(Path(model_dir)), device)
         self.own_loop = supports_own_loop(self.model)
         self.last_layer_shortcut = prefill_shortcut and bool(self.own_loop) and last_layer_shortcut_fits(self.model)
-        self.direct_step = (LlamaDecodeStep(self.model) if direct_step and self.last_layer_shortcut
+        self.direct_step = (LlamaCompute.from_transformers(self.model) if direct_step and self.last_layer_shortcut
                             and direct_step_fits(self.model) else None)
-        eos = self.model.generation_config.eos_token_id
-        eos = self.tokenizer.eos_token_id if eos is None else eos
-        self.eos_ids = torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}), device=device)
-        self.call_cost = self.CALL_COST_TOKENS["cuda" if str(device).startswith("cuda") else "cpu"]
+        self._start_loop(self.model.generation_config.eos_token_id)
         schema = generation.get("response_schema")
         self.schema_constraint = (SchemaConstraint(schema, self.tokenizer, self.eos_ids.tolist(),
                                                    int(self.model.config.vocab_size)) if schema else None)
-        # Deterministic work counters (the benchmark reads them): prompt tokens fed to prefill
-        # (real + pad), prefill forward calls, and row-steps decoded (one row, one new token).
-        self.work = {"prefill_tokens": 0, "prefill_calls": 0, "row_steps": 0}
-        self._encoded: dict[str, list[int]] = {}
         self.mask_4d = getattr(self.model.config, "_attn_implementation", "") == "sdpa"
         probe = ["A red oak chair, 2 pieces | colour: navy", "héllo\tworld  <s> 123"]
         if self.tokenizer.is_fast and self._encode(probe) != [list(x) for x in self.tokenizer(probe)["input_ids"]]:
             self.tokenizer_backend = False
+
+    def _start_loop(self, eos: Any) -> None:
+        """The loop's EOS ids (the generation config's, else the tokenizer's), call cost and counters."""
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = self.torch.tensor(sorted({int(e) for e in (eos if isinstance(eos, list) else [eos])}),
+                                         device=self.device)
+        self.call_cost = self.CALL_COST_TOKENS["cuda" if str(self.device).startswith("cuda") else "cpu"]
+        # Deterministic work counters (the benchmark reads them): prompt tokens fed to prefill
+        # (real + pad), prefill forward calls, and row-steps decoded (one row, one new token).
+        self.work = {"prefill_tokens": 0, "prefill_calls": 0, "row_steps": 0}
+        self._encoded: dict[str, list[int]] = {}
 
     # Token ids that token_length computed (the worker's sort key), reused by the next run_batch
     # of that prompt instead of tokenizing twice. Bounded: the worker holds one window at a time.
@@ -204,6 +210,18 @@ class TextRunner:
             constraint.advance(token, rows)
         return token
 
+    def _prefill_kv(self, input_ids: Any, am: Any, position: Any) -> tuple[Any, list[tuple[Any, Any]]]:
+        """One prefill call: each row's last-position logits and every layer's keys and values."""
+        from transformers import DynamicCache
+
+        cache: Any = DynamicCache(config=self.model.config)
+        logits = self._prefill(input_ids, am, position, cache)
+        return logits, [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _cache_config(self) -> Any:
+        """The config ``InPlaceCache`` builds its transformers cache from (None: no transformers cache)."""
+        return self.model.config
+
     def _prefill(self, input_ids: Any, am: Any, position: Any, cache: Any) -> Any:
         """One prefill call: fills ``cache`` and returns each row's last-position logits.
 
@@ -254,9 +272,7 @@ class TextRunner:
         batch), then one step at a time over the rows still running.
         """
         torch = self.torch
-        from transformers import DynamicCache
-
-        pad, dev, config = int(self.tokenizer.pad_token_id), self.device, self.model.config
+        pad, dev = int(self.tokenizer.pad_token_id), self.device
         order = sorted(range(len(ids)), key=lambda r: len(ids[r]))
         rows = [ids[r] for r in order]
         if sampler is not None:
@@ -279,20 +295,18 @@ class TextRunner:
                     mask[start + i, longest - len(row) : longest] = 1
                 am = mask[start:stop, longest - width : longest].to(dev)
                 position = (am.cumsum(-1) - 1).masked_fill(am == 0, 1)
-                cache: Any = DynamicCache(config=config)
-                logits = self._prefill(group.to(dev), am, position, cache)
-                for li, layer in enumerate(cache.layers):
+                logits, kv = self._prefill_kv(group.to(dev), am, position)
+                for li, (k, v) in enumerate(kv):
                     if len(keys) <= li:
-                        k, v = layer.keys, layer.values
                         keys.append(k.new_zeros((n, k.shape[1], longest + max_new, k.shape[3])))
                         values.append(v.new_zeros((n, v.shape[1], longest + max_new, v.shape[3])))
-                    keys[li][start:stop, :, longest - width : longest] = layer.keys
-                    values[li][start:stop, :, longest - width : longest] = layer.values
+                    keys[li][start:stop, :, longest - width : longest] = k
+                    values[li][start:stop, :, longest - width : longest] = v
                 token[start:stop] = self._pick(logits, sampler, slice(start, stop), constraint)
                 self.work["prefill_tokens"] += (stop - start) * width
                 self.work["prefill_calls"] += 1
             mask = mask.to(dev)
-            buffers = InPlaceCache(config, keys, values, longest)
+            buffers = InPlaceCache(self._cache_config(), keys, values, longest)
             live = torch.arange(n)  # the sorted-row index of each row still in the batch
             finished = torch.zeros((n,), dtype=torch.bool, device=dev)
             position = torch.tensor(lengths, dtype=torch.long, device=dev)
@@ -359,7 +373,7 @@ def prefill_groups(lengths: list[int], call_cost: int) -> list[tuple[int, int]]:
 
 # Generation settings genbatch's own loop reproduces; any other non-default setting in a model's
 # generation_config (repetition penalty, bad words, forced tokens, ...) makes the runner use generate.
-_OWN_LOOP_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length",
+OWN_LOOP_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length",
                       "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "use_cache",
                       "cache_implementation", "transformers_version", "_from_model_config"}
 
@@ -388,7 +402,7 @@ def supports_own_loop(model: Any) -> str:
         return ""
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return ""
-    extra = set(model.generation_config.to_diff_dict()) - _OWN_LOOP_SETTINGS
+    extra = set(model.generation_config.to_diff_dict()) - OWN_LOOP_SETTINGS
     return "" if extra else name
 
 
@@ -451,7 +465,7 @@ def _plain_linear(module: Any) -> bool:
 
 
 def direct_step_fits(model: Any) -> bool:
-    """Whether ``LlamaDecodeStep`` may run ``model``'s decode steps: ``last_layer_shortcut_fits``'s
+    """Whether ``LlamaCompute.from_transformers`` may run ``model``'s decode steps: ``last_layer_shortcut_fits``'s
     structure (checked before) with plain ``nn.Linear`` projections in every layer and no module hooks."""
     import torch
 
@@ -467,105 +481,68 @@ def direct_step_fits(model: Any) -> bool:
     return type(embed) is torch.nn.Embedding and embed.max_norm is None and not hooked
 
 
-class LlamaDecodeStep:
-    """One decode step of a plain Llama (one new token per row) as the tensor operations transformers'
-    ``LlamaForCausalLM.forward`` runs for it, in the same order on the same weights, so the logits are
-    the same bits, without its per-call Python (kwarg shims, output capture, mask building, module hooks,
-    cache classes): on the CPU catalog model that Python is most of a step's time.
-    ``tests/integration/test_runners.py`` holds it to the model's own forward and to ``generate``."""
-
-    def __init__(self, model: Any) -> None:
-        import torch
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        from transformers.models.llama import modeling_llama as llama
-
-        self.torch, self.F = torch, torch.nn.functional
-        self.inner, self.lm_head = model.model, model.lm_head
-        self.rope = llama.apply_rotary_pos_emb
-        self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(model.config._attn_implementation,
-                                                               llama.eager_attention_forward)
-
-    def __call__(self, token: Any, mask: Any, position: Any, caches: list[Any]) -> Any:
-        """Last-position logits of each row for ``token`` (rows,) at ``position`` (rows,), attending
-        under ``mask`` and appending each layer's K/V to ``caches`` (``InPlaceCache.layers``)."""
-        F, inner = self.F, self.inner
-        hidden = F.embedding(token.unsqueeze(1), inner.embed_tokens.weight, inner.embed_tokens.padding_idx)
-        if mask.dtype == self.torch.bool:  # SDPA turns a boolean mask into this additive one in every layer
-            mask = self.torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(
-                ~mask, float("-inf"))
-        cos, sin = inner.rotary_emb(hidden, position_ids=position.unsqueeze(1))
-        rows = hidden.shape[0]
-        for layer, cache in zip(inner.layers, caches, strict=True):
-            attn, mlp = layer.self_attn, layer.mlp
-            shape = (rows, 1, -1, attn.head_dim)
-            normed = layer.input_layernorm.forward(hidden)
-            query = F.linear(normed, attn.q_proj.weight, attn.q_proj.bias).view(shape).transpose(1, 2)
-            key = F.linear(normed, attn.k_proj.weight, attn.k_proj.bias).view(shape).transpose(1, 2)
-            value = F.linear(normed, attn.v_proj.weight, attn.v_proj.bias).view(shape).transpose(1, 2)
-            query, key = self.rope(query, key, cos, sin)
-            key, value = cache.update(key, value)
-            out, _ = self.attention(attn, query, key, value, mask, dropout=0.0, scaling=attn.scaling)
-            out = out.reshape(rows, 1, -1).contiguous()
-            hidden = hidden + F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
-            normed = layer.post_attention_layernorm.forward(hidden)
-            gated = mlp.act_fn.forward(F.linear(normed, mlp.gate_proj.weight, mlp.gate_proj.bias))
-            hidden = hidden + F.linear(gated * F.linear(normed, mlp.up_proj.weight, mlp.up_proj.bias),
-                                       mlp.down_proj.weight, mlp.down_proj.bias)
-        hidden = inner.norm.forward(hidden)
-        return F.linear(hidden, self.lm_head.weight, self.lm_head.bias)[:, -1]
-
-
 class InPlaceCache:
-    """A transformers ``DynamicCache`` over preallocated K/V buffers, appended to in place.
+    """Preallocated K/V buffers, appended to in place; with a config, also a transformers ``DynamicCache``
+    over them (``cache``) for the model's own forward.
 
     Each layer's ``update`` writes the step's keys/values into the next column and returns views
     up to it, so no step copies the cache; ``select`` keeps only some rows (finished rows leave).
     """
 
     def __init__(self, config: Any, keys: list[Any], values: list[Any], filled: int) -> None:
-        from transformers import DynamicCache
-
-        layer = _buffer_layer_class()
+        layer = KVBuffer if config is None else _buffer_layer_class()
         self.layers = [layer(k, v, filled) for k, v in zip(keys, values, strict=True)]
-        self.cache: Any = DynamicCache(config=config)
-        self.cache.layers = self.layers
+        self.cache: Any = None
+        if config is not None:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=config)
+            self.cache.layers = self.layers
 
     def select(self, rows: Any) -> None:
         for layer in self.layers:
             layer.select(rows)
 
 
+class KVBuffer:
+    """One layer's K/V buffer: ``update`` writes the next columns in place and returns views up to them."""
+
+    def __init__(self, keys: Any, values: Any, filled: int) -> None:
+        self.key_buffer, self.value_buffer, self.filled = keys, values, filled
+        self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
+
+    def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        start, self.filled = self.filled, self.filled + key_states.shape[-2]
+        self.key_buffer[:, :, start : self.filled] = key_states
+        self.value_buffer[:, :, start : self.filled] = value_states
+        self.keys = self.key_buffer[:, :, : self.filled]
+        self.values = self.value_buffer[:, :, : self.filled]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return int(self.filled)
+
+    def select(self, rows: Any) -> None:
+        self.key_buffer = self.key_buffer.index_select(0, rows)
+        self.value_buffer = self.value_buffer.index_select(0, rows)
+        self.keys = self.key_buffer[:, :, : self.filled]
+        self.values = self.value_buffer[:, :, : self.filled]
+
+
 _BUFFER_LAYER: list[type] = []
 
 
 def _buffer_layer_class() -> type:
+    """``KVBuffer`` as a transformers ``DynamicLayer`` (what a ``DynamicCache``'s layers must be)."""
     if _BUFFER_LAYER:
         return _BUFFER_LAYER[0]
     from transformers.cache_utils import DynamicLayer
 
-    class BufferLayer(DynamicLayer):
+    class BufferLayer(KVBuffer, DynamicLayer):
         def __init__(self, keys: Any, values: Any, filled: int) -> None:
-            super().__init__()
-            self.key_buffer, self.value_buffer, self.filled = keys, values, filled
+            DynamicLayer.__init__(self)
+            KVBuffer.__init__(self, keys, values, filled)
             self.is_initialized = True
-            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            start, self.filled = self.filled, self.filled + key_states.shape[-2]
-            self.key_buffer[:, :, start : self.filled] = key_states
-            self.value_buffer[:, :, start : self.filled] = value_states
-            self.keys = self.key_buffer[:, :, : self.filled]
-            self.values = self.value_buffer[:, :, : self.filled]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return int(self.filled)
-
-        def select(self, rows: Any) -> None:
-            self.key_buffer = self.key_buffer.index_select(0, rows)
-            self.value_buffer = self.value_buffer.index_select(0, rows)
-            self.keys = self.key_buffer[:, :, : self.filled]
-            self.values = self.value_buffer[:, :, : self.filled]
 
     _BUFFER_LAYER.append(BufferLayer)
     return BufferLayer
@@ -657,7 +634,19 @@ class ImageRunner:
         return [{"image": Image.fromarray((np.clip(img, 0, 1) * 255).round().astype("uint8"))} for img in images]
 
 
+NATIVE_LLAMA_ENV = "GENBATCH_NATIVE_LLAMA"
+"""Set to ``0`` to run every text model through transformers (the native path's escape hatch)."""
+
+
 def load_runner(task: str, model_dir: Path, *, generation: dict[str, Any], precision: str, device: str) -> Any:
-    cls = TextRunner if task == "text" else ImageRunner
+    """The runner for ``task``: a plain Llama without transformers where it runs exactly as transformers would
+    (``models.native_runner``), else transformers' (text) or diffusers' (image) pipeline."""
     log.info("loading %s runner from %s on %s (%s)", task, model_dir, device, precision)
+    if task == "text" and os.environ.get(NATIVE_LLAMA_ENV, "1") != "0":
+        from models.native_runner import load_native_text_runner
+
+        native = load_native_text_runner(model_dir, generation=generation, precision=precision, device=device)
+        if native is not None:
+            return native
+    cls = TextRunner if task == "text" else ImageRunner
     return cls(model_dir, generation=generation, precision=precision, device=device)

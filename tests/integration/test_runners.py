@@ -36,26 +36,33 @@ def _items(n: int, **params: Any) -> list[Item]:
                  negative_prompt=None, record=r) for i, r in enumerate(rows)]
 
 
-def _text_runner(registry: str, **gen: Any) -> Any:
-    mv = resolve(registry, "catalog-copy", alias="production")
-    return load_runner("text", fetch_verified(mv, Path("/nonexistent")), generation={**GEN, **gen},
-                       precision="auto", device="cpu")
+def _text_runner(registry: str, native: bool = False, **gen: Any) -> Any:
+    """The catalog model's runner through transformers, or (``native``) the one the worker loads: the native
+    Llama runner (``models.native_runner``)."""
+    model_dir = fetch_verified(resolve(registry, "catalog-copy", alias="production"), Path("/nonexistent"))
+    if native:
+        runner = load_runner("text", model_dir, generation={**GEN, **gen}, precision="auto", device="cpu")
+        assert type(runner).__name__ == "NativeTextRunner"
+        return runner
+    return TextRunner(model_dir, generation={**GEN, **gen}, precision="auto", device="cpu")
 
 
 def _by_batches(runner: Any, items: list[Item], size: int) -> list[str]:
     return [r["output"] for start in range(0, len(items), size) for r in runner.run_batch(items[start:start + size])]
 
 
-def test_greedy_text_does_not_depend_on_batch_composition(registry: str) -> None:
-    runner = _text_runner(registry)
+@pytest.mark.parametrize("native", [False, True], ids=["transformers", "native"])
+def test_greedy_text_does_not_depend_on_batch_composition(registry: str, native: bool) -> None:
+    runner = _text_runner(registry, native)
     items = _items(12)
     alone = _by_batches(runner, items, 1)
     assert _by_batches(runner, items, 5) == alone
     assert _by_batches(runner, list(reversed(items)), 12) == list(reversed(alone))
 
 
-def test_sampled_text_depends_only_on_the_item_seed(registry: str) -> None:
-    runner = _text_runner(registry, temperature=1.2, top_p=0.95)
+@pytest.mark.parametrize("native", [False, True], ids=["transformers", "native"])
+def test_sampled_text_depends_only_on_the_item_seed(registry: str, native: bool) -> None:
+    runner = _text_runner(registry, native, temperature=1.2, top_p=0.95)
     items = _items(10)
     alone = _by_batches(runner, items, 1)
     assert _by_batches(runner, items, 4) == alone
@@ -76,13 +83,13 @@ def test_prefill_shortcut_switch_turns_the_shortcut_off(registry: str) -> None:
 
 def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
     """The runner's own loop (length-grouped prefill, with and without the last-layer shortcut,
-    decode steps by ``LlamaDecodeStep`` or by the model's forward, in-place cache, finished rows
+    decode steps by ``LlamaCompute.from_transformers`` or by the model's forward, in-place cache, finished rows
     dropped) and ``model.generate`` on the same batch yield the same outputs: greedy, sampled,
     fixed length."""
     runner = _text_runner(registry, max_new_tokens=40)
     assert runner.own_loop, "the catalog model is a plain Llama: the own loop must drive it"
     assert runner.last_layer_shortcut, "a plain Llama under SDPA: prefill skips the last layer's non-final positions"
-    assert runner.direct_step is not None, "a plain Llama without hooks: LlamaDecodeStep runs its decode steps"
+    assert runner.direct_step is not None, "a plain Llama without hooks: LlamaCompute runs its decode steps"
     direct_step = runner.direct_step
     items = _items(12)
     cases: list[tuple[dict[str, Any], bool]] = [({}, False), ({"temperature": 1.2, "top_p": 0.95}, False), ({}, True)]
@@ -117,13 +124,14 @@ def test_own_decoding_loop_gives_generates_tokens(registry: str) -> None:
 
 
 def test_direct_decode_step_gives_the_models_logits_bit_for_bit(registry: str) -> None:
-    """One decode step of ``LlamaDecodeStep`` against ``LlamaForCausalLM.forward`` on the same left-padded
+    """One decode step of ``LlamaCompute.from_transformers`` against ``LlamaForCausalLM.forward`` on the same left-padded
     cache: the same logits, bit for bit (same operations, same order, same weights), and the same K/V
     appended; a model with a forward hook (e.g. accelerate's offloading) does not get the direct step."""
     import torch
     from transformers import DynamicCache
 
-    from models.runners import InPlaceCache, LlamaDecodeStep, direct_step_fits
+    from models.llama_compute import LlamaCompute
+    from models.runners import InPlaceCache, direct_step_fits
 
     runner = _text_runner(registry, max_new_tokens=8)
     model, config = runner.model, runner.model.config
@@ -146,7 +154,7 @@ def test_direct_decode_step_gives_the_models_logits_bit_for_bit(registry: str) -
         mask = torch.cat([am, torch.ones((2, 1), dtype=torch.long)], dim=1)[:, None, None, :].bool()
         expected = model(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=step_position.unsqueeze(1),
                          cache=caches[0].cache, use_cache=True).logits[:, -1]
-        got = LlamaDecodeStep(model)(token, mask, step_position, caches[1].layers)
+        got = LlamaCompute.from_transformers(model)(token, mask, step_position, caches[1].layers)
     assert torch.equal(got, expected)
     for mine, theirs in zip(caches[1].layers, caches[0].layers, strict=True):
         assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
@@ -239,8 +247,8 @@ def test_whether_a_tokenizer_adds_bos_is_asked_once_per_tokenizer(registry: str)
     not once per chat row: the preprocess token count renders every chat row."""
     from genbatch.run import chat_template
 
-    runner = load_runner("text", fetch_verified(resolve(registry, "catalog-chat", version=1), Path("/nonexistent")),
-                         generation=GEN, precision="auto", device="cpu")
+    runner = TextRunner(fetch_verified(resolve(registry, "catalog-chat", version=1), Path("/nonexistent")),
+                        generation=GEN, precision="auto", device="cpu")
     tokenizer = runner.tokenizer
     chat_template._ADDS_BOS.pop(tokenizer, None)
     first = chat_template._adds_bos(tokenizer)

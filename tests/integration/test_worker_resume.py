@@ -130,7 +130,8 @@ def _attempt(state: RunState, tmp_path: Path, sig: int | None, rng: random.Rando
     ``_check`` fails.
 
     ``point="parts"``: once this attempt has committed a random 1-2 parts, plus 0-12 ms.
-    ``point="startup"``: a random 0.2-2.5 s after the start (imports, model load, resume scan).
+    ``point="startup"``: a random 0.2-2.5 s after the start (imports, model load, resume scan), or as this
+    attempt starts its first batch if that comes sooner (a native-runner worker starts in about 1 s).
     """
     outputs_dir = Path(state.layout.outputs_dir(0))
     log_path = tmp_path / "batches.log"
@@ -142,7 +143,10 @@ def _attempt(state: RunState, tmp_path: Path, sig: int | None, rng: random.Rando
         signalled = False
         try:
             if sig is not None and point == "startup":
-                time.sleep(rng.uniform(0.2, 2.5))
+                deadline = time.monotonic() + rng.uniform(0.2, 2.5)
+                while (proc.poll() is None and time.monotonic() < deadline
+                       and not any(rec["pid"] == proc.pid for rec in read_batch_log(log_path))):
+                    time.sleep(0.002)
                 if proc.poll() is None and injection_enabled():
                     os.kill(proc.pid, sig)
                     signalled = True
