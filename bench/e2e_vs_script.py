@@ -1,6 +1,6 @@
 """A run's fixed cost: ``genbatch run`` and the worker against the script a competent user writes instead.
 
-``python -m bench.e2e_vs_script [--sizes 300,3000] [--repeat 5] [--max-new-tokens 32]``
+``python -m bench.e2e_vs_script [--sizes 300,3000] [--repeat 5] [--max-new-tokens 32] [--baseline CHECKOUT]``
 
 The baseline (``_script`` below, run as its own process) is what a competent user writes instead of
 genbatch: load the model (safetensors, local files only), sort the prompts by token length, left-pad,
@@ -23,6 +23,11 @@ and the largest size; the same three from CPU time (user + system of the leg's p
 ``cpu_ratios``, ``cpu_lines``), the steadier figure when another tenant loads the machine; the median
 duration of each task of the run at each size. Figures are reported, never asserted. One JSON line to
 stdout, progress to stderr.
+
+``--baseline CHECKOUT`` (another checkout of genbatch, e.g. ``git worktree add /tmp/before <commit>``) also
+runs its run and worker legs, interleaved with the others in the same repetitions, and reports this
+checkout's run and worker against it (``baseline``): a before/after that another tenant's load shifts for
+both sides alike, instead of two bench runs minutes apart. Its run has its own embedded Airflow home.
 """
 
 from __future__ import annotations
@@ -77,11 +82,18 @@ def _pin() -> None:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 
-def _env(work: Path) -> dict[str, str]:
+def _env(work: Path, checkout: Path = REPO) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not (k.startswith("AIRFLOW__") or k == "AIRFLOW_HOME")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GENBATCH_ALLOWED_PREFIXES=f"{work},{REPO}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GENBATCH_ALLOWED_PREFIXES=f"{work},{checkout}",
+               PYTHONPATH=str(checkout))
     return env
+
+
+def _side(leg: str, ctx: dict[str, Any], work: Path) -> tuple[str, Path, Path]:
+    """A leg's kind (run, worker, script), the checkout it runs and its working dir (the embedded home's parent):
+    ``run@baseline`` is the baseline checkout's run, in its own dir."""
+    kind, _, side = leg.partition("@")
+    return (kind, ctx["baseline"], work / "baseline") if side else (kind, REPO, work)
 
 
 def _children_cpu_s() -> float:
@@ -123,7 +135,7 @@ def line(points: dict[int, float]) -> dict[str, float]:
     return {"fixed_s": round(points[small] - slope * small, 2), "per_item_ms": round(slope * 1000, 3)}
 
 
-def setup(work: Path, sizes: list[int], max_new_tokens: int) -> dict[str, Any]:
+def setup(work: Path, sizes: list[int], max_new_tokens: int, baseline: Path | None = None) -> dict[str, Any]:
     """Registry, prompts, specs and worker run dirs for every size; the embedded home migrated once."""
     from bench.worker_throughput import prepare_run_dir, shard_items, text_prompts
     from models.registry import resolve
@@ -151,24 +163,27 @@ def setup(work: Path, sizes: list[int], max_new_tokens: int) -> dict[str, Any]:
         per_size[n] = {"folder": folder, "spec": folder / "spec.json", "model_dir": str(model_dir),
                        "worker_items": shard_items(prompts[:n]), "generation": generation}
     # A user's second run: the embedded home's metadata DB exists (genbatch run migrates it once).
-    env = _env(work)
-    subprocess.run([sys.executable, "-c", "from genbatch.cli import embedded as e; h = e.STATE_DIR / 'airflow'; "
-                    "e.configure(h); e.ensure_db(h)"], cwd=work, env=env, check=True, timeout=600)
-    return {"registry": registry, "sizes": per_size, "prepare_run_dir": prepare_run_dir}
+    for checkout, cwd in [(REPO, work)] + ([(baseline, work / "baseline")] if baseline else []):
+        cwd.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, "-c", "from genbatch.cli import embedded as e; h = e.STATE_DIR / 'airflow'; "
+                        "e.configure(h); e.ensure_db(h)"], cwd=cwd, env=_env(work, checkout), check=True, timeout=600)
+    return {"registry": registry, "sizes": per_size, "prepare_run_dir": prepare_run_dir, "baseline": baseline}
 
 
 def one(leg: str, n: int, rep: int, ctx: dict[str, Any], work: Path, max_new_tokens: int) -> dict[str, Any]:
     size = ctx["sizes"][n]
-    env = _env(work)
-    if leg == "run":
-        run_id = f"e2e-{n}-{rep}"
-        wall, cpu = timed([sys.executable, "-m", "genbatch", "run", str(size["spec"]), "--run-id", run_id], work, env)
-        return {"wall_s": wall, "cpu_s": cpu, "tasks": task_durations(work / ".genbatch" / "airflow", run_id)}
-    if leg == "worker":
-        run_dir = ctx["prepare_run_dir"](size["folder"] / f"worker-{rep}", "text", MODEL, Path(size["model_dir"]),
+    kind, checkout, cwd = _side(leg, ctx, work)
+    env = _env(work, checkout)
+    tag = leg.replace("@", "-")
+    if kind == "run":
+        run_id = f"e2e-{tag}-{n}-{rep}"
+        wall, cpu = timed([sys.executable, "-m", "genbatch", "run", str(size["spec"]), "--run-id", run_id], cwd, env)
+        return {"wall_s": wall, "cpu_s": cpu, "tasks": task_durations(cwd / ".genbatch" / "airflow", run_id)}
+    if kind == "worker":
+        run_dir = ctx["prepare_run_dir"](size["folder"] / f"{tag}-{rep}", "text", MODEL, Path(size["model_dir"]),
                                          size["generation"], size["worker_items"])
         wall, cpu = timed([sys.executable, "-m", "genbatch", "worker", "--run-dir", run_dir, "--shard", "0"],
-                               work, env)
+                               cwd, env)
         return {"wall_s": wall, "cpu_s": cpu}
     out = size["folder"] / f"script-{rep}.jsonl"
     wall, cpu = timed([sys.executable, "-m", "bench.e2e_vs_script", "_script", "--model-dir", size["model_dir"],
@@ -184,26 +199,27 @@ def _vs_script(legs: dict[str, float]) -> dict[str, float]:
     return {f"{leg}_vs_script": round(legs[leg] / legs["script"], 3) for leg in ("run", "worker")}
 
 
-def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any]:
-    walls: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in LEGS} for n in sizes}
-    cpus: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in LEGS} for n in sizes}
-    tasks: dict[int, dict[str, list[float]]] = {n: {} for n in sizes}
+def measure(sizes: list[int], repeat: int, max_new_tokens: int, baseline: Path | None = None) -> dict[str, Any]:
+    legs = LEGS + (("run@baseline", "worker@baseline") if baseline else ())
+    walls: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in legs} for n in sizes}
+    cpus: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in legs} for n in sizes}
+    tasks: dict[str, dict[int, dict[str, list[float]]]] = {leg: {n: {} for n in sizes} for leg in ("run", "run@baseline")}
     with tempfile.TemporaryDirectory(prefix="genbatch-e2e-vs-script-") as tmp:
         work = Path(tmp)
-        ctx = setup(work, sizes, max_new_tokens)
+        ctx = setup(work, sizes, max_new_tokens, baseline)
         for rep in range(repeat):
-            order = LEGS[rep % len(LEGS):] + LEGS[:rep % len(LEGS)]
+            order = legs[rep % len(legs):] + legs[:rep % len(legs)]
             for n in sizes:
                 for leg in order:
                     res = one(leg, n, rep, ctx, work, max_new_tokens)
                     walls[n][leg].append(res["wall_s"])
                     cpus[n][leg].append(res["cpu_s"])
                     for task, seconds in res.get("tasks", {}).items():
-                        tasks[n].setdefault(task, []).append(seconds)
+                        tasks[leg][n].setdefault(task, []).append(seconds)
                     print(f"e2e_vs_script: rep {rep} size {n} {leg}: {res['wall_s']:.2f} s", file=sys.stderr, flush=True)
     medians = {n: {leg: statistics.median(v) for leg, v in walls[n].items()} for n in sizes}
     cpu_medians = {n: {leg: statistics.median(v) for leg, v in cpus[n].items()} for n in sizes}
-    return {
+    result = {
         "bench": "e2e_vs_script", "sizes": sizes, "repeat": repeat, "max_new_tokens": max_new_tokens,
         "model": f"{MODEL}@{MODEL_VERSION}",
         "wall_s": {str(n): {leg: {"median": round(medians[n][leg], 2), "min": round(min(v), 2),
@@ -213,10 +229,36 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int) -> dict[str, Any
         "cpu_s": {str(n): {leg: round(cpu_medians[n][leg], 2) for leg in LEGS} for n in sizes},
         "cpu_ratios": {str(n): _vs_script(cpu_medians[n]) for n in sizes},
         "cpu_lines": {leg: line({n: cpu_medians[n][leg] for n in sizes}) for leg in LEGS},
-        "run_tasks_median_s": {str(n): {t: round(statistics.median(v), 2) for t, v in sorted(tasks[n].items())}
-                               for n in sizes},
+        "run_tasks_median_s": _task_medians(tasks["run"]),
         "cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
     }
+    if baseline:
+        result["baseline"] = {
+            "checkout": str(baseline), "commit": _commit(baseline),
+            "wall_s": {str(n): {leg: round(medians[n][f"{leg}@baseline"], 2) for leg in ("run", "worker")} for n in sizes},
+            "cpu_s": {str(n): {leg: round(cpu_medians[n][f"{leg}@baseline"], 2) for leg in ("run", "worker")}
+                      for n in sizes},
+            "vs_baseline": {str(n): _vs_baseline(medians[n]) for n in sizes},
+            "cpu_vs_baseline": {str(n): _vs_baseline(cpu_medians[n]) for n in sizes},
+            "run_tasks_median_s": _task_medians(tasks["run@baseline"]),
+        }
+    result["commit"] = _commit(REPO)
+    return result
+
+
+def _vs_baseline(legs: dict[str, float]) -> dict[str, float]:
+    """This checkout's run and worker ÷ the baseline checkout's (below 1: faster than the baseline)."""
+    return {leg: round(legs[leg] / legs[f"{leg}@baseline"], 3) for leg in ("run", "worker")}
+
+
+def _task_medians(tasks: dict[int, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {str(n): {t: round(statistics.median(v), 2) for t, v in sorted(per.items())} for n, per in tasks.items()}
+
+
+def _commit(checkout: Path) -> str | None:
+    proc = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False)
+    return proc.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="300,3000")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--baseline", type=Path, help="another genbatch checkout to measure against, interleaved")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--prompts", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -234,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         _script(args.model_dir, args.prompts, args.out, args.max_new_tokens)
         return 0
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    print(json.dumps(measure(sizes, args.repeat, args.max_new_tokens)))
+    baseline = args.baseline.resolve() if args.baseline else None
+    print(json.dumps(measure(sizes, args.repeat, args.max_new_tokens, baseline)))
     return 0
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.e2e_vs_script import line, timed
+from bench.e2e_vs_script import _side, _vs_baseline, line, timed
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "zoo" / "catalog-copy" / "v2"
@@ -49,3 +49,15 @@ def test_a_legs_cpu_time_counts_its_process_tree_and_not_its_waiting(tmp_path: P
     assert cpu >= 0.3 and wall >= cpu * 0.9  # the grandchild's 0.3 s of CPU is counted
     wall, cpu = timed([sys.executable, "-c", "import time; time.sleep(0.6)"], tmp_path, env)
     assert wall >= 0.6 and cpu < 0.3  # asleep: wall time, hardly any CPU
+
+
+def test_a_baseline_checkouts_legs_run_its_code_in_their_own_home(tmp_path: Path) -> None:
+    """--baseline: run@baseline and worker@baseline run the other checkout, the run in its own embedded home;
+    the report divides this checkout's medians by the baseline's."""
+    ctx = {"baseline": tmp_path / "before"}
+    assert _side("run@baseline", ctx, tmp_path) == ("run", tmp_path / "before", tmp_path / "baseline")
+    assert _side("worker@baseline", ctx, tmp_path) == ("worker", tmp_path / "before", tmp_path / "baseline")
+    assert _side("run", ctx, tmp_path) == ("run", REPO, tmp_path)
+    medians = {"run": 9.0, "run@baseline": 12.0, "worker": 2.0, "worker@baseline": 4.0, "script": 5.0}
+    assert _vs_baseline(medians) == {"run": 0.75, "worker": 0.5}
+
