@@ -374,8 +374,8 @@ def prefill_groups(lengths: list[int], call_cost: int) -> list[tuple[int, int]]:
 # Generation settings genbatch's own loop reproduces; any other non-default setting in a model's
 # generation_config (repetition penalty, bad words, forced tokens, ...) makes the runner use generate.
 OWN_LOOP_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "max_length",
-                      "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "use_cache",
-                      "cache_implementation", "transformers_version", "_from_model_config"}
+                     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "use_cache",
+                     "cache_implementation", "transformers_version", "_from_model_config"}
 
 
 def supports_own_loop(model: Any) -> str:
