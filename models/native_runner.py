@@ -52,6 +52,8 @@ class NativeTextRunner(TextRunner):
     """``TextRunner``'s own loop (length-grouped prefill, in-place cache, direct decode steps, finished rows
     leaving) over ``LlamaCompute`` and ``PlainTokenizer`` instead of transformers' model and tokenizer."""
 
+    direct_step: LlamaCompute  # always set: it runs the decode steps and the prefill
+
     def __init__(self, model_dir: Path, *, generation: dict[str, Any], device: str, compute: LlamaCompute,
                  tokenizer: PlainTokenizer, eos: Any) -> None:
         import torch
@@ -59,7 +61,6 @@ class NativeTextRunner(TextRunner):
         self.torch, self.device, self.generation, self.model_dir = torch, device, generation, model_dir
         self.tokenizer: Any = tokenizer
         self.model = None
-        self.compute = compute
         self.own_loop, self.last_layer_shortcut, self.direct_step = "native", True, compute
         self.schema_constraint = None
         self.mask_4d = True  # SDPA: the step's boolean mask, made additive once per step
@@ -76,7 +77,7 @@ class NativeTextRunner(TextRunner):
         return render_chat(self._chat_tokenizer, messages)
 
     def _prefill_kv(self, input_ids: Any, am: Any, position: Any) -> tuple[Any, list[tuple[Any, Any]]]:
-        return self.compute.prefill(input_ids, am, position)
+        return self.direct_step.prefill(input_ids, am, position)
 
     def _cache_config(self) -> Any:
         return None
