@@ -499,6 +499,8 @@ def main() -> None:
 if __name__ == "__main__":
     # Build the pipeline from the importable module, not from ``__main__``: workers then unpickle
     # ``beam_jobs.preprocess.Measure`` by reference instead of needing this file's main session.
+    # As a whole process: the collector set for a short-lived one (genbatch.cli.process).
     from beam_jobs.preprocess import main as _main
+    from genbatch.cli.process import run_as_process
 
-    _main()
+    run_as_process(_main)

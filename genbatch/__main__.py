@@ -1,3 +1,3 @@
-from genbatch.cli.commands import main
+from genbatch.cli.commands import console_main
 
-raise SystemExit(main())
+console_main()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from genbatch.errors import GenbatchError
 
@@ -333,3 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except GenbatchError as exc:
         print(f"genbatch: error: {exc}", file=sys.stderr)
         return 2
+
+
+def console_main() -> NoReturn:
+    """The ``genbatch`` executable and ``python -m genbatch``: :func:`main` as a whole process, with the
+    collector set for a short-lived one (:mod:`genbatch.cli.process`)."""
+    from genbatch.cli.process import run_as_process
+
+    run_as_process(main)

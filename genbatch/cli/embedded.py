@@ -81,6 +81,7 @@ def run_dag(run_conf: dict[str, Any], dag_id: str = "batch_generation") -> tuple
     from airflow.dag_processing.dagbag import DagBag
 
     from genbatch.cli.light_process import ENV_VAR, forbid_heavy_imports
+    from genbatch.cli.process import start_up_done
 
     if os.environ.get(ENV_VAR, "1") != "0":
         forbid_heavy_imports()
@@ -94,6 +95,7 @@ def run_dag(run_conf: dict[str, Any], dag_id: str = "batch_generation") -> tuple
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
     dag = bag.dags[dag_id]
+    start_up_done()  # Airflow, the Execution API and the DAG live until the run ends: spare them the collections
     dr = dag.test(run_conf=run_conf)
     tasks = {}
     for ti in dr.get_task_instances():
