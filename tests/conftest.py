@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,21 @@ from pathlib import Path
 import pytest
 
 from devstack.gcs_emulator import EmulatorUnavailable, GcsEmulator
+from genbatch.cli.process import tune_collector
 from genbatch.io import storage
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session imports Airflow, Great Expectations, Beam, torch and transformers into one heap: collect its
+    youngest generation as genbatch's own processes do (genbatch.cli.process; about 12% off an in-process
+    subset: tests/unit/test_dag_integrity.py, test_scheduled_dags.py, test_validate_operator.py and
+    test_quality_validation.py, 46/43 s -> 40/38 s on one core)."""
+    tune_collector()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session is over: its exit need not traverse that heap once more (what run_as_process does)."""
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
