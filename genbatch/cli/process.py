@@ -2,12 +2,12 @@
 
 CPython's cyclic collector is tuned for a steady heap. Ours grow from nothing to millions of objects while
 they import Airflow, Great Expectations, pandas, Beam or torch, and each quarter of growth costs a full
-traversal: about 1.8 s of collections in a 300-row ``genbatch run``. At exit the interpreter traverses the
-whole heap again while it tears the modules down: 2.4 s more, after the run's work is done.
+traversal: about 2 s of collections in a 300-row ``genbatch run``. At exit the interpreter traverses the
+whole heap again while it tears the modules down: 2.5 s more, after the run's work is done.
 :func:`run_as_process` collects the youngest generation less often, and freezes the heap once the work is
 done, so that the exit skips those traversals; :func:`start_up_done` freezes what a start-up built, so
 the work's own full collections skip it too. Reference counting still frees every object as before; only
-cyclic garbage that a freeze keeps goes with the process. Measured in ``bench/e2e_vs_script.py``
+cyclic garbage that a freeze keeps goes with the process. Measured in ``bench/process_gc.py``
 (docs/benchmarks.md). Tests and other callers of a ``main`` keep the interpreter's defaults.
 """
 
@@ -48,8 +48,8 @@ def run_as_process(main: Callable[[], int | None]) -> NoReturn:
 def start_up_done() -> bool:
     """Freeze every object this process holds now, in a process :func:`run_as_process` runs: what its
     start-up imported and built lives until exit, so later full collections need not traverse it (in an
-    embedded run, the one left during ``dag.test`` took 0.4 s). Elsewhere (a test calling ``main``) nothing
-    changes. Returns whether it froze."""
+    embedded run: the full collection left during ``dag.test``). Elsewhere (a test calling ``main``)
+    nothing changes. Returns whether it froze."""
     if _whole_process:
         gc.freeze()
     return _whole_process
