@@ -67,3 +67,15 @@ def test_a_clearly_worse_candidate_fails_and_lower_is_better_uses_the_upper_boun
 def test_an_empty_arm_fails() -> None:
     row = _row(compare(_arm(1, [0.5] * N), _arm(2, []), _policy()))
     assert row["passed"] is False
+
+
+def test_a_candidate_under_the_throughput_floor_fails_on_throughput_alone() -> None:
+    ids = [f"g-{i}" for i in range(N)]
+    scores = [1.0] * N
+    policy = Policy(golden_set="unused", spec={}, metrics=[MetricRule("quality", True, 0.02)], throughput_floor=0.5)
+    production = _arm(1, scores, ids)
+    for candidate_throughput, passes in [(4.9, False), (5.0, True), (12.0, True)]:  # production: 10 items/s
+        evidence = compare(production, {**_arm(2, scores, ids), "throughput": candidate_throughput}, policy)
+        row = next(r for r in evidence["rows"] if r["metric"] == "throughput_items_per_s")
+        assert row["ratio"] == pytest.approx(candidate_throughput / 10.0) and row["passed"] is passes
+        assert _row(evidence)["passed"] is True and evidence["passed"] is passes
