@@ -25,6 +25,7 @@ from pathlib import Path
 from devstack.gcs_emulator import GcsEmulator, create_bucket, server_alive, stop_server
 from genbatch.cli.commands import default_run_id
 from genbatch.cli.commands import main as cli_main
+from genbatch.cli.process import run_as_process
 from genbatch.io import storage
 from genbatch.run.spec import load_spec
 
@@ -131,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_as_process(main)  # the collector as genbatch's own processes set it (genbatch.cli.process)
