@@ -1,6 +1,6 @@
 """A run's fixed cost: ``genbatch run`` and the worker against the script a competent user writes instead.
 
-``python -m bench.e2e_vs_script [--sizes 300,3000] [--repeat 5] [--max-new-tokens 32] [--baseline CHECKOUT]``
+``python -m bench.e2e_vs_script [--sizes 300,3000] [--repeat 5] [--max-new-tokens 32] [--baseline CHECKOUT] [--floor]``
 
 The baseline (``_script`` below, run as its own process) is what a competent user writes instead of
 genbatch: load the model (safetensors, local files only), sort the prompts by token length, left-pad,
@@ -28,6 +28,10 @@ stdout, progress to stderr.
 runs its run and worker legs, interleaved with the others in the same repetitions, and reports this
 checkout's run and worker against it (``baseline``): a before/after that another tenant's load shifts for
 both sides alike, instead of two bench runs minutes apart. Its run has its own embedded Airflow home.
+
+``--floor`` also measures ``bench.start_up_floor``'s floor (the libraries' start-up, no work of genbatch's)
+once per repetition, interleaved with the other legs, and reports it with the run's time above it at each
+size and the run's fixed cost above it (``floor``): the share of a run that genbatch's code can still cut.
 """
 
 from __future__ import annotations
@@ -199,31 +203,43 @@ def _vs_script(legs: dict[str, float]) -> dict[str, float]:
     return {f"{leg}_vs_script": round(legs[leg] / legs["script"], 3) for leg in ("run", "worker")}
 
 
-def measure(sizes: list[int], repeat: int, max_new_tokens: int, baseline: Path | None = None) -> dict[str, Any]:
-    legs = LEGS + (("run@baseline", "worker@baseline") if baseline else ())
+def measure(sizes: list[int], repeat: int, max_new_tokens: int, baseline: Path | None = None,
+            floor: bool = False) -> dict[str, Any]:
+    legs = LEGS + (("run@baseline", "worker@baseline") if baseline else ()) + (("floor",) if floor else ())
+    floors: list[float] = []
     walls: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in legs} for n in sizes}
     cpus: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in legs} for n in sizes}
     tasks: dict[str, dict[int, dict[str, list[float]]]] = {leg: {n: {} for n in sizes} for leg in ("run", "run@baseline")}
     with tempfile.TemporaryDirectory(prefix="genbatch-e2e-vs-script-") as tmp:
         work = Path(tmp)
         ctx = setup(work, sizes, max_new_tokens, baseline)
+        if floor:
+            from bench.start_up_floor import floor_once, prepare_home
+
+            (work / "floor").mkdir()
+            floor_home = prepare_home(work / "floor")
         for rep in range(repeat):
             order = legs[rep % len(legs):] + legs[:rep % len(legs)]
             for n in sizes:
                 for leg in order:
+                    if leg == "floor":  # the same at every size: measured once per repetition
+                        if n == sizes[0]:
+                            floors.append(floor_once(floor_home))
+                            print(f"e2e_vs_script: rep {rep} floor: {floors[-1]:.2f} s", file=sys.stderr, flush=True)
+                        continue
                     res = one(leg, n, rep, ctx, work, max_new_tokens)
                     walls[n][leg].append(res["wall_s"])
                     cpus[n][leg].append(res["cpu_s"])
                     for task, seconds in res.get("tasks", {}).items():
                         tasks[leg][n].setdefault(task, []).append(seconds)
                     print(f"e2e_vs_script: rep {rep} size {n} {leg}: {res['wall_s']:.2f} s", file=sys.stderr, flush=True)
-    medians = {n: {leg: statistics.median(v) for leg, v in walls[n].items()} for n in sizes}
-    cpu_medians = {n: {leg: statistics.median(v) for leg, v in cpus[n].items()} for n in sizes}
+    medians = {n: {leg: statistics.median(v) for leg, v in walls[n].items() if v} for n in sizes}
+    cpu_medians = {n: {leg: statistics.median(v) for leg, v in cpus[n].items() if v} for n in sizes}
     result = {
         "bench": "e2e_vs_script", "sizes": sizes, "repeat": repeat, "max_new_tokens": max_new_tokens,
         "model": f"{MODEL}@{MODEL_VERSION}",
         "wall_s": {str(n): {leg: {"median": round(medians[n][leg], 2), "min": round(min(v), 2),
-                                  "max": round(max(v), 2)} for leg, v in walls[n].items()} for n in sizes},
+                                  "max": round(max(v), 2)} for leg, v in walls[n].items() if v} for n in sizes},
         "ratios": {str(n): _vs_script(medians[n]) for n in sizes},
         "lines": {leg: line({n: medians[n][leg] for n in sizes}) for leg in LEGS},
         "cpu_s": {str(n): {leg: round(cpu_medians[n][leg], 2) for leg in LEGS} for n in sizes},
@@ -242,8 +258,19 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int, baseline: Path |
             "cpu_vs_baseline": {str(n): _vs_baseline(cpu_medians[n]) for n in sizes},
             "run_tasks_median_s": _task_medians(tasks["run@baseline"]),
         }
+    if floor:
+        result["floor"] = _above_floor(floors, {n: medians[n]["run"] for n in sizes})
     result["commit"] = _commit(REPO)
     return result
+
+
+def _above_floor(floors: list[float], run: dict[int, float]) -> dict[str, Any]:
+    """The floor (``bench.start_up_floor``) measured in the same repetitions, and the run's time above it:
+    what genbatch's own work and Airflow's per-run work on real tasks cost, with the libraries' start-up out."""
+    median = statistics.median(floors)
+    return {"wall_s": round(median, 2), "min": round(min(floors), 2), "max": round(max(floors), 2),
+            "run_above_floor_s": {str(n): round(seconds - median, 2) for n, seconds in run.items()},
+            "run_fixed_above_floor_s": round(line(run)["fixed_s"] - median, 2)}
 
 
 def _vs_baseline(legs: dict[str, float]) -> dict[str, float]:
@@ -269,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--baseline", type=Path, help="another genbatch checkout to measure against, interleaved")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure bench.start_up_floor's floor in the same repetitions, and the run above it")
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--prompts", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -278,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = sorted(int(s) for s in args.sizes.split(","))
     baseline = args.baseline.resolve() if args.baseline else None
-    print(json.dumps(measure(sizes, args.repeat, args.max_new_tokens, baseline)))
+    print(json.dumps(measure(sizes, args.repeat, args.max_new_tokens, baseline, args.floor)))
     return 0
 
 

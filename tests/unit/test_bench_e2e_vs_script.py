@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.e2e_vs_script import _side, _vs_baseline, line, timed
+from bench.e2e_vs_script import _above_floor, _side, _vs_baseline, line, timed
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "models" / "zoo" / "catalog-copy" / "v2"
@@ -21,6 +21,13 @@ MODEL_DIR = REPO / "models" / "zoo" / "catalog-copy" / "v2"
 def test_the_line_through_two_sizes_gives_fixed_cost_and_slope() -> None:
     assert line({300: 27.0, 3000: 32.0}) == {"fixed_s": 26.44, "per_item_ms": 1.852}
     assert line({100: 5.0}) == {"fixed_s": 5.0, "per_item_ms": 0.0}
+
+
+def test_the_run_above_the_floor_is_the_run_less_the_floors_median() -> None:
+    got = _above_floor([8.0, 9.0, 8.5], {300: 11.0, 3000: 14.0})
+    assert (got["wall_s"], got["min"], got["max"]) == (8.5, 8.0, 9.0)
+    assert got["run_above_floor_s"] == {"300": 2.5, "3000": 5.5}
+    assert got["run_fixed_above_floor_s"] == round(line({300: 11.0, 3000: 14.0})["fixed_s"] - 8.5, 2) == 2.17
 
 
 def test_the_script_baseline_writes_one_line_per_prompt(tmp_path: Path) -> None:
