@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.e2e_vs_script import REPO, _commit, _env, _pin
+from bench.e2e_vs_script import REPO, _commit, _env, timed
 
 FIXED_COST_TARGET_S = 8.0
 """Issue 20's target for an embedded run's fixed cost."""
@@ -125,35 +123,42 @@ t = time.perf_counter()
 steps[{name!r}] = time.perf_counter() - t
 """
 EPILOGUE = """
-print(json.dumps(steps))
+Path(sys.argv[2]).write_text(json.dumps(steps))
 gc.freeze()
 """
 
 
 def program(process: str) -> str:
-    """The code a measured ``process`` runs (``python -c``): its steps, each timed."""
+    """The code a measured ``process`` runs (``python PROGRAM HOME REPORT``): its steps, each timed."""
     body = "".join(STEP.format(name=name, statement=statement) for name, statement in PROCESSES[process])
     return PROLOGUE + (SETUP_RUN if process == "run" else "") + body + EPILOGUE
 
 
-def one(process: str, home: Path) -> dict[str, Any]:
-    """One pinned, fresh ``process``: its wall time from start to exit and its steps' seconds."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", program(process), str(home)], cwd=home.parent, env=_env(home.parent),
-                          capture_output=True, text=True, timeout=600, preexec_fn=_pin, check=False)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{process} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-3000:]}")
-    steps = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"wall_s": wall, "steps": steps}
-
-
-def prepare_home(parent: Path) -> Path:
-    """An embedded home under ``parent`` holding the same-shape DAG, warmed up by one unmeasured run of each
-    process: the OS file cache, the metadata DB and the Execution API's memo (a user's second run)."""
+def new_home(parent: Path) -> Path:
+    """An embedded home under ``parent`` with the same-shape DAG in its dags folder and each process's program
+    in a folder of its own (a program's folder leads its ``sys.path``: nothing there may shadow a package)."""
     home = parent / "airflow"
     (home / "dags").mkdir(parents=True)
     (home / "dags" / "same_shape.py").write_text(SAME_SHAPE_DAG)
+    (home / "programs").mkdir()
+    for process in PROCESSES:
+        (home / "programs" / f"floor_{process}.py").write_text(program(process))
+    return home
+
+
+def one(process: str, home: Path) -> dict[str, Any]:
+    """One pinned, fresh ``process`` in ``home`` (``new_home``): its wall time from start to exit and its steps'
+    seconds."""
+    report = home / "programs" / f"floor_{process}.json"
+    wall, _cpu = timed([sys.executable, str(home / "programs" / f"floor_{process}.py"), str(home), str(report)],
+                       home.parent, _env(home.parent))
+    return {"wall_s": wall, "steps": json.loads(report.read_text())}
+
+
+def prepare_home(parent: Path) -> Path:
+    """``new_home``, warmed up by one unmeasured run of each process: the OS file cache, the metadata DB and the
+    Execution API's memo (a user's second run)."""
+    home = new_home(parent)
     for process in PROCESSES:
         one(process, home)
     return home

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.start_up_floor import PROCESSES, SAME_SHAPE_DAG, one
+from bench.start_up_floor import PROCESSES, SAME_SHAPE_DAG, new_home, one
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,8 +53,7 @@ def test_the_benchs_dag_has_batch_generations_shape(tmp_path: Path) -> None:
 
 
 def test_the_beam_and_worker_processes_start_their_libraries(tmp_path: Path) -> None:
-    home = tmp_path / "airflow"
-    home.mkdir()
+    home = new_home(tmp_path)
     for process in ("beam", "worker"):
         got = one(process, home)
         assert set(got["steps"]) == {name for name, _ in PROCESSES[process]}
@@ -63,9 +62,7 @@ def test_the_beam_and_worker_processes_start_their_libraries(tmp_path: Path) -> 
 
 @pytest.mark.integration
 def test_the_run_process_builds_the_execution_api_and_runs_the_same_shape_dag(tmp_path: Path) -> None:
-    home = tmp_path / "airflow"
-    (home / "dags").mkdir(parents=True)
-    (home / "dags" / "same_shape.py").write_text(SAME_SHAPE_DAG)
+    home = new_home(tmp_path)
     got = one("run", home)  # the program asserts the run succeeded with generate_kubernetes skipped
     assert list(got["steps"]) == [name for name, _ in PROCESSES["run"]]
     assert got["wall_s"] > sum(got["steps"].values()) > 0
