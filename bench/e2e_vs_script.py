@@ -207,8 +207,9 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int, baseline: Path |
             floor: bool = False) -> dict[str, Any]:
     legs = LEGS + (("run@baseline", "worker@baseline") if baseline else ()) + (("floor",) if floor else ())
     floors: list[float] = []
-    walls: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in legs} for n in sizes}
-    cpus: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in legs} for n in sizes}
+    timed_legs = [leg for leg in legs if leg != "floor"]  # the floor is not per size: ``floors`` holds it
+    walls: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in timed_legs} for n in sizes}
+    cpus: dict[int, dict[str, list[float]]] = {n: {leg: [] for leg in timed_legs} for n in sizes}
     tasks: dict[str, dict[int, dict[str, list[float]]]] = {leg: {n: {} for n in sizes} for leg in ("run", "run@baseline")}
     with tempfile.TemporaryDirectory(prefix="genbatch-e2e-vs-script-") as tmp:
         work = Path(tmp)
@@ -233,13 +234,13 @@ def measure(sizes: list[int], repeat: int, max_new_tokens: int, baseline: Path |
                     for task, seconds in res.get("tasks", {}).items():
                         tasks[leg][n].setdefault(task, []).append(seconds)
                     print(f"e2e_vs_script: rep {rep} size {n} {leg}: {res['wall_s']:.2f} s", file=sys.stderr, flush=True)
-    medians = {n: {leg: statistics.median(v) for leg, v in walls[n].items() if v} for n in sizes}
-    cpu_medians = {n: {leg: statistics.median(v) for leg, v in cpus[n].items() if v} for n in sizes}
+    medians = {n: {leg: statistics.median(v) for leg, v in walls[n].items()} for n in sizes}
+    cpu_medians = {n: {leg: statistics.median(v) for leg, v in cpus[n].items()} for n in sizes}
     result = {
         "bench": "e2e_vs_script", "sizes": sizes, "repeat": repeat, "max_new_tokens": max_new_tokens,
         "model": f"{MODEL}@{MODEL_VERSION}",
         "wall_s": {str(n): {leg: {"median": round(medians[n][leg], 2), "min": round(min(v), 2),
-                                  "max": round(max(v), 2)} for leg, v in walls[n].items() if v} for n in sizes},
+                                  "max": round(max(v), 2)} for leg, v in walls[n].items()} for n in sizes},
         "ratios": {str(n): _vs_script(medians[n]) for n in sizes},
         "lines": {leg: line({n: medians[n][leg] for n in sizes}) for leg in LEGS},
         "cpu_s": {str(n): {leg: round(cpu_medians[n][leg], 2) for leg in LEGS} for n in sizes},
